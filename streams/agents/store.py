@@ -1,0 +1,123 @@
+"""The core's StateStore on Faust tables: decoded states are cached, writes are staged until the
+event's outputs are delivered, so state never runs ahead of what downstream has received."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Generic, TypeVar
+
+from ..core.usage import PeriodState, UserState
+
+T = TypeVar("T", PeriodState, UserState)
+
+
+class _DecodeCache(Generic[T]):
+    """Decoded states keyed by table key, valid while the table still holds the same bytes."""
+
+    def __init__(self, decode: Callable[[bytes], T], size: int = 200_000) -> None:
+        self._decode = decode
+        self._entries: OrderedDict[bytes, tuple[bytes, T]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: bytes, raw: bytes) -> T:
+        hit = self._entries.get(key)
+        if hit is not None and (hit[0] is raw or hit[0] == raw):
+            return hit[1]
+        state = self._decode(raw)
+        self.remember(key, raw, state)
+        return state
+
+    def remember(self, key: bytes, raw: bytes, state: T) -> None:
+        self._entries[key] = (raw, state)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+
+class TableStore:
+    """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
+    read (and may have touched) is dropped from the cache so the next read decodes the table."""
+
+    def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches") -> None:
+        self._periods, self._users, self._subscribers = periods, users, subscribers
+        self._caches = caches
+        self._put_periods: dict[bytes, PeriodState | None] = {}
+        self._put_users: dict[bytes, UserState] = {}
+        self._read_periods: set[bytes] = set()
+        self._read_users: set[bytes] = set()
+
+    @staticmethod
+    def period_key(user: str, period: str) -> bytes:
+        return f"{user}|{period}".encode()
+
+    def get_period(self, user: str, period: str) -> PeriodState | None:
+        key = self.period_key(user, period)
+        if key in self._put_periods:
+            return self._put_periods[key]
+        raw = self._periods.get(key)
+        if raw is None:
+            return None
+        self._read_periods.add(key)
+        return self._caches.periods.get(key, raw)
+
+    def put_period(self, user: str, period: str, state: PeriodState) -> None:
+        self._put_periods[self.period_key(user, period)] = state
+
+    def drop_period(self, user: str, period: str) -> None:
+        self._put_periods[self.period_key(user, period)] = None
+
+    def get_user(self, user: str) -> UserState | None:
+        key = user.encode()
+        if key in self._put_users:
+            return self._put_users[key]
+        raw = self._users.get(key)
+        if raw is None:
+            return None
+        self._read_users.add(key)
+        return self._caches.users.get(key, raw)
+
+    def put_user(self, user: str, state: UserState) -> None:
+        self._put_users[user.encode()] = state
+
+    def plan_of(self, user: str) -> str | None:
+        raw = self._subscribers.get(user.encode())
+        return raw.decode() if raw is not None else None
+
+    def flush(self) -> None:
+        for key, state in self._put_periods.items():
+            if state is None:
+                if key in self._periods:
+                    del self._periods[key]
+                self._caches.periods.forget(key)
+            else:
+                raw = state.encode()
+                self._periods[key] = raw
+                self._caches.periods.remember(key, raw, state)
+        for key, ustate in self._put_users.items():
+            raw = ustate.encode()
+            self._users[key] = raw
+            self._caches.users.remember(key, raw, ustate)
+        self.discard(keep_written=True)
+
+    def discard(self, keep_written: bool = False) -> None:
+        """Forget decoded objects the engine may have mutated without a write."""
+        for key in self._read_periods:
+            if not (keep_written and key in self._put_periods):
+                self._caches.periods.forget(key)
+        for key in self._read_users:
+            if not (keep_written and key in self._put_users):
+                self._caches.users.forget(key)
+        if not keep_written:
+            for key in self._put_periods:
+                self._caches.periods.forget(key)
+            for key in self._put_users:
+                self._caches.users.forget(key)
+
+
+class TableCaches:
+    def __init__(self) -> None:
+        self.periods: _DecodeCache[PeriodState] = _DecodeCache(PeriodState.decode)
+        self.users: _DecodeCache[UserState] = _DecodeCache(UserState.decode)

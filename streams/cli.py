@@ -1,0 +1,249 @@
+"""The ``cdrwatch`` command. ``format_*`` functions return text; commands print it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+from . import __version__
+from .core.errors import ConfigError
+from .replay import ReplayResult, load_config, read_stream, replay, stderr_report
+from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
+
+EXIT_USAGE = 2
+
+ENV_HELP = "environment (flags win):\n" + "\n".join(f"  {var:<30} {name}" for var, name in ENV_VARS.items())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plans", type=Path, metavar="FILE", help="plans.toml (default: the bundled sample)")
+    parser.add_argument("--rates", type=Path, metavar="FILE", help="rates.csv rate deck (default: the bundled sample)")
+    parser.add_argument("--partitions", type=_positive_int, metavar="N", help="partitions per topic (default 4)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdrwatch",
+        description="Fair-use alerts and per-minute re-billing from streams of CDRs and SIP registrations.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cdrwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser(
+        "worker", help="run a Faust worker (production: --broker kafka://…)",
+        description="Run one cdrwatch worker: consumes cdrs, sip-registrations and subscribers, writes "
+        "fairuse-alerts and rebilled-calls. Start more workers with the same settings to scale out.",
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--broker", metavar="URL", help="kafka://host:port[;kafka://host2:port] (default kafka://127.0.0.1:9092)")
+    worker.add_argument("--store", metavar="URL", help="table store: memory:// (default) or rocksdb:///path")
+    worker.add_argument("--web-host", metavar="HOST", help="bind address of /metrics and the views (default 127.0.0.1)")
+    worker.add_argument("--web-port", type=_positive_int, metavar="N", help="default 6066")
+    _common(worker)
+
+    run = sub.add_parser(
+        "run", help="embedded broker + worker + the bundled sample stream (what `make run` does)",
+        description="Start the embedded broker and a worker, replay the bundled sample stream, print alerts "
+        "as they happen and serve /metrics, until Ctrl-C.",
+    )
+    run.add_argument("--web-port", type=_positive_int, metavar="N", help="default 6066")
+    run.add_argument("--exit-when-done", action="store_true", help="stop once the sample is processed")
+    _common(run)
+
+    rp = sub.add_parser(
+        "replay", help="run JSONL/Parquet streams through a broker and a worker; write the outputs",
+        description="Replay recorded streams through a real broker (embedded unless --broker) and a real "
+        "worker, wait until everything is processed, write DIR/alerts.jsonl, DIR/rebills.jsonl and "
+        "DIR/dlq.jsonl (rejected input with reasons), then exit 0.",
+    )
+    rp.add_argument("--cdrs", type=Path, required=True, metavar="FILE", help="cdrs stream (.jsonl or .parquet)")
+    rp.add_argument("--registrations", type=Path, metavar="FILE", help="sip-registrations stream")
+    rp.add_argument("--subscribers", type=Path, metavar="FILE", help="subscribers records ({user, customer, plan})")
+    rp.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created)")
+    rp.add_argument("--broker", metavar="URL", help="an existing Kafka (topics are prefixed per run)")
+    rp.add_argument("--timeout", type=_positive_int, default=600, metavar="S", help="give up after S seconds (600)")
+    _common(rp)
+
+    br = sub.add_parser(
+        "broker", help="run the embedded broker in the foreground",
+        description="Run the embedded Tansu broker on loopback, create cdrwatch's topics and print the "
+        "bootstrap address (host:port) on the first line. Ctrl-C stops it.",
+    )
+    br.add_argument("--port", type=_positive_int, metavar="N", help="default: a free port")
+    br.add_argument("--partitions", type=_positive_int, default=4, metavar="N")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return settings_from_env(
+        broker=getattr(args, "broker", None),
+        store=getattr(args, "store", None),
+        plans_path=getattr(args, "plans", None),
+        rates_path=getattr(args, "rates", None),
+        partitions=getattr(args, "partitions", None),
+        web_host=getattr(args, "web_host", None),
+        web_port=getattr(args, "web_port", None),
+        log_level=getattr(args, "log_level", None),
+    )
+
+
+def format_replay(result: ReplayResult, out_dir: Path) -> str:
+    by_rule: dict[str, int] = {}
+    for alert in result.alerts:
+        by_rule[alert["rule"]] = by_rule.get(alert["rule"], 0) + 1
+    total = sum((_decimal(r["amount"]) for r in result.rebills), start=_decimal("0"))
+    outcomes = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(result.counts.items()))
+    lines = [
+        f"replayed {result.sent} messages in {result.seconds:.1f} s ({outcomes})",
+        f"alerts: {len(result.alerts)}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items())) + ")" if by_rule else ""),
+        f"re-bill lines: {len(result.rebills)}, {total} EUR",
+        f"rejected to DLQ: {len(result.dlq)}",
+        f"wrote {out_dir / 'alerts.jsonl'}, {out_dir / 'rebills.jsonl'}, {out_dir / 'dlq.jsonl'}",
+    ]
+    return "\n".join(lines)
+
+
+def format_alert(payload: dict[str, Any]) -> str:
+    return (
+        f"ALERT {payload['rule']:<19} user={payload['user']} customer={payload['customer']} "
+        f"period={payload['period']} observed={payload['observed']} limit={payload['limit']} "
+        f"x{payload['multiplier']} at {payload['time']}"
+    )
+
+
+def _decimal(text: str) -> Any:
+    from decimal import Decimal
+
+    return Decimal(text)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    messages = read_stream(args.cdrs, "cdrs", "start_time")
+    if args.registrations:
+        messages += read_stream(args.registrations, "sip-registrations", "time")
+    if args.subscribers:
+        messages = read_stream(args.subscribers, "subscribers", "") + messages
+    result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout, report=stderr_report))
+    result.write(args.out)
+    print(format_replay(result, args.out))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    sample = bundled_file("sample")
+    messages = read_stream(sample / "cdrs.jsonl", "cdrs", "start_time") + read_stream(
+        sample / "registrations.jsonl", "sip-registrations", "time"
+    )
+    return asyncio.run(_run(settings, messages, args.exit_when_done))
+
+
+async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) -> int:
+    from .agents.usage import ALL_TOPICS, build_pipeline
+    from .embedded import EmbeddedBroker, create_topics
+    from .replay import _wait_processed, produce
+
+    plans, rates = load_config(settings)
+    with EmbeddedBroker() as broker:
+        settings = settings.with_(broker=broker.url)
+        print(f"embedded broker on {broker.bootstrap}", flush=True)
+        await create_topics(broker.bootstrap, ALL_TOPICS, settings.partitions)
+        pipeline = build_pipeline(settings, plans, rates)
+        pipeline.on_output.append(
+            lambda topic, p: print(format_alert(p), flush=True) if topic == "fairuse-alerts" else None
+        )
+        pipeline.app.finalize()
+        await pipeline.app.start()
+        base = f"http://{settings.web_host}:{settings.web_port}"
+        print(f"metrics on {base}/metrics, health on {base}/healthz", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            print(f"replaying the bundled sample: {len(messages)} messages", flush=True)
+            total = await produce(broker.bootstrap, settings, sorted(messages, key=lambda m: m.time_ms))
+            await _wait_processed(pipeline, total, 600, stderr_report)
+            counts = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(pipeline.metrics.counts.items()))
+            print(f"sample processed ({counts}); Ctrl-C to stop", flush=True)
+            if not exit_when_done:
+                await stop.wait()
+        finally:
+            await pipeline.app.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from .agents.usage import build_pipeline
+
+    settings = settings_from_args(args)
+    plans, rates = load_config(settings)
+    pipeline = build_pipeline(settings, plans, rates)
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level.upper())
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .agents.usage import ALL_TOPICS
+    from .embedded import EmbeddedBroker, create_topics
+
+    with EmbeddedBroker(port=args.port) as broker:
+        asyncio.run(create_topics(broker.bootstrap, ALL_TOPICS, args.partitions))
+        print(broker.bootstrap, flush=True)
+        print(f"embedded Tansu broker (pid {broker.process.pid if broker.process else '?'}), topics: "
+              f"{', '.join(ALL_TOPICS)}; Ctrl-C to stop", file=sys.stderr, flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            if broker.process is None or broker.process.poll() is not None:
+                print(f"embedded broker died: {broker.log_tail()}", file=sys.stderr)
+                return 1
+    return 0
+
+
+COMMANDS = {"replay": cmd_replay, "run": cmd_run, "worker": cmd_worker, "broker": cmd_broker}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(getattr(args, "log_level", None) or "warning").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"cdrwatch {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

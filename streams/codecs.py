@@ -1,0 +1,132 @@
+"""The boundary: bytes <-> core records. Validation happens here and only here; a bad message
+becomes an ``InvalidRecord`` whose text is the DLQ reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable
+
+import fastjsonschema
+import orjson
+
+from .core.errors import InvalidRecord
+from .core.records import CallEvent, Registration, Subscriber
+from .core.schemas import explain, validator
+from .core.timeutil import parse_rfc3339, to_ms
+
+MAX_MESSAGE_BYTES = 64 * 1024
+# CDRs from before this or after that are typos or clock faults, not calls.
+_EARLIEST = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+_LATEST = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
+
+DLQ_REASON_HEADER = "cdrwatch-reason"
+
+
+def _load(raw: bytes | None, schema: str) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidRecord("empty message (null value)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord(f"not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        validator(schema)(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise InvalidRecord(explain(exc)) from None
+    return data
+
+
+def _time(data: dict[str, Any], field: str) -> datetime:
+    try:
+        value = parse_rfc3339(data[field])
+    except ValueError as exc:
+        raise InvalidRecord(f"{field}: {exc}") from None
+    if not _EARLIEST <= value < _LATEST:
+        raise InvalidRecord(f"{field}: {data[field]} is outside 2000-2099")
+    return value
+
+
+def decode_cdr(raw: bytes | None) -> CallEvent:
+    data = _load(raw, "cdrs")
+    start = _time(data, "start_time")
+    common: dict[str, Any] = dict(
+        event=data["event"],
+        call_id=data["call_id"],
+        user=data["user"],
+        customer=data["customer"],
+        caller=data["caller"],
+        callee=data["callee"],
+        direction=data["direction"],
+        start_ms=to_ms(start),
+        start_time=data["start_time"],
+    )
+    if data["event"] == "start":
+        return CallEvent(**common)
+    end = _time(data, "end_time")
+    if end < start:
+        raise InvalidRecord(f"end_time {data['end_time']} is before start_time {data['start_time']}")
+    billsec = data["billsec"]
+    answer_ms = None
+    if data["answer_time"] is None:
+        if billsec:
+            raise InvalidRecord(f"billsec {billsec} on a call with no answer_time")
+        if data["disposition"] == "ANSWERED":
+            raise InvalidRecord("disposition ANSWERED with a null answer_time")
+    else:
+        answer = _time(data, "answer_time")
+        if not start <= answer <= end:
+            raise InvalidRecord(
+                f"answer_time {data['answer_time']} is outside [start_time, end_time]"
+            )
+        talk = (end - answer).total_seconds()
+        if billsec > talk + 1:  # switches round billsec up to the second
+            raise InvalidRecord(f"billsec {billsec} exceeds the {talk:.0f} s between answer_time and end_time")
+        answer_ms = to_ms(answer)
+    if billsec and data["disposition"] != "ANSWERED":
+        raise InvalidRecord(f"billsec {billsec} on a call with disposition {data['disposition']}")
+    return CallEvent(**common, answer_ms=answer_ms, end_ms=to_ms(end), billsec=billsec, disposition=data["disposition"])
+
+
+def decode_registration(raw: bytes | None) -> Registration:
+    data = _load(raw, "sip-registrations")
+    time = _time(data, "time")
+    return Registration(
+        user=data["user"],
+        customer=data["customer"],
+        contact=data["contact"],
+        instance_id=data["instance_id"] or None,
+        user_agent=data["user_agent"],
+        source_ip=data["source_ip"],
+        expires=data["expires"],
+        time_ms=to_ms(time),
+        time=data["time"],
+    )
+
+
+def decode_subscriber(key: bytes | None, raw: bytes | None, known_plans: Callable[[str], bool]) -> Subscriber:
+    user = decode_key(key)
+    if user is None:
+        raise InvalidRecord("subscriber record without a key (the key is the user)")
+    if raw is None:
+        return Subscriber(user=user, customer=None, plan=None)
+    data = _load(raw, "subscribers")
+    if not known_plans(data["plan"]):
+        raise InvalidRecord(f"unknown plan {data['plan']!r} for user {user!r} (not in plans.toml)")
+    return Subscriber(user=user, customer=data["customer"], plan=data["plan"])
+
+
+def decode_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload)

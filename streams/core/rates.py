@@ -1,0 +1,90 @@
+"""The rate deck: ``prefix,destination,rate_per_minute`` rows and longest-prefix lookup."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Iterable
+
+from .errors import RateDeckError
+
+HEADER = ["prefix", "destination", "rate_per_minute"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    prefix: str
+    destination: str
+    rate_per_minute: Decimal
+
+
+class RateDeck:
+    def __init__(self, rates: Iterable[Rate]) -> None:
+        self._by_prefix: dict[str, Rate] = {}
+        for rate in rates:
+            self._by_prefix[rate.prefix] = rate
+        self._lengths = sorted({len(p) for p in self._by_prefix}, reverse=True)
+        self.destinations = frozenset(r.destination for r in self._by_prefix.values())
+
+    def __len__(self) -> int:
+        return len(self._by_prefix)
+
+    def lookup(self, digits: str) -> Rate | None:
+        """The rate of the longest prefix of ``digits`` (E.164 digits), or None."""
+        by_prefix = self._by_prefix
+        for length in self._lengths:
+            if length <= len(digits):
+                rate = by_prefix.get(digits[:length])
+                if rate is not None:
+                    return rate
+        return None
+
+
+def load_rate_deck(path: Path) -> RateDeck:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RateDeckError(f"{path}: rate deck not found") from None
+    except UnicodeDecodeError as exc:
+        raise RateDeckError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_rate_deck(text, source=str(path))
+
+
+def parse_rate_deck(text: str, *, source: str = "rates.csv") -> RateDeck:
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or [h.strip() for h in header] != HEADER:
+        raise RateDeckError(f"{source}: line 1: header must be {','.join(HEADER)!r}, got {header!r}")
+    rates: list[Rate] = []
+    seen: dict[str, int] = {}
+    for line_no, row in enumerate(rows, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != 3:
+            raise RateDeckError(f"{source}: line {line_no}: expected 3 columns, got {len(row)}")
+        prefix, destination, raw_rate = (cell.strip() for cell in row)
+        if not prefix.isdigit() or prefix.startswith("0"):
+            raise RateDeckError(
+                f"{source}: line {line_no}: prefix {prefix!r} must be E.164 digits without '+'"
+            )
+        if prefix in seen:
+            raise RateDeckError(
+                f"{source}: line {line_no}: prefix {prefix} already defined on line {seen[prefix]}"
+            )
+        if not destination:
+            raise RateDeckError(f"{source}: line {line_no}: empty destination")
+        try:
+            rate = Decimal(raw_rate)
+        except InvalidOperation:
+            raise RateDeckError(
+                f"{source}: line {line_no}: rate_per_minute {raw_rate!r} is not a decimal"
+            ) from None
+        if not rate.is_finite() or rate < 0:
+            raise RateDeckError(f"{source}: line {line_no}: rate_per_minute must be >= 0, got {raw_rate}")
+        seen[prefix] = line_no
+        rates.append(Rate(prefix, destination, rate))
+    if not rates:
+        raise RateDeckError(f"{source}: no rates")
+    return RateDeck(rates)

@@ -1,0 +1,129 @@
+"""Typed records: what the boundary hands to the core once a message has been validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """A ``cdrs`` message: ``start`` (call setup, live) or ``end`` (the final CDR)."""
+
+    event: str  # "start" | "end"
+    call_id: str
+    user: str
+    customer: str
+    caller: str
+    callee: str
+    direction: str  # "outbound" | "inbound" | "forwarded"
+    start_ms: int
+    start_time: str  # as sent, for output payloads
+    answer_ms: int | None = None
+    end_ms: int | None = None
+    billsec: int = 0
+    disposition: str | None = None
+
+    @property
+    def is_end(self) -> bool:
+        return self.event == "end"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A ``sip-registrations`` message: one REGISTER outcome."""
+
+    user: str
+    customer: str
+    contact: str
+    instance_id: str | None
+    user_agent: str
+    source_ip: str
+    expires: int
+    time_ms: int
+    time: str
+
+    @property
+    def binding(self) -> str:
+        """A binding's identity: the ``+sip.instance`` when the device sends one, else the Contact."""
+        return self.instance_id or self.contact
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    user: str
+    customer: str | None
+    plan: str | None  # None: deleted record (tombstone) → default plan
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A ``fairuse-alerts`` payload."""
+
+    alert_id: str
+    rule: str
+    user: str
+    customer: str
+    plan: str
+    period: str
+    observed: int
+    limit: int
+    multiplier: Decimal
+    time: str
+    evidence: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "user": self.user,
+            "customer": self.customer,
+            "plan": self.plan,
+            "period": self.period,
+            "observed": self.observed,
+            "limit": self.limit,
+            "multiplier": _number(self.multiplier),
+            "time": self.time,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RebillLine:
+    """A ``rebilled-calls`` payload."""
+
+    line_id: str
+    call_id: str
+    user: str
+    customer: str
+    period: str
+    rule: str
+    destination: str
+    billsec: int
+    billed_seconds: int
+    rate_per_minute: Decimal
+    multiplier: Decimal
+    amount: Decimal
+    currency: str = "EUR"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "line_id": self.line_id,
+            "call_id": self.call_id,
+            "user": self.user,
+            "customer": self.customer,
+            "period": self.period,
+            "rule": self.rule,
+            "destination": self.destination,
+            "billsec": self.billsec,
+            "billed_seconds": self.billed_seconds,
+            "rate_per_minute": str(self.rate_per_minute),
+            "multiplier": _number(self.multiplier),
+            "amount": str(self.amount),
+            "currency": self.currency,
+        }
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)

@@ -1,0 +1,48 @@
+"""Event times: RFC 3339 parsing, epoch milliseconds and calendar periods in a plan's timezone."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone, tzinfo
+from zoneinfo import ZoneInfo
+
+__all__ = ["parse_rfc3339", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp; an offset (or ``Z``) is required."""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"timestamp without a UTC offset: {text!r} (add 'Z' or '+01:00')")
+    return value
+
+
+def to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(ms: int, tz: tzinfo = timezone.utc) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz)
+
+
+def period_of(ms: int, tz: ZoneInfo) -> str:
+    """The calendar month ``YYYY-MM`` of an instant, in the given zone."""
+    local = datetime.fromtimestamp(ms / 1000, tz)
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def shift_period(period: str, months: int) -> str:
+    year, month = int(period[:4]), int(period[5:7])
+    index = year * 12 + (month - 1) + months
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def period_bounds_ms(period: str, tz: ZoneInfo) -> tuple[int, int]:
+    """``[start, end)`` of a calendar month in epoch milliseconds."""
+    year, month = int(period[:4]), int(period[5:7])
+    nxt = shift_period(period, 1)
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(int(nxt[:4]), int(nxt[5:7]), 1, tzinfo=tz)
+    return to_ms(start), to_ms(end)

@@ -1,0 +1,512 @@
+"""Per-user usage state and the fair-use rules: events in, (state changes, alerts, re-bill lines) out.
+
+State lives in two kinds of records, both keyed by user so that one worker owns all of a user:
+
+* ``PeriodState`` per ``user|YYYY-MM``: the calls of that month (start, end, direction — the
+  duplicate filter, the simultaneity intervals and the auto-dialler clock), the keyed hashes of
+  the distinct covered callees, the breached rules and the covered calls kept for re-billing.
+* ``UserState`` per ``user``: SIP bindings with their expiry, and the newest period seen (the
+  watermark deciding which periods are still open to late events).
+
+The engine reads and writes them through a ``StateStore``, so the same code runs on plain dicts
+in unit tests and on Faust tables in a worker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable, Protocol
+
+import orjson
+
+from .numbering import NumberKind, normalise
+from .plans import Plan, PlanBook
+from .rates import RateDeck
+from .rating import rate_call, stable_id
+from .records import Alert, CallEvent, RebillLine, Registration
+from .timeutil import from_ms, period_bounds_ms, period_of, shift_period
+
+HOUR_MS = 3_600_000
+OPEN = -1  # end of a call whose `end` has not arrived yet
+
+
+# --------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class PeriodState:
+    """One user's month. Encoded compactly (orjson) for the table changelog."""
+
+    calls: dict[str, list[int]] = field(default_factory=dict)  # call_id -> [start_ms, end_ms|OPEN, outbound]
+    numbers: set[int] = field(default_factory=set)  # keyed hashes of distinct covered callees
+    breaches: dict[str, str] = field(default_factory=dict)  # rule -> multiplier, in breach order
+    covered: dict[str, list[Any]] = field(default_factory=dict)  # call_id -> [billsec, digits, billed multiplier]
+    peak_simultaneous: int = 0
+    peak_devices: int = 0
+    customer: str = ""
+    plan: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "c": self.calls,
+                "n": sorted(self.numbers),
+                "b": self.breaches,
+                "v": self.covered,
+                "ps": self.peak_simultaneous,
+                "pd": self.peak_devices,
+                "cu": self.customer,
+                "pl": self.plan,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "PeriodState":
+        data = orjson.loads(raw)
+        return cls(
+            calls=data["c"],
+            numbers=set(data["n"]),
+            breaches=data["b"],
+            covered=data["v"],
+            peak_simultaneous=data["ps"],
+            peak_devices=data["pd"],
+            customer=data["cu"],
+            plan=data["pl"],
+        )
+
+    def multiplier(self) -> Decimal:
+        return max((Decimal(m) for m in self.breaches.values()), default=Decimal(0))
+
+
+@dataclass
+class UserState:
+    bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [registered_ms, expiry_ms, user_agent]
+    watermark: str = ""  # newest period seen for this user
+    newest_ms: int = 0
+    periods: list[str] = field(default_factory=list)  # periods with a PeriodState, oldest first
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"b": self.bindings, "w": self.watermark, "t": self.newest_ms, "p": self.periods})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "UserState":
+        data = orjson.loads(raw)
+        return cls(bindings=data["b"], watermark=data["w"], newest_ms=data["t"], periods=data["p"])
+
+
+class StateStore(Protocol):
+    def get_period(self, user: str, period: str) -> PeriodState | None: ...
+    def put_period(self, user: str, period: str, state: PeriodState) -> None: ...
+    def drop_period(self, user: str, period: str) -> None: ...
+    def get_user(self, user: str) -> UserState | None: ...
+    def put_user(self, user: str, state: UserState) -> None: ...
+    def plan_of(self, user: str) -> str | None: ...
+
+
+class DictStore:
+    """A ``StateStore`` on plain dicts: unit tests, the summary, replays of files without Kafka."""
+
+    def __init__(self) -> None:
+        self.periods: dict[tuple[str, str], PeriodState] = {}
+        self.users: dict[str, UserState] = {}
+        self.subscribers: dict[str, str] = {}
+
+    def get_period(self, user: str, period: str) -> PeriodState | None:
+        return self.periods.get((user, period))
+
+    def put_period(self, user: str, period: str, state: PeriodState) -> None:
+        self.periods[(user, period)] = state
+
+    def drop_period(self, user: str, period: str) -> None:
+        self.periods.pop((user, period), None)
+
+    def get_user(self, user: str) -> UserState | None:
+        return self.users.get(user)
+
+    def put_user(self, user: str, state: UserState) -> None:
+        self.users[user] = state
+
+    def plan_of(self, user: str) -> str | None:
+        return self.subscribers.get(user)
+
+
+# ------------------------------------------------------------------------------------- outcome
+
+
+@dataclass
+class Outcome:
+    """What one event did: ``ok``, ``late`` (an older, still open period), ``duplicate`` or
+    ``too_late`` (its period is closed: it goes to the DLQ with ``reason``)."""
+
+    status: str
+    alerts: list[Alert] = field(default_factory=list)
+    lines: list[RebillLine] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    rule: str
+    period: str
+    at_ms: int
+    observed: int
+    limit: int
+    evidence: dict[str, Any]
+
+
+# -------------------------------------------------------------------------------------- engine
+
+
+class UsageEngine:
+    """Applies DESIGN.md's rules to one event at a time against a ``StateStore``."""
+
+    def __init__(
+        self,
+        plans: PlanBook,
+        rates: RateDeck,
+        *,
+        hash_secret: bytes,
+        max_call_duration_s: int = 4 * 3600,
+        retention_months: int = 2,
+    ) -> None:
+        if retention_months < 2:
+            raise ValueError("retention_months must be at least 2 (current and previous month)")
+        self.plans = plans
+        self.rates = rates
+        self._secret = hash_secret
+        self.max_call_ms = max_call_duration_s * 1000
+        self.retention_months = retention_months
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def plan_for(self, store: StateStore, user: str) -> Plan:
+        name = store.plan_of(user)
+        if name is not None and name in self.plans.plans:
+            return self.plans.plans[name]
+        return self.plans.get(None)
+
+    def number_key(self, digits: str) -> int:
+        """Keyed hash of a called number: state never holds the number in clear."""
+        digest = hmac.new(self._secret, digits.encode(), hashlib.blake2b).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+    def _admit(self, store: StateStore, user: str, period: str, at_ms: int) -> tuple[UserState, str | None]:
+        """Move the user's watermark; ``(state, None)`` if the period is open, else a DLQ reason."""
+        ustate = store.get_user(user) or UserState()
+        oldest_open = shift_period(ustate.watermark, -(self.retention_months - 1)) if ustate.watermark else ""
+        if ustate.watermark and period < oldest_open:
+            return ustate, (
+                f"too late: period {period} is closed (newest period for this user is {ustate.watermark}; "
+                f"{self.retention_months} months are kept open)"
+            )
+        if period > ustate.watermark:
+            ustate.watermark = period
+            keep_from = shift_period(period, -(self.retention_months - 1))
+            for old in [p for p in ustate.periods if p < keep_from]:
+                store.drop_period(user, old)
+                ustate.periods.remove(old)
+        ustate.newest_ms = max(ustate.newest_ms, at_ms)
+        return ustate, None
+
+    def _period_state(self, store: StateStore, ustate: UserState, user: str, period: str) -> PeriodState:
+        state = store.get_period(user, period)
+        if state is None:
+            state = PeriodState()
+            if period not in ustate.periods:
+                bisect.insort(ustate.periods, period)
+        return state
+
+    def _neighbour_states(
+        self, store: StateStore, user: str, tz_plan: Plan, lo_ms: int, hi_ms: int
+    ) -> list[tuple[str, PeriodState]]:
+        """The existing period states whose month intersects ``[lo_ms, hi_ms]``."""
+        tz = tz_plan.timezone
+        first, last = period_of(lo_ms, tz), period_of(hi_ms, tz)
+        found = []
+        period = first
+        while period <= last:
+            state = store.get_period(user, period)
+            if state is not None:
+                found.append((period, state))
+            period = shift_period(period, 1)
+        return found
+
+    def _fmt(self, ms: int, plan: Plan) -> str:
+        moment = from_ms(ms, plan.timezone)
+        return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
+
+    # -- CDRs ---------------------------------------------------------------------------------
+
+    def on_call(self, store: StateStore, ev: CallEvent) -> Outcome:
+        plan = self.plan_for(store, ev.user)
+        period = period_of(ev.start_ms, plan.timezone)
+        ustate, too_late = self._admit(store, ev.user, period, ev.end_ms or ev.start_ms)
+        if too_late:
+            return Outcome("too_late", reason=too_late)
+        state = self._period_state(store, ustate, ev.user, period)
+        late = period < ustate.watermark
+
+        record = state.calls.get(ev.call_id)
+        outbound = 1 if ev.direction == "outbound" else 0
+        if ev.is_end:
+            assert ev.end_ms is not None
+            if record is not None and record[1] != OPEN:
+                return Outcome("duplicate")
+            state.calls[ev.call_id] = [ev.start_ms, ev.end_ms, outbound]
+        else:
+            if record is not None:
+                return Outcome("duplicate")
+            state.calls[ev.call_id] = [ev.start_ms, OPEN, outbound]
+        state.customer, state.plan = ev.customer, plan.name
+        store.put_period(ev.user, period, state)
+        store.put_user(ev.user, ustate)
+
+        breaches = self._simultaneous(store, ev, plan)
+        if outbound:
+            breaches += self._autodialer(store, ev, plan)
+        outcome = Outcome("late" if late else "ok")
+        if ev.is_end and outbound and ev.billsec > 0:
+            number = normalise(ev.callee)
+            rate = self.rates.lookup(number.digits) if number.kind is NumberKind.E164 else None
+            if rate is not None and rate.destination in plan.included:
+                state.covered[ev.call_id] = [ev.billsec, number.digits, "0"]
+                state.numbers.add(self.number_key(number.digits))
+                if len(state.numbers) > plan.max_distinct_numbers and "distinct_numbers" not in state.breaches:
+                    breaches.append(
+                        Breach(
+                            "distinct_numbers", period, ev.start_ms, len(state.numbers), plan.max_distinct_numbers,
+                            {"call_id": ev.call_id, "distinct_numbers": len(state.numbers)},
+                        )
+                    )
+                # a covered call arriving after a breach is billed at once
+                outcome.lines += self._rebill(ev.user, period, state, plan, None)
+        for breach in breaches:
+            self._apply_breach(store, ev.user, ev.customer, plan, breach, outcome)
+        return outcome
+
+    def _simultaneous(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
+        """Max overlap of half-open call intervals around this call; a breach above the limit."""
+        start = ev.start_ms
+        end = ev.end_ms if ev.end_ms is not None else start + self.max_call_ms
+        intervals: list[tuple[int, int, str]] = []
+        states = self._neighbour_states(store, ev.user, plan, start - self.max_call_ms, end)
+        for _, state in states:
+            for call_id, (s, e, _outbound) in state.calls.items():
+                e_eff = s + self.max_call_ms if e == OPEN else e
+                if s < end and start < e_eff:
+                    intervals.append((s, e_eff, call_id))
+        if not intervals:
+            return []
+        # overlap count only changes at interval starts: check each start inside [start, end)
+        instants = sorted({s for s, _, _ in intervals if start <= s < end} | {start})
+        best_count, best_at = 0, start
+        first_breach: tuple[int, int] | None = None
+        peaks: dict[str, int] = {}
+        for instant in instants:
+            count = sum(1 for s, e, _ in intervals if s <= instant < e)
+            p = period_of(instant, plan.timezone)
+            peaks[p] = max(peaks.get(p, 0), count)
+            if count > best_count:
+                best_count, best_at = count, instant
+            if count > plan.max_simultaneous_calls and first_breach is None:
+                first_breach = (instant, count)
+        by_period = dict(states)
+        for p, peak in peaks.items():
+            state = by_period.get(p)
+            if state is not None and peak > state.peak_simultaneous:
+                state.peak_simultaneous = peak
+                store.put_period(ev.user, p, state)
+        if first_breach is None:
+            return []
+        at, count = first_breach
+        period = period_of(at, plan.timezone)
+        state = by_period.get(period)
+        if state is not None and "simultaneous_calls" in state.breaches:
+            return []
+        overlapping = sorted(cid for s, e, cid in intervals if s <= at < e)
+        return [
+            Breach(
+                "simultaneous_calls", period, at, count, plan.max_simultaneous_calls,
+                {"call_ids": overlapping, "simultaneous_calls": count},
+            )
+        ]
+
+    def _autodialer(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
+        """More than ``max_calls_per_hour`` outbound call starts within any 60-minute window."""
+        limit = plan.max_calls_per_hour
+        lo, hi = ev.start_ms - HOUR_MS, ev.start_ms + HOUR_MS
+        starts: list[tuple[int, str]] = []
+        for _, state in self._neighbour_states(store, ev.user, plan, lo, hi):
+            for call_id, (s, _e, outbound) in state.calls.items():
+                if outbound and lo < s < hi:
+                    starts.append((s, call_id))
+        if len(starts) <= limit:
+            return []
+        starts.sort()
+        for j in range(len(starts) - limit):
+            first, last = starts[j], starts[j + limit]
+            if last[0] - first[0] < HOUR_MS:
+                period = period_of(last[0], plan.timezone)
+                state = store.get_period(ev.user, period)
+                if state is not None and "autodialer" in state.breaches:
+                    return []
+                window = [s for s in starts if first[0] <= s[0] < first[0] + HOUR_MS]
+                return [
+                    Breach(
+                        "autodialer", period, last[0], len(window), limit,
+                        {
+                            "window_start": self._fmt(first[0], plan),
+                            "first_call_id": first[1],
+                            "breaching_call_id": last[1],
+                            "calls_in_window": len(window),
+                        },
+                    )
+                ]
+        return []
+
+    # -- registrations ------------------------------------------------------------------------
+
+    def on_registration(self, store: StateStore, reg: Registration) -> Outcome:
+        plan = self.plan_for(store, reg.user)
+        period = period_of(reg.time_ms, plan.timezone)
+        ustate, too_late = self._admit(store, reg.user, period, reg.time_ms)
+        if too_late:
+            return Outcome("too_late", reason=too_late)
+        late = period < ustate.watermark
+        status = "late" if late else "ok"
+        identity = reg.binding
+        current = ustate.bindings.get(identity)
+        if current is not None and current[0] > reg.time_ms:
+            status = "late"  # an older REGISTER than the binding we hold: keep the newer one
+        elif reg.expires == 0:
+            if current is None:
+                status = "duplicate" if not late else status
+            ustate.bindings.pop(identity, None)
+        else:
+            fresh = [reg.time_ms, reg.time_ms + reg.expires * 1000, reg.user_agent]
+            if current == fresh:
+                status = "duplicate"
+            ustate.bindings[identity] = fresh
+        # forget bindings that expired more than a day before the newest event of this user
+        horizon = ustate.newest_ms - 24 * HOUR_MS
+        for key in [k for k, b in ustate.bindings.items() if b[1] < horizon]:
+            del ustate.bindings[key]
+
+        state = self._period_state(store, ustate, reg.user, period)
+        state.customer, state.plan = reg.customer, plan.name
+        outcome = Outcome(status)
+        breaches: list[Breach] = []
+        if reg.expires > 0:
+            active = sorted(k for k, (s, e, _ua) in ustate.bindings.items() if s <= reg.time_ms < e)
+            if len(active) > state.peak_devices:
+                state.peak_devices = len(active)
+            if len(active) > plan.max_registered_devices and "registered_devices" not in state.breaches:
+                breaches.append(
+                    Breach(
+                        "registered_devices", period, reg.time_ms, len(active), plan.max_registered_devices,
+                        {"bindings": active, "registered_devices": len(active)},
+                    )
+                )
+            rule = plan.classify_user_agent(reg.user_agent)
+            if rule is not None and rule not in state.breaches:
+                breaches.append(
+                    Breach(
+                        rule, period, reg.time_ms, 1, 0,
+                        {"user_agent": reg.user_agent, "contact": reg.contact, "source_ip": reg.source_ip},
+                    )
+                )
+        store.put_period(reg.user, period, state)
+        store.put_user(reg.user, ustate)
+        for breach in breaches:
+            self._apply_breach(store, reg.user, reg.customer, plan, breach, outcome)
+        return outcome
+
+    # -- breaches and re-billing --------------------------------------------------------------
+
+    def _apply_breach(
+        self, store: StateStore, user: str, customer: str, plan: Plan, breach: Breach, outcome: Outcome
+    ) -> None:
+        state = store.get_period(user, breach.period)
+        if state is None:  # the breach instant is in a month with no event of its own yet
+            ustate = store.get_user(user) or UserState()
+            state = self._period_state(store, ustate, user, breach.period)
+            state.customer, state.plan = customer, plan.name
+            store.put_user(user, ustate)
+        if breach.rule in state.breaches:
+            return
+        multiplier = plan.multipliers[breach.rule]
+        state.breaches[breach.rule] = str(multiplier)
+        outcome.alerts.append(
+            Alert(
+                alert_id=stable_id("alert", user, breach.period, breach.rule),
+                rule=breach.rule,
+                user=user,
+                customer=customer,
+                plan=plan.name,
+                period=breach.period,
+                observed=breach.observed,
+                limit=breach.limit,
+                multiplier=multiplier,
+                time=self._fmt(breach.at_ms, plan),
+                evidence=breach.evidence,
+            )
+        )
+        outcome.lines += self._rebill(user, breach.period, state, plan, breach.rule)
+        store.put_period(user, breach.period, state)
+
+    def _rebill(self, user: str, period: str, state: PeriodState, plan: Plan, rule: str | None) -> list[RebillLine]:
+        """Bring every covered call of the period up to the highest multiplier breached so far.
+
+        A call already billed at a lower multiplier gets a supplementary line for the difference,
+        so the sum of a call's lines is always the amount due at the highest multiplier.
+        """
+        target = state.multiplier()
+        if target == 0:
+            return []
+        if rule is None or Decimal(state.breaches[rule]) < target:
+            rule = next(r for r, m in state.breaches.items() if Decimal(m) == target)
+        lines = []
+        for call_id, entry in state.covered.items():
+            billsec, digits, billed = entry
+            already = Decimal(billed)
+            if already >= target:
+                continue
+            rate = self.rates.lookup(digits)
+            if rate is None:  # the deck changed since the call was stored
+                continue
+            billed_seconds, due = rate_call(billsec, plan.billing, rate.rate_per_minute, target)
+            _, paid = rate_call(billsec, plan.billing, rate.rate_per_minute, already) if already else (0, Decimal(0))
+            lines.append(
+                RebillLine(
+                    line_id=stable_id("line", user, period, call_id, str(target)),
+                    call_id=call_id,
+                    user=user,
+                    customer=state.customer,
+                    period=period,
+                    rule=rule,
+                    destination=rate.destination,
+                    billsec=billsec,
+                    billed_seconds=billed_seconds,
+                    rate_per_minute=rate.rate_per_minute,
+                    multiplier=target,
+                    amount=due - paid,
+                )
+            )
+            entry[2] = str(target)
+        return lines
+
+
+def apply_all(engine: UsageEngine, store: StateStore, events: Iterable[CallEvent | Registration]) -> list[Outcome]:
+    """Run events through the engine in order (tests, offline replays)."""
+    out = []
+    for ev in events:
+        out.append(engine.on_call(store, ev) if isinstance(ev, CallEvent) else engine.on_registration(store, ev))
+    return out
+
+
+def month_bounds(period: str, plan: Plan) -> tuple[int, int]:
+    return period_bounds_ms(period, plan.timezone)

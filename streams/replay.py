@@ -1,0 +1,276 @@
+"""Replaying recorded streams through a real broker and a real worker, and collecting the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS, Pipeline, build_pipeline
+from .codecs import DLQ_REASON_HEADER
+from .core.errors import ConfigError
+from .core.plans import PlanBook, load_plans
+from .core.rates import RateDeck, load_rate_deck
+from .core.timeutil import parse_rfc3339, to_ms
+from .embedded import EmbeddedBroker, create_topics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ConfigError):
+    """An input file that cannot be replayed (missing, unreadable, not JSONL/Parquet)."""
+
+
+@dataclass(frozen=True)
+class InputMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    time_ms: float  # for interleaving topics in event-time order; inf when unknown
+
+
+def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
+    """Read a JSONL (one JSON object per line) or Parquet file as messages for ``topic``.
+
+    A line that is not JSON is a malformed file (error with its line number); a JSON object that
+    breaks the topic's schema is sent as is, so that the worker routes it to the DLQ.
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        return _read_parquet(path, topic, time_field)
+    messages = []
+    with path.open("rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            raw = line.strip()
+            if not raw:
+                continue
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not a JSON line ({exc})") from None
+            messages.append(_message(topic, raw, data, time_field))
+    return messages
+
+
+def _read_parquet(path: Path, topic: str, time_field: str) -> list[InputMessage]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+    return [_message(topic, orjson.dumps(row, default=str), row, time_field) for row in rows]
+
+
+def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage:
+    key = None
+    when = float("inf")
+    if isinstance(data, dict):
+        if isinstance(data.get("user"), str):
+            key = data["user"].encode()
+        if isinstance(data.get(time_field), str):
+            with contextlib.suppress(ValueError):
+                when = float(to_ms(parse_rfc3339(data[time_field])))
+    return InputMessage(topic, key, raw, when)
+
+
+def load_config(settings: Settings) -> tuple[PlanBook, RateDeck]:
+    rates = load_rate_deck(settings.rates_path)
+    return load_plans(settings.plans_path, rates), rates
+
+
+@dataclass
+class ReplayResult:
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    rebills: list[dict[str, Any]] = field(default_factory=list)
+    dlq: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    sent: int = 0
+    seconds: float = 0.0
+
+    def write(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(out_dir / "alerts.jsonl", self.alerts)
+        _write_jsonl(out_dir / "rebills.jsonl", self.rebills)
+        _write_jsonl(out_dir / "dlq.jsonl", self.dlq)
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as handle:
+        for row in rows:
+            handle.write(orjson.dumps(row) + b"\n")
+    tmp.replace(path)
+
+
+@contextlib.asynccontextmanager
+async def broker_for(settings: Settings, broker_url: str | None) -> AsyncIterator[Settings]:
+    """The given broker, or an embedded one for the duration of the block."""
+    if broker_url:
+        yield settings.with_(broker=broker_url)
+        return
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        yield settings.with_(broker=broker.url)
+    finally:
+        await asyncio.to_thread(broker.__exit__, None, None, None)
+
+
+def bootstrap_of(url: str) -> str:
+    return ";".join(part.split("://", 1)[-1] for part in url.split(";"))
+
+
+async def produce(bootstrap: str, settings: Settings, messages: list[InputMessage],
+                  progress: Callable[[int], None] | None = None) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        batch = []
+        for n, msg in enumerate(messages, start=1):
+            batch.append(await producer.send(settings.topic(msg.topic), key=msg.key, value=msg.value))
+            if len(batch) >= 2000:
+                await asyncio.gather(*batch)
+                batch.clear()
+                if progress:
+                    progress(n)
+        await asyncio.gather(*batch)
+        if progress:
+            progress(len(messages))
+    finally:
+        await producer.stop()
+    return len(messages)
+
+
+async def collect(bootstrap: str, settings: Settings, expected: Callable[[], dict[str, int]],
+                  done: Callable[[], bool], timeout_s: float) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    """Read output and DLQ topics from the start until ``expected`` counts are reached and
+    ``done()`` holds. The broker's end offsets are not trusted (Tansu under-reports them)."""
+    names = [settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    got: dict[str, dict[str, tuple[dict[str, Any], Any]]] = {t: {} for t in OUTPUT_TOPICS + DLQ_TOPICS}
+    try:
+        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or {0})]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                base = tp.topic[len(settings.topic_prefix):]
+                for rec in records:
+                    if base in DLQ_TOPICS:
+                        headers = dict(rec.headers or ())
+                        row = {
+                            "topic": base[: -len("-dlq")],
+                            "reason": headers.get(DLQ_REASON_HEADER, b"").decode(errors="replace"),
+                            "source": headers.get("cdrwatch-source", b"").decode(errors="replace"),
+                            "value": (rec.value or b"").decode("utf-8", errors="replace"),
+                        }
+                        got[base][f"{tp.partition}/{rec.offset}"] = (row, rec)
+                    else:
+                        payload = orjson.loads(rec.value)
+                        ident = payload.get("alert_id") or payload.get("line_id")
+                        got[base][ident] = (payload, rec)
+            want = expected()
+            if done() and all(len(got[t]) >= want.get(t, 0) for t in got):
+                break
+            if time.monotonic() > deadline:
+                have = {t: len(v) for t, v in got.items()}
+                raise TimeoutError(f"outputs incomplete after {timeout_s:.0f} s: have {have}, expected {want}")
+    finally:
+        await consumer.stop()
+    return {t: list(v.values()) for t, v in got.items()}
+
+
+async def replay(
+    settings: Settings,
+    inputs: list[InputMessage],
+    *,
+    broker_url: str | None = None,
+    timeout_s: float = 600.0,
+    report: Callable[[str], None] | None = None,
+    on_pipeline: Callable[[Pipeline], None] | None = None,
+) -> ReplayResult:
+    """Run ``inputs`` through a broker and an in-process worker; return everything it emitted."""
+    plans, rates = load_config(settings)
+    started = time.monotonic()
+    async with broker_for(settings, broker_url) as run_settings:
+        if broker_url:  # a shared broker: isolate this run's topics and consumer group
+            tag = uuid.uuid4().hex[:8]
+            run_settings = run_settings.with_(topic_prefix=f"replay-{tag}-", app_id=f"cdrwatch-replay-{tag}")
+        bootstrap = bootstrap_of(run_settings.broker)
+        await create_topics(bootstrap, [run_settings.topic(t) for t in ALL_TOPICS], run_settings.partitions)
+        pipeline = build_pipeline(run_settings.with_(web_enabled=False), plans, rates)
+        sent_outputs: dict[str, set[str]] = {t: set() for t in OUTPUT_TOPICS}
+        pipeline.on_output.append(
+            lambda topic, p: sent_outputs[topic].add(p.get("alert_id") or p.get("line_id"))
+        )
+        if on_pipeline:
+            on_pipeline(pipeline)
+        app = pipeline.app
+        app.finalize()
+        await app.start()
+        try:
+            ordered = sorted(inputs, key=lambda m: m.time_ms)
+            total = await produce(bootstrap, run_settings, ordered)
+            await _wait_processed(pipeline, total, timeout_s, report)
+
+            def expected() -> dict[str, int]:
+                want = {t: len(ids) for t, ids in sent_outputs.items()}
+                for topic in ("cdrs", "sip-registrations", "subscribers"):
+                    want[f"{topic}-dlq"] = pipeline.metrics.counts.get((topic, "dlq"), 0)
+                return want
+
+            got = await collect(bootstrap, run_settings, expected, lambda: True, timeout_s)
+        finally:
+            await app.stop()
+    result = ReplayResult(sent=total, counts=dict(pipeline.metrics.counts), seconds=time.monotonic() - started)
+    result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
+    result.rebills = sorted(
+        (p for p, _ in got["rebilled-calls"]),
+        key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"]),
+    )
+    result.dlq = [row for t in DLQ_TOPICS for row, _ in got[t]]
+    return result
+
+
+async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, report: Callable[[str], None] | None) -> None:
+    """Until every input message has been handled; progress every 2 s on long replays."""
+    pipeline.progress = asyncio.Event()
+    started = last_report = time.monotonic()
+    last_count, last_change = -1, started
+    while True:
+        target = total + pipeline.metrics.counts.get(("cdrs", "rekeyed"), 0) + pipeline.metrics.counts.get(
+            ("sip-registrations", "rekeyed"), 0
+        )
+        if pipeline.processed >= target:
+            return
+        now = time.monotonic()
+        if pipeline.processed != last_count:
+            last_count, last_change = pipeline.processed, now
+        elif now - last_change > min(timeout_s, 120.0):
+            raise TimeoutError(f"worker stalled: {pipeline.processed} of {target} messages processed")
+        if report and now - last_report >= 2.0:
+            rate = pipeline.processed / max(now - started, 1e-9)
+            report(f"processed {pipeline.processed}/{target} messages ({rate:,.0f}/s)")
+            last_report = now
+        pipeline.progress.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(pipeline.progress.wait(), 0.5)
+
+
+def stderr_report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
