@@ -127,7 +127,10 @@ def _french_fixed(rng: random.Random) -> str:
 
 
 def _french_mobile(rng: random.Random) -> str:
-    return f"0{rng.choice(['6', '6', '6', '7'])}{rng.randint(10, 99) if True else 0}{rng.randint(0, 999999):06d}"
+    """A French mobile number in national form (06, 075–078)."""
+    if rng.random() < 0.75:
+        return f"06{rng.randint(10, 99)}{rng.randint(0, 999999):06d}"
+    return f"07{rng.randint(5, 8)}{rng.randint(0, 9)}{rng.randint(0, 999999):06d}"
 
 
 def _national_to_any_format(national: str, rng: random.Random) -> str:
@@ -410,7 +413,7 @@ def _normal_users(b: _Builder, count: int) -> None:
                    for _ in range(r.randint(1, 2))]
         for day in r.sample(b.days, 2):
             for dev in devices:
-                b.register_day(acc, dev, day, refreshes=r.randint(1, 3))
+                b.register_day(acc, dev, day, refreshes=r.randint(1, 2))
 
 
 def _plain_registration(b: _Builder, acc: _Account, day: date, ua: str | None = None) -> None:

@@ -1,0 +1,107 @@
+"""Agents through ``agent.test_context()``: the thin shell around the core, on the memory store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.agents.usage import Pipeline
+
+
+def cdr(call_id: str, *, user: str = "alice", start: str = "2026-11-03T10:00:00+01:00",
+        end: str = "2026-11-03T10:30:00+01:00", callee: str = "0145000000", billsec: int = 600,
+        event: str = "end") -> bytes:
+    payload: dict[str, Any] = {
+        "event": event, "call_id": call_id, "user": user, "customer": "acme", "caller": "0140000000",
+        "callee": callee, "direction": "outbound", "start_time": start,
+    }
+    if event == "end":
+        payload |= {"answer_time": start.replace(":00+", ":05+"), "end_time": end, "billsec": billsec,
+                    "disposition": "ANSWERED"}
+    return orjson.dumps(payload)
+
+
+async def drain(pipe: Pipeline, topic: str) -> list[Any]:
+    tap = pipe.taps[topic]  # type: ignore[attr-defined]
+    out = []
+    while not tap.empty():
+        out.append(await tap.get())
+    return out
+
+
+async def test_overlapping_calls_raise_one_alert_and_rebill_lines(pipeline: Pipeline) -> None:
+    agent = pipeline.agents["cdrs"]
+    async with agent.test_context() as ctx:
+        for i in range(4):
+            await ctx.put(key=b"alice", value=cdr(f"c{i}", start=f"2026-11-03T10:0{i}:00+01:00"))
+        await ctx.put(key=b"alice", value=cdr("c0", start="2026-11-03T10:00:00+01:00"))  # duplicate
+    alerts = [orjson.loads(e.value) for e in await drain(pipeline, "fairuse-alerts")]
+    lines = [orjson.loads(e.value) for e in await drain(pipeline, "rebilled-calls")]
+    assert [(a["user"], a["rule"], a["period"], a["observed"]) for a in alerts] == [
+        ("alice", "simultaneous_calls", "2026-11", 4)
+    ]
+    assert sorted(line["call_id"] for line in lines) == ["c0", "c1", "c2", "c3"]
+    assert pipeline.metrics.counts == {("cdrs", "ok"): 4, ("cdrs", "duplicate"): 1}
+    assert pipeline.processed == 5
+
+
+async def test_bad_message_goes_to_dlq_and_the_agent_keeps_going(pipeline: Pipeline) -> None:
+    agent = pipeline.agents["cdrs"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"alice", value=b"{not json")
+        await ctx.put(key=b"alice", value=cdr("ok-1"))
+    dead = await drain(pipeline, "cdrs-dlq")
+    assert len(dead) == 1
+    assert dead[0].value == b"{not json"
+    reason = dict(dead[0].headers)["cdrwatch-reason"].decode()
+    assert "not valid UTF-8 JSON" in reason
+    assert pipeline.metrics.counts == {("cdrs", "dlq"): 1, ("cdrs", "ok"): 1}
+
+
+async def test_table_state_is_keyed_by_user_and_month(pipeline: Pipeline) -> None:
+    agent = pipeline.agents["cdrs"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"bob", value=cdr("b1", user="bob", start="2026-10-31T23:30:00+00:00",
+                                             end="2026-10-31T23:40:00+00:00", billsec=60))
+    # 23:30 UTC on 31 October is 00:30 on 1 November in Paris
+    assert set(pipeline.periods.keys()) == {b"bob|2026-11"}
+    assert b"bob" in pipeline.users
+
+
+async def test_registration_agent_flags_a_pbx(pipeline: Pipeline) -> None:
+    agent = pipeline.agents["sip-registrations"]
+    reg = {"user": "carol", "customer": "acme", "contact": "sip:carol@192.0.2.10:5060", "instance_id": None,
+           "user_agent": "FreeSWITCH-mod_sofia/1.10.9", "source_ip": "192.0.2.10", "expires": 3600,
+           "time": "2026-11-05T09:00:00+01:00"}
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"carol", value=orjson.dumps(reg))
+        await ctx.put(key=b"carol", value=orjson.dumps(reg))  # a retransmitted REGISTER
+    alerts = [orjson.loads(e.value) for e in await drain(pipeline, "fairuse-alerts")]
+    assert [(a["rule"], a["multiplier"]) for a in alerts] == [("pbx_or_gateway", 4)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (orjson.dumps({"customer": "acme", "plan": "fixe-illimite"}), b"fixe-illimite"),
+        (None, None),
+    ],
+)
+async def test_subscriber_records_set_and_clear_the_plan(pipeline: Pipeline, value: bytes | None,
+                                                         expected: bytes | None) -> None:
+    agent = pipeline.agents["subscribers"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"dave", value=orjson.dumps({"customer": "acme", "plan": "pro-illimite"}))
+        await ctx.put(key=b"dave", value=value)
+    assert pipeline.subscribers.get(b"dave") == expected
+
+
+async def test_subscriber_with_unknown_plan_is_rejected(pipeline: Pipeline) -> None:
+    agent = pipeline.agents["subscribers"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"erin", value=orjson.dumps({"customer": "acme", "plan": "gold"}))
+    dead = await drain(pipeline, "subscribers-dlq")
+    assert "unknown plan 'gold'" in dict(dead[0].headers)["cdrwatch-reason"].decode()
+    assert b"erin" not in pipeline.subscribers
