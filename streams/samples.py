@@ -134,8 +134,10 @@ def _french_mobile(rng: random.Random) -> str:
 
 
 def _national_to_any_format(national: str, rng: random.Random) -> str:
-    """The same French number as ``0X…``, ``+33X…`` or ``0033X…``."""
+    """The same French number as ``0X…``, ``+33X…`` or ``0033X…`` (other numbers unchanged)."""
     form = rng.random()
+    if national.startswith(("+", "00")):
+        return national
     if form < 0.5:
         return national
     if form < 0.85:
@@ -211,9 +213,14 @@ class _Builder:
 
     # ---- accounts ---------------------------------------------------------------------------
 
-    def account(self, user: str, customer: str) -> _Account:
-        self._did_counter += 1
-        did = f"+3397{self._did_counter:07d}"
+    def account(self, user: str, customer: str, *, index: int | None = None) -> _Account:
+        """A SIP account; ``index`` numbers normal users, the others get their own DID range so
+        that their events do not depend on how many normal users there are."""
+        if index is None:
+            self._did_counter += 1
+            did = f"+33980{self._did_counter:06d}"
+        else:
+            did = f"+33970{index:06d}"
         acc = _Account(user, customer, did, random.Random(f"cdrwatch-sample:{self.seed}:{user}"))
         self.accounts[user] = acc
         return acc
@@ -312,8 +319,7 @@ class _Builder:
                           direction="forwarded", ring=ring, billsec=billsec, disposition=disp,
                           forward_to="+33" + book[0][1:], with_start=rng.random() < 0.2)
             else:
-                other = rng.choices(book, weights)[0]
-                other = other if other.startswith(("+", "00")) else _national_to_any_format(other, rng)
+                other = _national_to_any_format(rng.choices(book, weights)[0], rng)
                 self.call(acc, other=other, start=start, ring=ring, billsec=billsec, disposition=disp,
                           with_start=rng.random() < 0.2)
 
@@ -401,7 +407,7 @@ def _normal_users(b: _Builder, count: int) -> None:
             customer_no += 1
             left = rng.randint(1, 6)
         left -= 1
-        acc = b.account(f"u{i:04d}", f"c{customer_no:03d}")
+        acc = b.account(f"u{i:04d}", f"c{customer_no:03d}", index=i)
         r = acc.rng
         book = _unique_numbers(r, r.randint(8, 40), mobile_share=0.4, avoid=set())
         book += [_international(r) for _ in range(r.randint(0, 3))]

