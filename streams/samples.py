@@ -135,9 +135,9 @@ def _french_mobile(rng: random.Random) -> str:
 
 def _national_to_any_format(national: str, rng: random.Random) -> str:
     """The same French number as ``0X…``, ``+33X…`` or ``0033X…`` (other numbers unchanged)."""
-    form = rng.random()
     if national.startswith(("+", "00")):
         return national
+    form = rng.random()
     if form < 0.5:
         return national
     if form < 0.85:
@@ -341,7 +341,7 @@ class _Builder:
     def register_day(self, acc: _Account, dev: _Device, day: date, *, refreshes: int) -> None:
         """A phone registering in the morning and refreshing a little before each expiry."""
         at = _local(day, 7, 30) + timedelta(seconds=acc.rng.randint(0, 5400))
-        for i in range(refreshes + 1):
+        for _ in range(refreshes + 1):
             self.register(acc, dev, at)
             at += timedelta(seconds=acc.rng.randint(3300, 3550))
         if acc.rng.random() < 0.25:  # switched off at the end of the day
