@@ -246,19 +246,21 @@ def test_compose_file_validates_against_the_compose_specification(
 
 
 @pytest.mark.parametrize(
-    ("mutate", "why"),
+    "mutate",
     [
-        (lambda c: c["services"]["worker"].update(healthchek={}), "unknown service key"),
-        (lambda c: c["services"]["worker"]["depends_on"]["topics-init"].update(condition="done"), "bad condition"),
-        (lambda c: c["services"]["kafka"]["environment"].update(KAFKA_X=True), "YAML boolean in environment"),
-        (lambda c: c["services"]["worker"]["healthcheck"].update(interval="PT15S"), "not a Go duration"),
-        (lambda c: c["services"]["grafana"].update(ports=["3000:3000:3000"]), "malformed port"),
-        (lambda c: c["services"]["worker"].update(expose=["http"]), "malformed expose"),
-        (lambda c: c.update(name="cdrwatch"), "top-level key this schema predates"),
+        pytest.param(lambda c: c["services"]["worker"].update(healthchek={}), id="unknown-service-key"),
+        pytest.param(
+            lambda c: c["services"]["worker"]["depends_on"]["topics-init"].update(condition="done"), id="bad-condition"
+        ),
+        pytest.param(lambda c: c["services"]["kafka"]["environment"].update(KAFKA_X=True), id="yaml-boolean-in-env"),
+        pytest.param(lambda c: c["services"]["worker"]["healthcheck"].update(interval="PT15S"), id="not-go-duration"),
+        pytest.param(lambda c: c["services"]["grafana"].update(ports=["3000:3000:3000"]), id="malformed-port"),
+        pytest.param(lambda c: c["services"]["worker"].update(expose=["http"]), id="malformed-expose"),
+        pytest.param(lambda c: c.update(name="cdrwatch"), id="key-newer-than-the-schema"),
     ],
 )
 def test_compose_spec_validator_is_not_vacuous(
-    compose: dict[str, Any], compose_validator: Callable[[Any], Any], mutate: Callable[[Any], None], why: str
+    compose: dict[str, Any], compose_validator: Callable[[Any], Any], mutate: Callable[[Any], None]
 ) -> None:
     broken = copy.deepcopy(compose)
     mutate(broken)
@@ -333,15 +335,39 @@ def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert command_option(worker, "--web-host") == "0.0.0.0"
     assert web_port in [str(port) for port in worker.get("expose", [])]
     assert worker.get("restart") == "unless-stopped"
-    # RocksDB state: an anonymous volume per replica, at the path the --store URL names.
-    store = command_option(worker, "--store")
-    assert store.startswith("rocksdb://")
-    state_dir = store.removeprefix("rocksdb://")
+    # RocksDB state: an anonymous volume per replica, at Faust's datadir.
+    assert command_option(worker, "--store") == environment(worker)["CDRWATCH_STORE"] == "rocksdb://"
+    state_dir = environment(worker)["APP_DATADIR"]
     state = [m for m in mounts(worker) if m.target == state_dir]
     assert [m.kind for m in state] == ["anonymous"], f"{state_dir} must be an anonymous volume, got {state}"
     # The healthcheck asks the worker's own web server.
     test = " ".join(worker["healthcheck"]["test"])
     assert f"http://127.0.0.1:{web_port}/healthz" in test
+
+
+def test_worker_tables_each_get_files_in_the_state_volume(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real tables, built as `cdrwatch worker` builds them with the compose settings.
+
+    (faust-streaming takes the path of a `rocksdb:///path` URL as every table's file name, so
+    such a URL would put all tables in one /path-<partition>.db, outside the volume.)
+    """
+    from streams.agents.usage import build_pipeline
+    from streams.replay import load_config
+    from streams.settings import settings_from_env
+
+    worker = services["worker"]
+    state_dir = environment(worker)["APP_DATADIR"]
+    monkeypatch.setenv("APP_DATADIR", state_dir)  # Faust reads it when the App is created
+    settings = settings_from_env({}, store=command_option(worker, "--store"), web_enabled=False)
+    plans, rates = load_config(settings)
+    tables = build_pipeline(settings, plans, rates).app.tables.values()
+    assert tables
+    paths = [Path(table.data.partition_path(0)) for table in tables]
+    assert len(set(paths)) == len(paths), f"tables share files: {paths}"
+    for path in paths:
+        assert path.is_relative_to(state_dir), f"{path} is outside the state volume {state_dir}"
 
 
 def test_worker_and_replay_settings(services: dict[str, dict[str, Any]]) -> None:
@@ -352,12 +378,12 @@ def test_worker_and_replay_settings(services: dict[str, dict[str, Any]]) -> None
         env = environment(service)
         unknown = {var for var in env if var.startswith("CDRWATCH_")} - set(ENV_VARS)
         assert not unknown, f"{name}: variables streams.settings does not read: {sorted(unknown)}"
+        assert env["CDRWATCH_STORE"] in {"rocksdb://", "memory://"}, "a rocksdb:// URL with a path breaks tables"
         assert env["CDRWATCH_BROKER"] == command_option(service, "--broker") == "kafka://kafka:9092"
         assert env["CDRWATCH_PLANS"] == "/etc/cdrwatch/plans.toml"
         assert env["CDRWATCH_RATES"] == "/etc/cdrwatch/rates.csv"
         assert env["CDRWATCH_HASH_SECRET"].startswith("${CDRWATCH_HASH_SECRET:?"), "the secret must be required"
         assert mount_target(service, "./deploy/cdrwatch") == "/etc/cdrwatch"
-    assert environment(services["worker"])["CDRWATCH_STORE"] == command_option(services["worker"], "--store")
     # Faust sizes its changelogs from CDRWATCH_PARTITIONS: the same variable sizes the topics.
     assert (
         environment(services["worker"])["CDRWATCH_PARTITIONS"]
@@ -504,7 +530,7 @@ def test_replay_sample_streams_are_in_the_repository(services: dict[str, dict[st
 FAKE_KAFKA_TOPICS = """#!/usr/bin/env bash
 # Records each call (one argument per field) and answers --describe from $FAKE_DESCRIBE.
 set -euo pipefail
-(IFS=$'\\x1f'; echo "$*") >> "$FAKE_CALLS"
+(IFS=$'\\x1f'; printf '%s\\n' "$*") >> "$FAKE_CALLS"
 if [[ " $* " == *" --describe "* ]]; then cat "$FAKE_DESCRIBE"; fi
 """
 
