@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streams.embedded import free_port
 from streams.settings import bundled_file
 
 pytestmark = pytest.mark.integration
@@ -85,7 +86,7 @@ def test_replay_rejects_a_bad_plans_file(tmp_path: Path) -> None:
 
 
 def test_run_replays_the_sample_prints_alerts_and_exits(tmp_path: Path) -> None:
-    done = cdrwatch("run", "--exit-when-done", "--web-port", "0", timeout=300)
+    done = cdrwatch("run", "--exit-when-done", "--web-port", str(free_port()), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [line for line in done.stdout.splitlines() if line.startswith("ALERT")]
     assert len(printed) == len(read_jsonl(SAMPLE / "expected.jsonl"))
