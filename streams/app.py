@@ -7,11 +7,24 @@ import faust
 from .settings import Settings
 
 
+def store_and_datadir(settings: Settings) -> tuple[str, str | None]:
+    """``rocksdb:///var/lib/cdrwatch`` means the rocksdb store with its files in that directory
+    (Faust alone would read the path as a file-name prefix shared by every table)."""
+    store, datadir = settings.store, settings.data_dir
+    scheme, _, path = store.partition("://")
+    if scheme == "rocksdb" and path:
+        return "rocksdb://", path
+    return store, str(datadir) if datadir is not None else None
+
+
 def create_app(settings: Settings) -> faust.App:
+    store, datadir = store_and_datadir(settings)
+    extra = {"datadir": datadir} if datadir else {}
     return faust.App(
         settings.app_id,
         broker=settings.broker,
-        store=settings.store,
+        store=store,
+        **extra,
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -166,8 +167,8 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
     from .replay import _wait_processed, produce
 
     plans, rates = load_config(settings)
-    with EmbeddedBroker() as broker:
-        settings = settings.with_(broker=broker.url)
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="cdrwatch-run-") as scratch:
+        settings = settings.with_(broker=broker.url, data_dir=Path(scratch))
         print(f"embedded broker on {broker.bootstrap}", flush=True)
         await create_topics(broker.bootstrap, ALL_TOPICS, settings.partitions)
         pipeline = build_pipeline(settings, plans, rates)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -128,6 +129,13 @@ async def broker_for(settings: Settings, broker_url: str | None) -> AsyncIterato
         await asyncio.to_thread(broker.__exit__, None, None, None)
 
 
+@contextlib.asynccontextmanager
+async def _scratch_dir() -> AsyncIterator[Path]:
+    """A data directory for a worker whose state lives only as long as the run (memory store)."""
+    with tempfile.TemporaryDirectory(prefix="cdrwatch-worker-") as tmp:
+        yield Path(tmp)
+
+
 def bootstrap_of(url: str) -> str:
     return ";".join(part.split("://", 1)[-1] for part in url.split(";"))
 
@@ -207,7 +215,8 @@ async def replay(
     """Run ``inputs`` through a broker and an in-process worker; return everything it emitted."""
     plans, rates = load_config(settings)
     started = time.monotonic()
-    async with broker_for(settings, broker_url) as run_settings:
+    async with broker_for(settings, broker_url) as run_settings, _scratch_dir() as scratch:
+        run_settings = run_settings.with_(data_dir=scratch)
         if broker_url:  # a shared broker: isolate this run's topics and consumer group
             tag = uuid.uuid4().hex[:8]
             run_settings = run_settings.with_(topic_prefix=f"replay-{tag}-", app_id=f"cdrwatch-replay-{tag}")

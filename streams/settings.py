@@ -46,6 +46,7 @@ DEMO_HASH_SECRET = "cdrwatch-demo-secret-change-me"
 class Settings:
     broker: str = "kafka://127.0.0.1:9092"
     store: str = "memory://"
+    data_dir: Path | None = None  # Faust's datadir (table files); default ./<app_id>-data
     app_id: str = "cdrwatch"
     plans_path: Path = field(default_factory=lambda: bundled_file("plans.toml"))
     rates_path: Path = field(default_factory=lambda: bundled_file("rates.csv"))
@@ -75,6 +76,7 @@ class Settings:
 ENV_VARS: Mapping[str, str] = {
     "CDRWATCH_BROKER": "broker",
     "CDRWATCH_STORE": "store",
+    "CDRWATCH_DATA_DIR": "data_dir",
     "CDRWATCH_APP_ID": "app_id",
     "CDRWATCH_PLANS": "plans_path",
     "CDRWATCH_RATES": "rates_path",
@@ -102,7 +104,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     values.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(values.get("hash_secret"), str):
         values["hash_secret"] = SecretStr(str(values["hash_secret"]))
-    for key in ("plans_path", "rates_path"):
+    for key in ("plans_path", "rates_path", "data_dir"):
         if isinstance(values.get(key), str):
             values[key] = Path(str(values[key]))
     return replace(base, **values)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
@@ -26,10 +27,10 @@ def config(settings: Settings) -> tuple[PlanBook, RateDeck]:
 
 
 @pytest.fixture()
-async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck]) -> AsyncIterator[Pipeline]:
+async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck], tmp_path: Path) -> AsyncIterator[Pipeline]:
     """A pipeline whose output and DLQ topics are in-memory channels (agent tests, no broker)."""
     plans, rates = config
-    pipe = build_pipeline(settings.with_(app_id=f"test-{uuid.uuid4().hex[:8]}"), plans, rates)
+    pipe = build_pipeline(settings.with_(app_id=f"test-{uuid.uuid4().hex[:8]}", data_dir=tmp_path), plans, rates)
     taps: dict[str, object] = {}
     for name in list(pipe.topics):
         if name not in ("cdrs", "sip-registrations", "subscribers"):
