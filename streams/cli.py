@@ -9,14 +9,17 @@ import signal
 import sys
 import tempfile
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-import orjson
 
 from . import __version__
 from .core.errors import ConfigError
-from .replay import ReplayResult, load_config, read_stream, replay, stderr_report
+from .config import load_config
+from .core.summary import SummaryRow, summary_rows
+from .replay import ReplayResult, read_stream, replay, run_offline, stderr_report
+from .reports import write_summary
 from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
 
 EXIT_USAGE = 2
@@ -32,6 +35,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _period(text: str) -> str:
+    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit() or not 1 <= int(text[5:]) <= 12:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}")
+    return text
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--timeout", type=_positive_int, default=600, metavar="S", help="give up after S seconds (600)")
     _common(rp)
 
+    sm = sub.add_parser(
+        "summary", help="the monthly fair-use summary (Parquet or CSV) from recorded streams",
+        description="Compute the monthly summary — one row per (customer, user, period): plan, distinct "
+        "numbers, peak simultaneous calls, peak registered devices, rules breached, covered calls and "
+        "minutes, re-billed amount — by running the streams through the same rules engine as the worker, "
+        "without Kafka. `replay` writes the same file (DIR/summary.parquet) from the worker's tables.",
+    )
+    sm.add_argument("--cdrs", type=Path, required=True, metavar="FILE", help="cdrs stream (.jsonl or .parquet)")
+    sm.add_argument("--registrations", type=Path, metavar="FILE", help="sip-registrations stream")
+    sm.add_argument("--subscribers", type=Path, metavar="FILE", help="subscribers records ({user, customer, plan})")
+    sm.add_argument("--period", metavar="YYYY-MM", type=_period, help="only this month")
+    sm.add_argument("--out", type=Path, required=True, metavar="FILE", help="summary.parquet or summary.csv")
+    _common(sm)
+
     br = sub.add_parser(
         "broker", help="run the embedded broker in the foreground",
         description="Run the embedded Tansu broker on loopback, create cdrwatch's topics and print the "
@@ -113,14 +136,14 @@ def format_replay(result: ReplayResult, out_dir: Path) -> str:
     by_rule: dict[str, int] = {}
     for alert in result.alerts:
         by_rule[alert["rule"]] = by_rule.get(alert["rule"], 0) + 1
-    total = sum((_decimal(r["amount"]) for r in result.rebills), start=_decimal("0"))
+    total = sum((Decimal(str(r["amount"])) for r in result.rebills), start=Decimal(0))
     outcomes = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(result.counts.items()))
     lines = [
         f"replayed {result.sent} messages in {result.seconds:.1f} s ({outcomes})",
         f"alerts: {len(result.alerts)}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items())) + ")" if by_rule else ""),
         f"re-bill lines: {len(result.rebills)}, {total} EUR",
         f"rejected to DLQ: {len(result.dlq)}",
-        f"wrote {out_dir / 'alerts.jsonl'}, {out_dir / 'rebills.jsonl'}, {out_dir / 'dlq.jsonl'}",
+        f"wrote alerts.jsonl, rebills.jsonl, dlq.jsonl and summary.parquet ({len(result.summary)} rows) in {out_dir}",
     ]
     return "\n".join(lines)
 
@@ -133,19 +156,46 @@ def format_alert(payload: dict[str, Any]) -> str:
     )
 
 
-def _decimal(text: str) -> Any:
-    from decimal import Decimal
-
-    return Decimal(text)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+def read_inputs(args: argparse.Namespace) -> list[Any]:
     messages = read_stream(args.cdrs, "cdrs", "start_time")
     if args.registrations:
         messages += read_stream(args.registrations, "sip-registrations", "time")
     if args.subscribers:
         messages = read_stream(args.subscribers, "subscribers", "") + messages
+    return messages
+
+
+def format_summary(rows: Sequence[SummaryRow], counts: dict[tuple[str, str], int]) -> str:
+    breached = [r for r in rows if r.rules_breached]
+    total = sum((r.rebilled_amount for r in rows), start=Decimal(0))
+    lines = [
+        f"{len(rows)} user-months, {len(breached)} in breach, re-billed {total} EUR",
+        "  ".join(f"{t} {o}: {n}" for (t, o), n in sorted(counts.items())),
+    ]
+    if breached:
+        lines.append(f"{'customer':<12} {'user':<20} {'period':<7} {'rules':<40} {'amount':>10}")
+        for r in breached:
+            lines.append(
+                f"{r.customer:<12} {r.user:<20} {r.period:<7} {','.join(r.rules_breached):<40} {r.rebilled_amount:>10}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    plans, rates = load_config(settings)
+    store, counts = run_offline(settings, read_inputs(args))
+    states = [(u, p, s) for (u, p), s in store.periods.items() if args.period in (None, p)]
+    rows = summary_rows(states, plans, rates)
+    write_summary(rows, args.out, plans.timezone.key)
+    print(format_summary(rows, counts))
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    messages = read_inputs(args)
     result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout, report=stderr_report))
     result.write(args.out)
     print(format_replay(result, args.out))
@@ -228,7 +278,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"replay": cmd_replay, "run": cmd_run, "worker": cmd_worker, "broker": cmd_broker}
+COMMANDS = {"summary": cmd_summary, "replay": cmd_replay, "run": cmd_run, "worker": cmd_worker, "broker": cmd_broker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

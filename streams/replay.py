@@ -17,12 +17,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS, Pipeline, build_pipeline
-from .codecs import DLQ_REASON_HEADER
-from .core.errors import ConfigError
-from .core.plans import PlanBook, load_plans
-from .core.rates import RateDeck, load_rate_deck
+from .codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration, decode_subscriber
+from .config import build_engine, load_config
+from .core.errors import ConfigError, InvalidRecord
+from .core.summary import SummaryRow, summary_rows
 from .core.timeutil import parse_rfc3339, to_ms
+from .core.usage import DictStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics
+from .reports import write_summary
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ def _read_parquet(path: Path, topic: str, time_field: str) -> list[InputMessage]
 
 def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage:
     key = None
-    when = float("inf")
+    # subscriber records have no event time: they go first, so plans apply from the first event
+    when = float("inf") if time_field else float("-inf")
     if isinstance(data, dict):
         if isinstance(data.get("user"), str):
             key = data["user"].encode()
@@ -86,16 +89,13 @@ def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage
     return InputMessage(topic, key, raw, when)
 
 
-def load_config(settings: Settings) -> tuple[PlanBook, RateDeck]:
-    rates = load_rate_deck(settings.rates_path)
-    return load_plans(settings.plans_path, rates), rates
-
-
 @dataclass
 class ReplayResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     rebills: list[dict[str, Any]] = field(default_factory=list)
     dlq: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[SummaryRow] = field(default_factory=list)
+    timezone: str = "UTC"
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     sent: int = 0
     seconds: float = 0.0
@@ -105,6 +105,44 @@ class ReplayResult:
         _write_jsonl(out_dir / "alerts.jsonl", self.alerts)
         _write_jsonl(out_dir / "rebills.jsonl", self.rebills)
         _write_jsonl(out_dir / "dlq.jsonl", self.dlq)
+        write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
+
+
+def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[DictStore, dict[tuple[str, str], int]]:
+    """The same engine without Kafka, in event-time order: the `summary` command and a reference
+    for tests (the streaming result must match it)."""
+    plans, rates = load_config(settings)
+    engine = build_engine(settings, plans, rates)
+    store = DictStore()
+    counts: dict[tuple[str, str], int] = {}
+    for msg in sorted(messages, key=lambda m: m.time_ms):
+        outcome = "ok"
+        try:
+            if msg.topic == "subscribers":
+                sub = decode_subscriber(msg.key, msg.value, lambda plan: plan in plans.plans)
+                if sub.plan is None:
+                    store.subscribers.pop(sub.user, None)
+                else:
+                    store.subscribers[sub.user] = sub.plan
+            elif msg.topic == "cdrs":
+                outcome = engine.on_call(store, decode_cdr(msg.value)).status
+            else:
+                outcome = engine.on_registration(store, decode_registration(msg.value)).status
+        except InvalidRecord:
+            outcome = "dlq"
+        if outcome == "too_late":
+            outcome = "dlq"
+        counts[(msg.topic, outcome)] = counts.get((msg.topic, outcome), 0) + 1
+    return store, counts
+
+
+def table_states(table: Any) -> list[tuple[str, str, PeriodState]]:
+    """Every period state a worker holds (all partitions are local in a single-worker replay)."""
+    states = []
+    for key, raw in table.items():
+        user, _, period = key.decode().rpartition("|")
+        states.append((user, period, PeriodState.decode(raw)))
+    return states
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -234,7 +272,11 @@ async def replay(
         await app.start()
         try:
             ordered = sorted(inputs, key=lambda m: m.time_ms)
-            total = await produce(bootstrap, run_settings, ordered)
+            # subscriber records are consumed by their own agent: let them land before any event
+            subscribers = [m for m in ordered if m.topic == "subscribers"]
+            total = await produce(bootstrap, run_settings, subscribers)
+            await _wait_processed(pipeline, total, timeout_s, None)
+            total += await produce(bootstrap, run_settings, [m for m in ordered if m.topic != "subscribers"])
             await _wait_processed(pipeline, total, timeout_s, report)
 
             def expected() -> dict[str, int]:
@@ -244,9 +286,11 @@ async def replay(
                 return want
 
             got = await collect(bootstrap, run_settings, expected, lambda: True, timeout_s)
+            summary = summary_rows(table_states(pipeline.periods), plans, rates)
         finally:
             await app.stop()
-    result = ReplayResult(sent=total, counts=dict(pipeline.metrics.counts), seconds=time.monotonic() - started)
+    result = ReplayResult(sent=total, counts=dict(pipeline.metrics.counts), seconds=time.monotonic() - started,
+                          summary=summary, timezone=plans.timezone.key)
     result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
     result.rebills = sorted(
         (p for p, _ in got["rebilled-calls"]),

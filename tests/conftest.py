@@ -12,7 +12,7 @@ from streams.agents.usage import Pipeline, build_pipeline
 from streams.core.plans import PlanBook
 from streams.core.rates import RateDeck
 from streams.embedded import EmbeddedBroker
-from streams.replay import load_config
+from streams.config import load_config
 from streams.settings import Settings
 
 

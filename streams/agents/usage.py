@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
 import faust
 from faust.types import EventT
 
 from ..codecs import DLQ_REASON_HEADER, decode_cdr, decode_key, decode_registration, decode_subscriber, encode
+from ..config import build_engine
 from ..core.errors import InvalidRecord
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
-from ..core.records import Alert, CallEvent, RebillLine, Registration
+from ..core.records import CallEvent, Registration
 from ..core.usage import Outcome, UsageEngine
 from ..metrics import Metrics
 from ..settings import Settings
@@ -161,13 +161,7 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     periods = app.Table("periods", help="PeriodState per user|YYYY-MM", **table_opts)
     users = app.Table("users", help="UserState (SIP bindings, watermark) per user", **table_opts)
     subscribers = app.Table("subscribers", help="plan name per user", **table_opts)
-    engine = UsageEngine(
-        plans,
-        rates,
-        hash_secret=settings.hash_secret.get_secret_value().encode(),
-        max_call_duration_s=settings.max_call_duration_s,
-        retention_months=settings.retention_months,
-    )
+    engine = build_engine(settings, plans, rates)
     pipeline = Pipeline(
         app=app, settings=settings, engine=engine, metrics=Metrics(), topics=topics,
         periods=periods, users=users, subscribers=subscribers,
@@ -195,8 +189,4 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     return pipeline
 
 
-def euros(lines: list[RebillLine]) -> Decimal:
-    return sum((line.amount for line in lines), Decimal(0))
-
-
-__all__ = ["Pipeline", "build_pipeline", "ALL_TOPICS", "INPUT_TOPICS", "OUTPUT_TOPICS", "DLQ_TOPICS", "Alert"]
+__all__ = ["Pipeline", "build_pipeline", "ALL_TOPICS", "INPUT_TOPICS", "OUTPUT_TOPICS", "DLQ_TOPICS"]

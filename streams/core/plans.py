@@ -131,7 +131,7 @@ def parse_plans(data: Mapping[str, Any], rates: RateDeck | None = None, *, sourc
 def _zone(name: str, source: str, key: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise PlansError(f"{source}: {key}: unknown IANA time zone {name!r}") from None
 
 

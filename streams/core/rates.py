@@ -31,6 +31,9 @@ class RateDeck:
     def __len__(self) -> int:
         return len(self._by_prefix)
 
+    def by_prefix(self, prefix: str) -> Rate | None:
+        return self._by_prefix.get(prefix)
+
     def lookup(self, digits: str) -> Rate | None:
         """The rate of the longest prefix of ``digits`` (E.164 digits), or None."""
         by_prefix = self._by_prefix

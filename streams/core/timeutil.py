@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = ["parse_rfc3339", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
+
+
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 timestamp; an offset (or ``Z``) is required."""
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     try:
         value = datetime.fromisoformat(text)
     except (TypeError, ValueError):

@@ -44,7 +44,10 @@ class PeriodState:
     calls: dict[str, list[int]] = field(default_factory=dict)  # call_id -> [start_ms, end_ms|OPEN, outbound]
     numbers: set[int] = field(default_factory=set)  # keyed hashes of distinct covered callees
     breaches: dict[str, str] = field(default_factory=dict)  # rule -> multiplier, in breach order
-    covered: dict[str, list[Any]] = field(default_factory=dict)  # call_id -> [billsec, digits, billed multiplier]
+    breach_ms: dict[str, int] = field(default_factory=dict)  # rule -> event time of the breach
+    # call_id -> [billsec, rate-deck prefix of the callee, multiplier billed so far]; the prefix, not
+    # the number, so that the re-billing store holds no called number in clear
+    covered: dict[str, list[Any]] = field(default_factory=dict)
     peak_simultaneous: int = 0
     peak_devices: int = 0
     customer: str = ""
@@ -56,6 +59,7 @@ class PeriodState:
                 "c": self.calls,
                 "n": sorted(self.numbers),
                 "b": self.breaches,
+                "bt": self.breach_ms,
                 "v": self.covered,
                 "ps": self.peak_simultaneous,
                 "pd": self.peak_devices,
@@ -71,6 +75,7 @@ class PeriodState:
             calls=data["c"],
             numbers=set(data["n"]),
             breaches=data["b"],
+            breach_ms=data["bt"],
             covered=data["v"],
             peak_simultaneous=data["ps"],
             peak_devices=data["pd"],
@@ -273,7 +278,7 @@ class UsageEngine:
             number = normalise(ev.callee)
             rate = self.rates.lookup(number.digits) if number.kind is NumberKind.E164 else None
             if rate is not None and rate.destination in plan.included:
-                state.covered[ev.call_id] = [ev.billsec, number.digits, "0"]
+                state.covered[ev.call_id] = [ev.billsec, rate.prefix, "0"]
                 state.numbers.add(self.number_key(number.digits))
                 if len(state.numbers) > plan.max_distinct_numbers and "distinct_numbers" not in state.breaches:
                     breaches.append(
@@ -303,15 +308,12 @@ class UsageEngine:
             return []
         # overlap count only changes at interval starts: check each start inside [start, end)
         instants = sorted({s for s, _, _ in intervals if start <= s < end} | {start})
-        best_count, best_at = 0, start
         first_breach: tuple[int, int] | None = None
         peaks: dict[str, int] = {}
         for instant in instants:
             count = sum(1 for s, e, _ in intervals if s <= instant < e)
             p = period_of(instant, plan.timezone)
             peaks[p] = max(peaks.get(p, 0), count)
-            if count > best_count:
-                best_count, best_at = count, instant
             if count > plan.max_simultaneous_calls and first_breach is None:
                 first_breach = (instant, count)
         by_period = dict(states)
@@ -382,13 +384,11 @@ class UsageEngine:
         current = ustate.bindings.get(identity)
         if current is not None and current[0] > reg.time_ms:
             status = "late"  # an older REGISTER than the binding we hold: keep the newer one
-        elif reg.expires == 0:
-            if current is None:
-                status = "duplicate" if not late else status
-            ustate.bindings.pop(identity, None)
         else:
+            # an unregister leaves an expired binding behind (expiry = its time), so that a
+            # redelivered older REGISTER cannot bring the binding back
             fresh = [reg.time_ms, reg.time_ms + reg.expires * 1000, reg.user_agent]
-            if current == fresh:
+            if current == fresh or (reg.expires == 0 and current is None):
                 status = "duplicate"
             ustate.bindings[identity] = fresh
         # forget bindings that expired more than a day before the newest event of this user
@@ -398,19 +398,11 @@ class UsageEngine:
 
         state = self._period_state(store, ustate, reg.user, period)
         state.customer, state.plan = reg.customer, plan.name
+        store.put_period(reg.user, period, state)
         outcome = Outcome(status)
         breaches: list[Breach] = []
         if reg.expires > 0:
-            active = sorted(k for k, (s, e, _ua) in ustate.bindings.items() if s <= reg.time_ms < e)
-            if len(active) > state.peak_devices:
-                state.peak_devices = len(active)
-            if len(active) > plan.max_registered_devices and "registered_devices" not in state.breaches:
-                breaches.append(
-                    Breach(
-                        "registered_devices", period, reg.time_ms, len(active), plan.max_registered_devices,
-                        {"bindings": active, "registered_devices": len(active)},
-                    )
-                )
+            breaches += self._devices(store, reg, plan, ustate)
             rule = plan.classify_user_agent(reg.user_agent)
             if rule is not None and rule not in state.breaches:
                 breaches.append(
@@ -419,11 +411,39 @@ class UsageEngine:
                         {"user_agent": reg.user_agent, "contact": reg.contact, "source_ip": reg.source_ip},
                     )
                 )
-        store.put_period(reg.user, period, state)
         store.put_user(reg.user, ustate)
         for breach in breaches:
             self._apply_breach(store, reg.user, reg.customer, plan, breach, outcome)
         return outcome
+
+    def _devices(self, store: StateStore, reg: Registration, plan: Plan, ustate: UserState) -> list[Breach]:
+        """Active bindings at each instant this binding is up (a binding is ``[time, time + expires)``);
+        the count only rises when a binding starts, so those starts are the instants to check —
+        which also catches a breach completed by a REGISTER that arrives late."""
+        start, end = reg.time_ms, reg.time_ms + reg.expires * 1000
+        bindings = [(s, e, k) for k, (s, e, _ua) in ustate.bindings.items() if s < end and start < e]
+        instants = sorted({start} | {s for s, _, _ in bindings if start <= s < end})
+        first: tuple[int, list[str]] | None = None
+        for instant in instants:
+            active = sorted(k for s, e, k in bindings if s <= instant < e)
+            state = store.get_period(reg.user, period_of(instant, plan.timezone))
+            if state is not None and len(active) > state.peak_devices:
+                state.peak_devices = len(active)
+            if len(active) > plan.max_registered_devices and first is None:
+                first = (instant, active)
+        if first is None:
+            return []
+        at, active = first
+        period = period_of(at, plan.timezone)
+        state = store.get_period(reg.user, period)
+        if state is not None and "registered_devices" in state.breaches:
+            return []
+        return [
+            Breach(
+                "registered_devices", period, at, len(active), plan.max_registered_devices,
+                {"bindings": active, "registered_devices": len(active)},
+            )
+        ]
 
     # -- breaches and re-billing --------------------------------------------------------------
 
@@ -440,6 +460,7 @@ class UsageEngine:
             return
         multiplier = plan.multipliers[breach.rule]
         state.breaches[breach.rule] = str(multiplier)
+        state.breach_ms[breach.rule] = breach.at_ms
         outcome.alerts.append(
             Alert(
                 alert_id=stable_id("alert", user, breach.period, breach.rule),
@@ -471,12 +492,12 @@ class UsageEngine:
             rule = next(r for r, m in state.breaches.items() if Decimal(m) == target)
         lines = []
         for call_id, entry in state.covered.items():
-            billsec, digits, billed = entry
+            billsec, prefix, billed = entry
             already = Decimal(billed)
             if already >= target:
                 continue
-            rate = self.rates.lookup(digits)
-            if rate is None:  # the deck changed since the call was stored
+            rate = self.rates.by_prefix(prefix)
+            if rate is None:  # the deck lost this prefix since the call was stored
                 continue
             billed_seconds, due = rate_call(billsec, plan.billing, rate.rate_per_minute, target)
             _, paid = rate_call(billsec, plan.billing, rate.rate_per_minute, already) if already else (0, Decimal(0))

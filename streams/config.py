@@ -1,0 +1,23 @@
+"""Loading the operator's configuration (plans, rate deck) and building the engine from settings."""
+
+from __future__ import annotations
+
+from .core.plans import PlanBook, load_plans
+from .core.rates import RateDeck, load_rate_deck
+from .core.usage import UsageEngine
+from .settings import Settings
+
+
+def load_config(settings: Settings) -> tuple[PlanBook, RateDeck]:
+    rates = load_rate_deck(settings.rates_path)
+    return load_plans(settings.plans_path, rates), rates
+
+
+def build_engine(settings: Settings, plans: PlanBook, rates: RateDeck) -> UsageEngine:
+    return UsageEngine(
+        plans,
+        rates,
+        hash_secret=settings.hash_secret.get_secret_value().encode(),
+        max_call_duration_s=settings.max_call_duration_s,
+        retention_months=settings.retention_months,
+    )
