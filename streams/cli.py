@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -23,6 +24,10 @@ from .reports import write_summary
 from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
 
 EXIT_USAGE = 2
+
+# Commands that live in their own module: each has `register(subparsers)`, which adds its parser
+# and sets `func` (a function of the parsed args returning the exit code).
+PLUGIN_COMMANDS: tuple[str, ...] = ()
 
 ENV_HELP = "environment (flags win):\n" + "\n".join(f"  {var:<30} {name}" for var, name in ENV_VARS.items())
 
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.add_argument("--port", type=_positive_int, metavar="N", help="default: a free port")
     br.add_argument("--partitions", type=_positive_int, default=4, metavar="N")
+    for module in PLUGIN_COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -288,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "func", None) or COMMANDS[args.command]
+        return int(handler(args))
     except ConfigError as exc:
         print(f"cdrwatch {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
