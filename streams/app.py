@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import faust
+from typing import Any
 
+import faust
+import faust.types.auth
+
+from .embedded import patch_faust_end_offsets
 from .settings import Settings
 
 
@@ -17,10 +21,26 @@ def store_and_datadir(settings: Settings) -> tuple[str, str | None]:
     return store, str(datadir) if datadir is not None else None
 
 
+def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=settings.ssl_context(),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(settings.ssl_context())
+    return None
+
+
 def create_app(settings: Settings) -> faust.App:
     store, datadir = store_and_datadir(settings)
-    extra = {"datadir": datadir} if datadir else {}
-    return faust.App(
+    extra: dict[str, Any] = {"datadir": datadir} if datadir else {}
+    creds = credentials(settings)
+    if creds is not None:
+        extra["broker_credentials"] = creds
+    app = faust.App(
         settings.app_id,
         broker=settings.broker,
         store=store,
@@ -40,3 +60,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    # read by embedded.patch_faust_end_offsets for its own fetches (same broker, same credentials)
+    app.cdrwatch_client_kwargs = settings.client_kwargs()  # type: ignore[attr-defined]
+    patch_faust_end_offsets()
+    return app

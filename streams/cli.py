@@ -19,7 +19,7 @@ from . import __version__
 from .core.errors import ConfigError
 from .config import load_config
 from .core.summary import SummaryRow, summary_rows
-from .replay import ReplayResult, read_stream, replay, run_offline, stderr_report
+from .replay import ReplayResult, read_stream, replay, replay_external, run_offline, stderr_report
 from .reports import write_summary
 from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--store", metavar="URL", help="table store: memory:// (default) or rocksdb:///path")
     worker.add_argument("--web-host", metavar="HOST", help="bind address of /metrics and the views (default 127.0.0.1)")
     worker.add_argument("--web-port", type=_positive_int, metavar="N", help="default 6066")
+    worker.add_argument("--standby-replicas", type=int, metavar="N", help="standby copies of each table partition (default 0)")
     _common(worker)
 
     run = sub.add_parser(
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--registrations", type=Path, metavar="FILE", help="sip-registrations stream")
     rp.add_argument("--subscribers", type=Path, metavar="FILE", help="subscribers records ({user, customer, plan})")
     rp.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created)")
-    rp.add_argument("--broker", metavar="URL", help="an existing Kafka (topics are prefixed per run)")
+    rp.add_argument("--broker", metavar="URL", help="an existing Kafka (topics are prefixed per run unless --external-workers)")
+    rp.add_argument("--external-workers", action="store_true",
+                    help="only produce into --broker's topics and collect what the running workers emit: waits until "
+                    "their consumer group (CDRWATCH_APP_ID) has no lag and the outputs are quiet")
     rp.add_argument("--timeout", type=_positive_int, default=600, metavar="S", help="give up after S seconds (600)")
     _common(rp)
 
@@ -127,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    try:
+        return _settings_from_args(args)
+    except ValueError as exc:  # a bad CDRWATCH_* variable or an inconsistent combination
+        raise ConfigError(str(exc)) from None
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
     return settings_from_env(
         broker=getattr(args, "broker", None),
         store=getattr(args, "store", None),
@@ -135,6 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         partitions=getattr(args, "partitions", None),
         web_host=getattr(args, "web_host", None),
         web_port=getattr(args, "web_port", None),
+        standby_replicas=getattr(args, "standby_replicas", None),
         log_level=getattr(args, "log_level", None),
     )
 
@@ -150,7 +162,9 @@ def format_replay(result: ReplayResult, out_dir: Path) -> str:
         f"alerts: {len(result.alerts)}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items())) + ")" if by_rule else ""),
         f"re-bill lines: {len(result.rebills)}, {total} EUR",
         f"rejected to DLQ: {len(result.dlq)}",
-        f"wrote alerts.jsonl, rebills.jsonl, dlq.jsonl and summary.parquet ({len(result.summary)} rows) in {out_dir}",
+        "wrote alerts.jsonl, rebills.jsonl, dlq.jsonl"
+        + (f" and summary.parquet ({len(result.summary)} rows)" if result.summary is not None else "")
+        + f" in {out_dir}",
     ]
     return "\n".join(lines)
 
@@ -203,7 +217,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     messages = read_inputs(args)
-    result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout, report=stderr_report))
+    if args.external_workers:
+        if not args.broker:
+            raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
+        result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report))
+    else:
+        result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout,
+                                    report=stderr_report))
     result.write(args.out)
     print(format_replay(result, args.out))
     return 0
@@ -242,7 +262,7 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
             loop.add_signal_handler(sig, stop.set)
         try:
             print(f"replaying the bundled sample: {len(messages)} messages", flush=True)
-            total = await produce(broker.bootstrap, settings, sorted(messages, key=lambda m: m.time_ms))
+            total = await produce(settings, sorted(messages, key=lambda m: m.time_ms))
             await _wait_processed(pipeline, total, 600, stderr_report)
             counts = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(pipeline.metrics.counts.items()))
             print(f"sample processed ({counts}); Ctrl-C to stop", flush=True)

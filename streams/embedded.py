@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -122,12 +123,14 @@ class EmbeddedBroker:
         self._log_dir.cleanup()
 
 
-async def create_topics(bootstrap: str, names: Iterable[str], partitions: int, replication_factor: int = 1,
-                        timeout_s: float = 20.0) -> None:
-    """Create topics that do not exist yet; retries while the broker is still coming up."""
+async def create_topics(client: str | dict[str, Any], names: Iterable[str], partitions: int,
+                        replication_factor: int = 1, timeout_s: float = 20.0) -> None:
+    """Create topics that do not exist yet; retries while the broker is still coming up.
+    ``client`` is a bootstrap ``host:port`` or aiokafka connection kwargs."""
+    kwargs = {"bootstrap_servers": client} if isinstance(client, str) else client
     deadline = time.monotonic() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(request_timeout_ms=5000, **kwargs)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -144,3 +147,59 @@ async def create_topics(bootstrap: str, names: Iterable[str], partitions: int, r
             await asyncio.sleep(0.2)
         finally:
             await admin.close()
+
+
+async def true_end_offsets(client_kwargs: dict[str, Any], reported: Mapping[TopicPartition, int | None]
+                           ) -> dict[TopicPartition, int | None]:
+    """End offsets that do not trust ListOffsets.
+
+    Tansu 0.6 answers ListOffsets with the base offset of a partition's last record batch + 1, so
+    after a multi-record batch it under-reports the end. A Fetch from just below the reported end
+    returns the partition's real high watermark; on Apache Kafka both agree and this costs one
+    small fetch per partition.
+    """
+    wanted = [tp for tp, off in reported.items() if off]  # an empty partition needs no check
+    if not wanted:
+        return dict(reported)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_kwargs)
+    await consumer.start()
+    fixed = dict(reported)
+    try:
+        consumer.assign(wanted)
+        for tp in wanted:
+            consumer.seek(tp, max(int(reported[tp] or 0) - 1, 0))
+        pending = set(wanted)
+        deadline = time.monotonic() + 10.0
+        while pending and time.monotonic() < deadline:
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=1)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    fixed[tp] = max(int(reported[tp] or 0), highwater)
+                    pending.discard(tp)
+            if not batches and pending:
+                continue
+    finally:
+        await consumer.stop()
+    return fixed
+
+
+def patch_faust_end_offsets() -> None:
+    """Make Faust's table recovery use ``true_end_offsets`` (see there): with Tansu's short answer,
+    recovery would stop early and a restarted or failed-over worker would lose state."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread_cls: Any = driver.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_cdrwatch_true_end_offsets", False):
+        return
+    original = thread_cls._highwaters
+
+    async def _highwaters(self: Any, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int | None]:
+        reported = await original(self, partitions)
+        client_kwargs = getattr(self.consumer.app, "cdrwatch_client_kwargs", None)
+        if client_kwargs is None or self.consumer.in_transaction:
+            return reported  # type: ignore[no-any-return]
+        return await true_end_offsets(client_kwargs, reported)
+
+    thread_cls._highwaters = _highwaters
+    thread_cls._cdrwatch_true_end_offsets = True

@@ -11,10 +11,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from .agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS, Pipeline, build_pipeline
 from .codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration, decode_subscriber
@@ -23,7 +24,7 @@ from .core.errors import ConfigError, InvalidRecord
 from .core.summary import SummaryRow, summary_rows
 from .core.timeutil import parse_rfc3339, to_ms
 from .core.usage import DictStore, PeriodState
-from .embedded import EmbeddedBroker, create_topics
+from .embedded import EmbeddedBroker, create_topics, true_end_offsets
 from .reports import write_summary
 from .settings import Settings
 
@@ -94,7 +95,7 @@ class ReplayResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     rebills: list[dict[str, Any]] = field(default_factory=list)
     dlq: list[dict[str, Any]] = field(default_factory=list)
-    summary: list[SummaryRow] = field(default_factory=list)
+    summary: list[SummaryRow] | None = None  # None: external workers (their tables are not here)
     timezone: str = "UTC"
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     sent: int = 0
@@ -105,7 +106,8 @@ class ReplayResult:
         _write_jsonl(out_dir / "alerts.jsonl", self.alerts)
         _write_jsonl(out_dir / "rebills.jsonl", self.rebills)
         _write_jsonl(out_dir / "dlq.jsonl", self.dlq)
-        write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
+        if self.summary is not None:
+            write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
 
 
 def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[DictStore, dict[tuple[str, str], int]]:
@@ -174,13 +176,9 @@ async def _scratch_dir() -> AsyncIterator[Path]:
         yield Path(tmp)
 
 
-def bootstrap_of(url: str) -> str:
-    return ";".join(part.split("://", 1)[-1] for part in url.split(";"))
-
-
-async def produce(bootstrap: str, settings: Settings, messages: list[InputMessage],
+async def produce(settings: Settings, messages: list[InputMessage],
                   progress: Callable[[int], None] | None = None) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(acks="all", linger_ms=5, **settings.client_kwargs())
     await producer.start()
     try:
         batch = []
@@ -199,18 +197,23 @@ async def produce(bootstrap: str, settings: Settings, messages: list[InputMessag
     return len(messages)
 
 
-async def collect(bootstrap: str, settings: Settings, expected: Callable[[], dict[str, int]],
-                  done: Callable[[], bool], timeout_s: float) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-    """Read output and DLQ topics from the start until ``expected`` counts are reached and
-    ``done()`` holds. The broker's end offsets are not trusted (Tansu under-reports them)."""
+async def collect(settings: Settings, expected: Callable[[], dict[str, int]],
+                  done: Callable[[bool], bool], timeout_s: float,
+                  start: Mapping[TopicPartition, int] | None = None) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    """Read output and DLQ topics (from ``start``, else the beginning) until ``expected`` counts are
+    reached and ``done(got_nothing_this_poll)`` holds; outputs are de-duplicated by id.
+    The broker's end offsets are not trusted (Tansu under-reports them)."""
     names = [settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **settings.client_kwargs())
     await consumer.start()
     got: dict[str, dict[str, tuple[dict[str, Any], Any]]] = {t: {} for t in OUTPUT_TOPICS + DLQ_TOPICS}
     try:
-        parts = [TopicPartition(t, p) for t in names for p in (consumer.partitions_for_topic(t) or {0})]
+        parts = await _partitions(consumer, names)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
+        for tp, offset in (start or {}).items():
+            if tp in parts:
+                consumer.seek(tp, offset)
         deadline = time.monotonic() + timeout_s
         while True:
             batches = await consumer.getmany(timeout_ms=200)
@@ -231,7 +234,7 @@ async def collect(bootstrap: str, settings: Settings, expected: Callable[[], dic
                         ident = payload.get("alert_id") or payload.get("line_id")
                         got[base][ident] = (payload, rec)
             want = expected()
-            if done() and all(len(got[t]) >= want.get(t, 0) for t in got):
+            if done(not batches) and all(len(got[t]) >= want.get(t, 0) for t in got):
                 break
             if time.monotonic() > deadline:
                 have = {t: len(v) for t, v in got.items()}
@@ -258,8 +261,8 @@ async def replay(
         if broker_url:  # a shared broker: isolate this run's topics and consumer group
             tag = uuid.uuid4().hex[:8]
             run_settings = run_settings.with_(topic_prefix=f"replay-{tag}-", app_id=f"cdrwatch-replay-{tag}")
-        bootstrap = bootstrap_of(run_settings.broker)
-        await create_topics(bootstrap, [run_settings.topic(t) for t in ALL_TOPICS], run_settings.partitions)
+        await create_topics(run_settings.client_kwargs(), [run_settings.topic(t) for t in ALL_TOPICS],
+                            run_settings.partitions)
         pipeline = build_pipeline(run_settings.with_(web_enabled=False), plans, rates)
         sent_outputs: dict[str, set[str]] = {t: set() for t in OUTPUT_TOPICS}
         pipeline.on_output.append(
@@ -274,9 +277,9 @@ async def replay(
             ordered = sorted(inputs, key=lambda m: m.time_ms)
             # subscriber records are consumed by their own agent: let them land before any event
             subscribers = [m for m in ordered if m.topic == "subscribers"]
-            total = await produce(bootstrap, run_settings, subscribers)
+            total = await produce(run_settings, subscribers)
             await _wait_processed(pipeline, total, timeout_s, None)
-            total += await produce(bootstrap, run_settings, [m for m in ordered if m.topic != "subscribers"])
+            total += await produce(run_settings, [m for m in ordered if m.topic != "subscribers"])
             await _wait_processed(pipeline, total, timeout_s, report)
 
             def expected() -> dict[str, int]:
@@ -285,7 +288,7 @@ async def replay(
                     want[f"{topic}-dlq"] = pipeline.metrics.counts.get((topic, "dlq"), 0)
                 return want
 
-            got = await collect(bootstrap, run_settings, expected, lambda: True, timeout_s)
+            got = await collect(run_settings, expected, lambda _quiet: True, timeout_s)
             summary = summary_rows(table_states(pipeline.periods), plans, rates)
         finally:
             await app.stop()
@@ -327,3 +330,88 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
 
 def stderr_report(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    parts = []
+    for topic in topics:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            await consumer._client.force_metadata_update()
+            found = consumer.partitions_for_topic(topic) or {0}
+        parts += [TopicPartition(topic, p) for p in sorted(found)]
+    return parts
+
+
+async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.client_kwargs())
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, topics)
+        reported = await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+    fixed = await true_end_offsets(settings.client_kwargs(), reported)
+    return {tp: int(off or 0) for tp, off in fixed.items()}
+
+
+async def group_lag(settings: Settings, topics: list[str]) -> int:
+    """Messages of ``topics`` the workers' consumer group (the Faust app id) has not committed."""
+    ends = await end_offsets(settings, topics)
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=list(ends))
+    finally:
+        await admin.close()
+    lag = 0
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else 0
+        lag += max(end - done, 0)
+    return lag
+
+
+async def replay_external(settings: Settings, inputs: list[InputMessage], *, timeout_s: float = 600.0,
+                          quiet_s: float = 3.0, report: Callable[[str], None] | None = None) -> ReplayResult:
+    """Produce ``inputs`` into a running deployment and collect what its workers emit.
+
+    Done when the workers' consumer group has no lag on the input topics and the output topics
+    have been quiet for ``quiet_s``. Outputs are read from where they ended before the input was
+    sent, and de-duplicated by id (consumption is at-least-once)."""
+    started = time.monotonic()
+    outputs = [settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
+    inputs_topics = [settings.topic(t) for t in ("cdrs", "sip-registrations", "subscribers")]
+    await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+    before = await end_offsets(settings, outputs)
+    ordered = sorted(inputs, key=lambda m: m.time_ms)
+    total = await produce(settings, ordered)
+    state = {"lag": -1, "checked": 0.0, "quiet_since": time.monotonic()}
+
+    def done(got_nothing: bool) -> bool:
+        now = time.monotonic()
+        if not got_nothing:
+            state["quiet_since"] = now
+        return state["lag"] == 0 and now - state["quiet_since"] >= quiet_s
+
+    async def watch_lag() -> None:
+        while True:
+            state["lag"] = await group_lag(settings, inputs_topics)
+            if report:
+                report(f"consumer group {settings.app_id}: lag {state['lag']}")
+            await asyncio.sleep(1.0)
+
+    watcher = asyncio.create_task(watch_lag())
+    try:
+        got = await collect(settings, lambda: {}, done, timeout_s, start=before)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    result = ReplayResult(sent=total, seconds=time.monotonic() - started)
+    result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
+    result.rebills = sorted(
+        (p for p, _ in got["rebilled-calls"]), key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"])
+    )
+    result.dlq = [row for t in DLQ_TOPICS for row, _ in got[t]]
+    return result

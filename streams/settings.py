@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 
 class SecretStr:
@@ -65,6 +66,48 @@ class Settings:
     hash_secret: SecretStr = SecretStr(DEMO_HASH_SECRET)
     log_level: str = "warning"
     topic_prefix: str = ""
+    # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism PLAIN,
+    # SCRAM-SHA-256 or SCRAM-SHA-512. The password is a SecretStr: never printed or logged.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_cafile: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security protocol {self.security_protocol!r}: expected one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"SASL mechanism {self.sasl_mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError(f"{self.security_protocol} needs CDRWATCH_SASL_USERNAME and CDRWATCH_SASL_PASSWORD")
+        if self.ssl_cafile is not None and not Path(self.ssl_cafile).is_file():
+            raise ValueError(f"CA file {self.ssl_cafile} does not exist")
+
+    def bootstrap_servers(self) -> str:
+        """``kafka://a:9092;kafka://b:9092`` → ``a:9092,b:9092`` for aiokafka clients."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker.replace(",", ";").split(";") if part)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if "SSL" not in self.security_protocol:
+            return None
+        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection settings for aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers(), "security_protocol": self.security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value(),
+            }
+        return kwargs
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -78,6 +121,7 @@ ENV_VARS: Mapping[str, str] = {
     "CDRWATCH_STORE": "store",
     "CDRWATCH_DATA_DIR": "data_dir",
     "CDRWATCH_APP_ID": "app_id",
+    "CDRWATCH_TOPIC_PREFIX": "topic_prefix",
     "CDRWATCH_PLANS": "plans_path",
     "CDRWATCH_RATES": "rates_path",
     "CDRWATCH_PARTITIONS": "partitions",
@@ -90,7 +134,15 @@ ENV_VARS: Mapping[str, str] = {
     "CDRWATCH_RETENTION_MONTHS": "retention_months",
     "CDRWATCH_HASH_SECRET": "hash_secret",
     "CDRWATCH_LOG_LEVEL": "log_level",
+    "CDRWATCH_SECURITY_PROTOCOL": "security_protocol",
+    "CDRWATCH_SASL_MECHANISM": "sasl_mechanism",
+    "CDRWATCH_SASL_USERNAME": "sasl_username",
+    "CDRWATCH_SASL_PASSWORD": "sasl_password",
+    "CDRWATCH_SSL_CAFILE": "ssl_cafile",
 }
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -102,9 +154,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
         if var in env and env[var] != "":
             values[name] = _coerce(name, env[var], getattr(base, name))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(values.get("hash_secret"), str):
-        values["hash_secret"] = SecretStr(str(values["hash_secret"]))
-    for key in ("plans_path", "rates_path", "data_dir"):
+    for key in ("hash_secret", "sasl_password"):
+        if isinstance(values.get(key), str):
+            values[key] = SecretStr(str(values[key]))
+    for key in ("plans_path", "rates_path", "data_dir", "ssl_cafile"):
         if isinstance(values.get(key), str):
             values[key] = Path(str(values[key]))
     return replace(base, **values)  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ class Pipeline:
     subscribers: Any
     agents: dict[str, Any] = field(default_factory=dict)
     processed: int = 0  # input messages fully handled (any outcome)
+    restored: dict[str, int] = field(default_factory=dict)  # changelog records read back, per table
     on_output: list[OutputHook] = field(default_factory=list)
     caches: TableCaches = field(default_factory=TableCaches)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -156,15 +157,26 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     app = app or create_app(settings)
     raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     topics = {name: app.topic(settings.topic(name), partitions=settings.partitions, **raw) for name in ALL_TOPICS}
-    # bytes key and value types give the tables' changelogs the raw serializer
-    table_opts: dict[str, Any] = dict(key_type=bytes, value_type=bytes, partitions=settings.partitions, default=None)
-    periods = app.Table("periods", help="PeriodState per user|YYYY-MM", **table_opts)
-    users = app.Table("users", help="UserState (SIP bindings, watermark) per user", **table_opts)
-    subscribers = app.Table("subscribers", help="plan name per user", **table_opts)
+    restored: dict[str, int] = {}
+
+    def counter(name: str) -> Callable[[EventT], Awaitable[None]]:
+        async def on_changelog_event(_event: EventT) -> None:
+            restored[name] = restored.get(name, 0) + 1
+
+        return on_changelog_event
+
+    def table(name: str, help: str) -> Any:
+        # bytes key and value types give the changelog the raw serializer
+        return app.Table(name, help=help, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+                         default=None, on_changelog_event=counter(name))
+
+    periods = table("periods", "PeriodState per user|YYYY-MM")
+    users = table("users", "UserState (SIP bindings, watermark) per user")
+    subscribers = table("subscribers", "plan name per user")
     engine = build_engine(settings, plans, rates)
     pipeline = Pipeline(
         app=app, settings=settings, engine=engine, metrics=Metrics(), topics=topics,
-        periods=periods, users=users, subscribers=subscribers,
+        periods=periods, users=users, subscribers=subscribers, restored=restored,
     )
 
     # concurrency stays 1: with more, Faust can commit past an in-flight message (faust-streaming #606)

@@ -1,11 +1,12 @@
-"""Plans (``plans.toml``): limits, covered destinations, billing increments, multipliers."""
+"""Plans (``plans.toml``): limits, covered destinations, billing increments, multipliers, fraud rules."""
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,6 +25,33 @@ RULES = (
     "pbx_or_gateway",
     "autodialer",
 )
+
+FRAUD_RULES = (
+    "cost_burst",
+    "calls_per_minute",
+    "total_calls_per_day",
+    "sequential_calls",
+    "long_call",
+    "high_risk_destination",
+    "new_network",
+)
+ACCOUNT_ACTIONS = ("restrict_to_emergency", "suspend_unlimited")
+# What a critical alert asks the switch to do unless the rule says otherwise: theft (someone else
+# spending the account's money) cuts the line down to emergency calls; abuse patterns of the
+# account holder only lose the flat fee.
+DEFAULT_ACTIONS = {
+    "cost_burst": "restrict_to_emergency",
+    "calls_per_minute": "suspend_unlimited",
+    "total_calls_per_day": "suspend_unlimited",
+    "sequential_calls": "suspend_unlimited",
+    "long_call": "restrict_to_emergency",
+    "high_risk_destination": "restrict_to_emergency",
+    "new_network": "restrict_to_emergency",
+}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_NETWORK_DAYS = 30
+_HOURS = re.compile(r"(\d{2}):(\d{2})-(\d{2}):(\d{2})")
+_PREFIX = re.compile(r"\+([1-9]\d{0,14})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +73,88 @@ class Billing:
         return f"{self.initial}/{self.increment}"
 
 
+@dataclass(frozen=True, slots=True)
+class DestinationSet:
+    """Rate-deck destination names and E.164 prefixes (digits); empty matches nothing."""
+
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.prefixes)
+
+    def matches(self, digits: str, destination: str | None) -> bool:
+        return (destination is not None and destination in self.names) or any(
+            digits.startswith(p) for p in self.prefixes
+        )
+
+    def union(self, other: "DestinationSet") -> "DestinationSet":
+        return DestinationSet(self.names | other.names, tuple(sorted(set(self.prefixes) | set(other.prefixes))))
+
+
+@dataclass(frozen=True, slots=True)
+class HourRange:
+    """``[start, end)`` in minutes of the local day; ``start > end`` wraps midnight."""
+
+    start: int
+    end: int
+
+    def __contains__(self, minute: int) -> bool:
+        if self.start < self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class TimeScope:
+    """Local hours and weekdays a rule looks at; both tested on the same local instant."""
+
+    hours: tuple[HourRange, ...] = ()  # empty: all day
+    weekdays: frozenset[int] = frozenset()  # 0 = Monday; empty: every day
+
+    def __bool__(self) -> bool:
+        return bool(self.hours or self.weekdays)
+
+    def contains(self, local: datetime) -> bool:
+        if self.weekdays and local.weekday() not in self.weekdays:
+            return False
+        minute = local.hour * 60 + local.minute
+        return not self.hours or any(minute in r for r in self.hours)
+
+
+@dataclass(frozen=True)
+class FraudRule:
+    """One ``[fraud.rules.NAME]``: a kind, its warning/critical thresholds, its scope and action.
+
+    Thresholds are Decimals: EUR for ``cost_burst``, minutes for ``long_call``, a count otherwise.
+    ``destinations`` None means every destination.
+    """
+
+    name: str
+    kind: str
+    warning: Decimal | None
+    critical: Decimal | None
+    action: str
+    destinations: DestinationSet | None = None
+    time: TimeScope = TimeScope()
+    days: int = DEFAULT_NETWORK_DAYS
+
+    def threshold(self, level: str) -> Decimal | None:
+        return self.critical if level == "critical" else self.warning
+
+
+@dataclass(frozen=True)
+class FraudConfig:
+    """The fraud rules in force for one plan (the book's ``[fraud]`` merged with the plan's own)."""
+
+    rules: tuple[FraudRule, ...] = ()
+    high_risk: DestinationSet = DestinationSet()
+    directions: frozenset[str] = frozenset({"outbound"})
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+
 @dataclass(frozen=True)
 class Plan:
     name: str
@@ -58,6 +168,7 @@ class Plan:
     pbx_user_agents: tuple[re.Pattern[str], ...]
     multipliers: Mapping[str, Decimal]
     timezone: ZoneInfo
+    fraud: FraudConfig = field(default_factory=FraudConfig)
 
     def classify_user_agent(self, user_agent: str) -> str | None:
         """``pbx_or_gateway``, ``third_party_device`` or None for an operator-supplied terminal."""
@@ -73,6 +184,7 @@ class PlanBook:
     default_plan: str
     timezone: ZoneInfo
     plans: Mapping[str, Plan]
+    fraud: FraudConfig = field(default_factory=FraudConfig)  # the book-wide [fraud] section
 
     def get(self, name: str | None) -> Plan:
         if name is None:
@@ -100,6 +212,7 @@ def parse_plans(data: Mapping[str, Any], rates: RateDeck | None = None, *, sourc
     except fastjsonschema.JsonSchemaValueException as exc:
         raise PlansError(f"{source}: {explain(exc)}") from None
     zone = _zone(data["timezone"], source, "timezone")
+    fraud = _fraud(data.get("fraud", {}), rates, source, "fraud")
     plans: dict[str, Plan] = {}
     for name, spec in data["plans"].items():
         where = f"{source}: [plans.{name}]"
@@ -120,12 +233,13 @@ def parse_plans(data: Mapping[str, Any], rates: RateDeck | None = None, *, sourc
             pbx_user_agents=_patterns(spec["pbx_user_agents"], f"{where} pbx_user_agents"),
             multipliers={rule: Decimal(str(spec["multipliers"][rule])) for rule in RULES},
             timezone=_zone(spec["timezone"], source, f"plans.{name}.timezone") if "timezone" in spec else zone,
+            fraud=_plan_fraud(fraud, spec.get("fraud"), rates, source, f"plans.{name}.fraud"),
         )
     if data["default_plan"] not in plans:
         raise PlansError(
             f"{source}: default_plan {data['default_plan']!r} is not defined (plans: {', '.join(sorted(plans))})"
         )
-    return PlanBook(default_plan=data["default_plan"], timezone=zone, plans=plans)
+    return PlanBook(default_plan=data["default_plan"], timezone=zone, plans=plans, fraud=fraud)
 
 
 def _zone(name: str, source: str, key: str) -> ZoneInfo:
@@ -143,3 +257,136 @@ def _patterns(patterns: list[str], where: str) -> tuple[re.Pattern[str], ...]:
         except re.error as exc:
             raise PlansError(f"{where}: bad regex {pattern!r}: {exc}") from None
     return tuple(compiled)
+
+
+# ------------------------------------------------------------------------------------- fraud
+
+
+def _fraud(spec: Mapping[str, Any], rates: RateDeck | None, source: str, key: str) -> FraudConfig:
+    high_risk = _destinations(spec.get("high_risk", []), rates, source, f"{key}.high_risk")
+    rules = _fraud_rules(spec.get("rules", {}), rates, source, key)
+    directions = frozenset(spec.get("directions", ["outbound"]))
+    return FraudConfig(rules=tuple(r for r in rules.values() if r is not None), high_risk=high_risk,
+                       directions=directions)
+
+
+def _plan_fraud(
+    book: FraudConfig, spec: Mapping[str, Any] | None, rates: RateDeck | None, source: str, key: str
+) -> FraudConfig:
+    """A plan's own ``high_risk`` is added to the book's; a rule of the same name replaces the book's
+    (``enabled = false`` removes it), other names are added."""
+    config = book
+    if spec is not None:
+        high_risk = book.high_risk.union(_destinations(spec.get("high_risk", []), rates, source, f"{key}.high_risk"))
+        merged: dict[str, FraudRule | None] = {rule.name: rule for rule in book.rules}
+        merged.update(_fraud_rules(spec.get("rules", {}), rates, source, key))
+        config = FraudConfig(rules=tuple(r for r in merged.values() if r is not None), high_risk=high_risk,
+                             directions=book.directions)
+    for rule in config.rules:
+        if rule.kind == "high_risk_destination" and not config.high_risk:
+            raise PlansError(
+                f"{source}: [{key}]: rule {rule.name} (high_risk_destination) needs a high_risk list "
+                f"([fraud] high_risk or [{key}] high_risk)"
+            )
+    return config
+
+
+def _fraud_rules(
+    specs: Mapping[str, Mapping[str, Any]], rates: RateDeck | None, source: str, key: str
+) -> dict[str, FraudRule | None]:
+    rules: dict[str, FraudRule | None] = {}
+    for name, spec in specs.items():
+        where = f"{source}: [{key}.rules.{name}]"
+        if not spec.get("enabled", True):
+            rules[name] = None  # a plan turning off a rule of the book's [fraud]
+            continue
+        kind = spec.get("kind", name)
+        if kind not in FRAUD_RULES:
+            raise PlansError(f"{where} kind: unknown fraud rule {kind!r} (set kind to one of {', '.join(FRAUD_RULES)})")
+        if "warning" not in spec and "critical" not in spec:
+            raise PlansError(f"{where}: needs a warning or a critical threshold (or both)")
+        warning = _threshold(kind, spec.get("warning"), f"{where} warning")
+        critical = _threshold(kind, spec.get("critical"), f"{where} critical")
+        if warning is not None and critical is not None and warning > critical:
+            raise PlansError(f"{where}: warning {spec['warning']} is above critical {spec['critical']}")
+        if kind == "new_network" and "destinations" in spec:
+            raise PlansError(f"{where} destinations: new_network has no destination scope (registrations have no callee)")
+        if kind != "new_network" and "days" in spec:
+            raise PlansError(f"{where} days: only new_network has days")
+        destinations = (
+            _destinations(spec["destinations"], rates, source, f"{key}.rules.{name}.destinations")
+            if "destinations" in spec else None
+        )
+        rules[name] = FraudRule(
+            name=name,
+            kind=kind,
+            warning=warning,
+            critical=critical,
+            action=spec.get("action", DEFAULT_ACTIONS[kind]),
+            destinations=destinations,
+            time=TimeScope(
+                hours=_hour_ranges(spec.get("hours", []), f"{where} hours"),
+                weekdays=frozenset(WEEKDAYS.index(day) for day in spec.get("weekdays", [])),
+            ),
+            days=spec.get("days", DEFAULT_NETWORK_DAYS),
+        )
+    return rules
+
+
+def _threshold(kind: str, value: Any, where: str) -> Decimal | None:
+    if value is None:
+        return None
+    if kind == "cost_burst":
+        # money: a TOML float is read through its shortest repr, a string as written
+        if isinstance(value, bool):
+            raise PlansError(f"{where}: expected an amount in EUR, got {value!r}")
+        try:
+            amount = Decimal(value if isinstance(value, str) else str(value))
+        except InvalidOperation:
+            raise PlansError(f"{where}: {value!r} is not a decimal amount in EUR") from None
+        if not amount.is_finite() or amount <= 0:
+            raise PlansError(f"{where}: must be an amount in EUR above 0, got {value!r}")
+        return amount
+    unit = "minutes" if kind == "long_call" else "a count"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlansError(f"{where}: must be a whole number ({unit}), got {value!r}")
+    if value < 1:
+        raise PlansError(f"{where}: must be at least 1 ({unit}), got {value}")
+    return Decimal(value)
+
+
+def _destinations(entries: list[str], rates: RateDeck | None, source: str, key: str) -> DestinationSet:
+    names: set[str] = set()
+    prefixes: set[str] = set()
+    for entry in entries:
+        if entry.startswith("+"):
+            match = _PREFIX.fullmatch(entry)
+            if match is None:
+                raise PlansError(f"{source}: {key}: bad prefix {entry!r} (a '+' then 1-15 digits, not starting with 0)")
+            prefixes.add(match.group(1))
+        else:
+            names.add(entry)
+    if rates is not None:
+        unknown = sorted(names - rates.destinations)
+        if unknown:
+            raise PlansError(
+                f"{source}: {key}: destinations not in the rate deck: {', '.join(unknown)} "
+                "(write prefixes with a leading '+')"
+            )
+    return DestinationSet(frozenset(names), tuple(sorted(prefixes)))
+
+
+def _hour_ranges(value: str | list[str], where: str) -> tuple[HourRange, ...]:
+    ranges = []
+    for text in [value] if isinstance(value, str) else value:
+        match = _HOURS.fullmatch(text.strip())
+        if match is None:
+            raise PlansError(f"{where}: bad hour range {text!r} (expected \"HH:MM-HH:MM\", e.g. \"22:00-06:00\")")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2 != 0):
+            raise PlansError(f"{where}: bad hour range {text!r} (hours 00-23, minutes 00-59; 24:00 only as the end)")
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if start == end % 1440:
+            raise PlansError(f"{where}: bad hour range {text!r} (start equals end; omit hours for all day)")
+        ranges.append(HourRange(start, end))
+    return tuple(ranges)

@@ -1,0 +1,749 @@
+"""Live fraud rules (hacked accounts, toll fraud): per-user state in, (fraud alerts, account actions) out.
+
+One ``FraudState`` per user, read and written through a ``FraudStore`` (plain dict in tests, a Faust
+table in a worker), holds what the rules need and nothing older:
+
+* the user's calls of the last ~26 h (start, end or open, talk time, a rate-deck/scope prefix of the
+  callee — never the whole number), the duplicate filter and the clock of every call rule;
+* per-day call counters and the current same-callee run of each rule;
+* the source networks (/24, /64) the user registered from, its SIP bindings, and the registrations
+  from a new network while another binding was active (24 h);
+* the (rule, level, window) triples already alerted, so that each alert is emitted once.
+
+"Now" is always the event time of the event being processed: a ``start`` event's ``start_time``, an
+``end`` event's ``end_time``, a registration's ``time``. Calls in progress are valued and timed up to
+that instant, so every event of the user — including a registration — re-evaluates ``cost_burst`` and
+``long_call`` live, before any ``end`` has arrived.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Iterable, Protocol
+
+import orjson
+
+from .numbering import NumberKind, normalise
+from .plans import FraudConfig, FraudRule, Plan, PlanBook
+from .rates import RateDeck
+from .rating import CENT, stable_id
+from .records import CallEvent, Registration
+from .timeutil import from_ms
+
+__all__ = [
+    "AccountAction",
+    "DictFraudStore",
+    "FraudAlert",
+    "FraudEngine",
+    "FraudOutcome",
+    "FraudState",
+    "FraudStore",
+    "apply_fraud",
+    "network_of",
+]
+
+SECOND_MS = 1000
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+OPEN = -1  # end of a call whose `end` has not arrived yet
+
+# A call event this much older than the newest call event of its user (a registration: than the
+# newest registration) is ignored: fraud alerting is live, and the state does not reach that far back.
+STALE_MS = DAY_MS
+# A call is kept this long after its last instant (end, or start + max call duration while open):
+# longer than STALE_MS plus the 60-minute windows, so every non-stale duplicate is still recognised.
+KEEP_CALLS_MS = 26 * HOUR_MS
+# Day counters and alerted windows are kept long enough to cover a local day (≤ 25 h) that a
+# non-stale event can still reach.
+KEEP_WINDOWS_MS = 50 * HOUR_MS
+FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
+SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
+EVIDENCE_CALLS = 50  # at most this many calls listed in an alert's evidence
+
+LEVELS = ("critical", "warning")  # critical first: it supersedes the warning of the same window
+UNITS = {
+    "cost_burst": "EUR",
+    "calls_per_minute": "calls",
+    "total_calls_per_day": "calls",
+    "sequential_calls": "calls",
+    "long_call": "seconds",
+    "high_risk_destination": "calls",
+    "new_network": "networks",
+}
+_CALL_COUNT_RULES = ("calls_per_minute", "total_calls_per_day", "sequential_calls", "high_risk_destination")
+
+
+# --------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class FraudState:
+    """One user's fraud state. Encoded compactly (orjson) for the table changelog."""
+
+    # call_id -> [start_ms, end_ms | OPEN, talk_ms, key, counted]; key = the longest rate-deck or
+    # configured prefix of the callee (enough to find its rate and scope, not the number itself);
+    # counted = 1 for a call the rules look at (a configured direction, not an emergency number)
+    calls: dict[str, list[Any]] = field(default_factory=dict)
+    runs: dict[str, list[Any]] = field(default_factory=dict)  # rule -> [callee hash, count, first call_id, last start_ms]
+    days: dict[str, list[int]] = field(default_factory=dict)  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
+    networks: dict[str, int] = field(default_factory=dict)  # "203.0.113.0/24" -> last registration ms
+    bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [time_ms, expiry_ms, network]
+    # registrations from a network unused for a while, while another binding was active:
+    # [time_ms, network, previous use ms or -1]
+    fresh: list[list[Any]] = field(default_factory=list)
+    fired: dict[str, int] = field(default_factory=dict)  # "rule|level|window" -> event time of the alert
+    newest_call_ms: int = 0
+    newest_registration_ms: int = 0
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "c": self.calls,
+                "r": self.runs,
+                "d": self.days,
+                "n": self.networks,
+                "b": self.bindings,
+                "x": self.fresh,
+                "f": self.fired,
+                "tc": self.newest_call_ms,
+                "tr": self.newest_registration_ms,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "FraudState":
+        data = orjson.loads(raw)
+        return cls(
+            calls=data["c"],
+            runs=data["r"],
+            days=data["d"],
+            networks=data["n"],
+            bindings=data["b"],
+            fresh=data["x"],
+            fired=data["f"],
+            newest_call_ms=data["tc"],
+            newest_registration_ms=data["tr"],
+        )
+
+
+class FraudStore(Protocol):
+    def get(self, user: str) -> FraudState | None: ...
+    def put(self, user: str, state: FraudState) -> None: ...
+
+
+class DictFraudStore:
+    """A ``FraudStore`` on a plain dict: unit tests and offline runs."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, FraudState] = {}
+
+    def get(self, user: str) -> FraudState | None:
+        return self.states.get(user)
+
+    def put(self, user: str, state: FraudState) -> None:
+        self.states[user] = state
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, slots=True)
+class FraudAlert:
+    """A ``fraud-alerts`` payload: one per (user, rule, level, window)."""
+
+    alert_id: str
+    rule: str  # the kind: cost_burst, long_call, ...
+    rule_name: str  # the table name in plans.toml ([fraud.rules.NAME])
+    level: str  # warning | critical
+    user: str
+    customer: str
+    plan: str
+    window: str
+    observed: int | str  # EUR amounts as decimal strings
+    threshold: int | str
+    unit: str
+    time: str
+    evidence: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "level": self.level,
+            "user": self.user,
+            "customer": self.customer,
+            "plan": self.plan,
+            "window": self.window,
+            "observed": self.observed,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "time": self.time,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccountAction:
+    """An ``account-actions`` payload: what a critical alert asks the switch/provisioning to do.
+    Applying the same action twice is harmless; ``action_id`` de-duplicates redeliveries."""
+
+    action_id: str
+    action: str  # restrict_to_emergency | suspend_unlimited
+    user: str
+    customer: str
+    plan: str
+    rule: str
+    rule_name: str
+    alert_id: str
+    reason: str
+    time: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "action": self.action,
+            "user": self.user,
+            "customer": self.customer,
+            "plan": self.plan,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "alert_id": self.alert_id,
+            "reason": self.reason,
+            "time": self.time,
+        }
+
+
+@dataclass
+class FraudOutcome:
+    """What one event did: ``ok``; ``duplicate`` (seen before), ``late`` (a REGISTER older than the
+    binding held) or ``stale`` (older than the state reaches) change nothing and emit nothing."""
+
+    status: str
+    alerts: list[FraudAlert] = field(default_factory=list)
+    actions: list[AccountAction] = field(default_factory=list)
+
+
+@dataclass
+class _Eval:
+    """The context of one event's evaluation."""
+
+    user: str
+    customer: str
+    plan: Plan
+    state: FraudState
+    now: int
+    outcome: FraudOutcome
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def network_of(source_ip: str) -> str | None:
+    """The /24 (IPv4) or /64 (IPv6) of a source address, or None when it is not an IP address.
+    Tolerates a port (``192.0.2.1:5060``, ``[2001:db8::1]:5060``); IPv4-mapped IPv6 counts as IPv4."""
+    text = source_ip.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ipaddress.IPv4Network((int(ip) >> 8 << 8, 24)))
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+def _money(value: Decimal) -> str:
+    """An amount in EUR as shown: cents, rounded down (what was reached, never more)."""
+    return str(value.quantize(CENT, rounding=ROUND_DOWN))
+
+
+def _threshold_money(value: Decimal) -> str:
+    return str(value.quantize(CENT)) if value == value.quantize(CENT) else str(value)
+
+
+# -------------------------------------------------------------------------------------- engine
+
+
+class FraudEngine:
+    """Applies the fraud rules of each user's plan (``Plan.fraud``) to one event at a time."""
+
+    def __init__(
+        self,
+        plans: PlanBook,
+        rates: RateDeck,
+        *,
+        hash_secret: bytes = b"",
+        max_call_duration_s: int = 4 * 3600,
+    ) -> None:
+        self.plans = plans
+        self.rates = rates
+        self._secret = hash_secret
+        self.max_call_ms = max_call_duration_s * SECOND_MS
+        configs = [plan.fraud for plan in plans.plans.values()]
+        self._prefixes = sorted(
+            {p for c in configs for p in c.high_risk.prefixes}
+            | {p for c in configs for r in c.rules if r.destinations is not None for p in r.destinations.prefixes},
+            key=len,
+            reverse=True,
+        )
+        self._network_days = max(
+            (r.days for c in configs for r in c.rules if r.kind == "new_network"), default=0
+        )
+        self._rate_cache: dict[str, tuple[str | None, Decimal]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """False when no plan has a fraud rule: the caller may skip the engine (and its table)."""
+        return any(plan.fraud for plan in self.plans.plans.values())
+
+    def plan_for(self, name: str | None) -> Plan:
+        if name is not None and name in self.plans.plans:
+            return self.plans.plans[name]
+        return self.plans.get(None)
+
+    # -- CDRs ---------------------------------------------------------------------------------
+
+    def on_call(self, store: FraudStore, ev: CallEvent, *, plan: str | None = None) -> FraudOutcome:
+        """One ``cdrs`` event. ``plan`` is the user's plan name (None: the default plan)."""
+        the_plan = self.plan_for(plan)
+        config = the_plan.fraud
+        if not config:
+            return FraudOutcome("ok")
+        now = ev.end_ms if ev.is_end and ev.end_ms is not None else ev.start_ms
+        state = store.get(ev.user) or FraudState()
+        if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
+            return FraudOutcome("stale")
+        record = state.calls.get(ev.call_id)
+        if record is not None and (record[1] != OPEN or not ev.is_end):
+            return FraudOutcome("duplicate")
+        new = record is None
+        if record is None:
+            key, counted = self._classify(ev.callee, ev.direction, config)
+            record = [ev.start_ms, OPEN, 0, key, counted]
+            state.calls[ev.call_id] = record
+        if ev.is_end:
+            assert ev.end_ms is not None
+            record[0], record[1], record[2] = ev.start_ms, ev.end_ms, ev.billsec * SECOND_MS
+        state.newest_call_ms = max(state.newest_call_ms, now)
+        self._prune(state)
+
+        ctx = _Eval(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"))
+        if new and record[4]:
+            self._count_rules(ctx, ev.call_id, ev.start_ms, record[3], ev.callee)
+        self._live(ctx)
+        if ev.is_end and record[4]:
+            self._long_call_end(ctx, ev.call_id, record)
+        store.put(ev.user, state)
+        return ctx.outcome
+
+    def _classify(self, callee: str, direction: str, config: FraudConfig) -> tuple[str, int]:
+        number = normalise(callee)
+        if number.is_emergency or direction not in config.directions:
+            return "", 0
+        if number.kind is not NumberKind.E164:
+            return "", 1  # counted (an attempt), but no rate and no destination
+        digits = number.digits
+        rate = self.rates.lookup(digits)
+        key = rate.prefix if rate is not None else ""
+        for prefix in self._prefixes:  # longest first
+            if digits.startswith(prefix):
+                if len(prefix) > len(key):
+                    key = prefix
+                break
+        return key, 1
+
+    def _rate(self, key: str) -> tuple[str | None, Decimal]:
+        """Destination and rate per minute of a stored callee key."""
+        hit = self._rate_cache.get(key)
+        if hit is None:
+            rate = self.rates.lookup(key) if key else None
+            hit = (rate.destination, rate.rate_per_minute) if rate is not None else (None, Decimal(0))
+            self._rate_cache[key] = hit
+        return hit
+
+    def _in_scope(self, rule: FraudRule, plan: Plan, start_ms: int, key: str) -> bool:
+        if rule.kind == "high_risk_destination" or rule.destinations is not None:
+            destination = self._rate(key)[0]
+            if rule.kind == "high_risk_destination" and not plan.fraud.high_risk.matches(key, destination):
+                return False
+            if rule.destinations is not None and not rule.destinations.matches(key, destination):
+                return False
+        return not rule.time or rule.time.contains(from_ms(start_ms, plan.timezone))
+
+    def _callee_hash(self, callee: str) -> int:
+        number = normalise(callee)
+        digest = hmac.new(self._secret, number.digits.encode(), hashlib.blake2b).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+    # -- rules on a new call ------------------------------------------------------------------
+
+    def _count_rules(self, ctx: _Eval, call_id: str, start: int, key: str, callee: str) -> None:
+        for rule in ctx.plan.fraud.rules:
+            if rule.kind not in _CALL_COUNT_RULES or not self._in_scope(rule, ctx.plan, start, key):
+                continue
+            if rule.kind == "calls_per_minute":
+                self._span_rule(ctx, rule, start, MINUTE_MS)
+            elif rule.kind == "high_risk_destination":
+                self._span_rule(ctx, rule, start, HOUR_MS)
+            elif rule.kind == "total_calls_per_day":
+                self._day_rule(ctx, rule, call_id, start)
+            else:
+                self._sequence_rule(ctx, rule, call_id, start, callee)
+
+    def _span_rule(self, ctx: _Eval, rule: FraudRule, start: int, span: int) -> None:
+        """At least N in-scope calls starting within ``span`` (any span containing this call)."""
+        starts = sorted(
+            (s, cid)
+            for cid, (s, _e, _t, key, counted) in ctx.state.calls.items()
+            if counted and start - span < s < start + span and self._in_scope(rule, ctx.plan, s, key)
+        )
+        times = [s for s, _ in starts]
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is None:
+                continue
+            need = int(threshold)
+            for j, (first, _) in enumerate(starts):
+                if first > start:
+                    break
+                if first + span <= start:
+                    continue
+                end = bisect.bisect_left(times, first + span)
+                if end - j >= need:
+                    group = starts[j:end]
+                    at = group[need - 1][0]
+                    evidence = {
+                        "window_start": self._fmt(first, ctx.plan),
+                        "window_seconds": span // SECOND_MS,
+                        "call_ids": [cid for _, cid in group[:EVIDENCE_CALLS]],
+                    }
+                    if rule.kind == "high_risk_destination":
+                        evidence["destinations"] = sorted(
+                            {self._rate(ctx.state.calls[cid][3])[0] or "+" + ctx.state.calls[cid][3] for _, cid in group}
+                        )
+                    self._fire(ctx, rule, level, self._hour(at, ctx.plan), at, len(group), threshold, evidence)
+                    break
+
+    def _day_rule(self, ctx: _Eval, rule: FraudRule, call_id: str, start: int) -> None:
+        """In-scope calls starting on the local calendar day of this call."""
+        day = from_ms(start, ctx.plan.timezone).date().isoformat()
+        counter = ctx.state.days.setdefault(f"{rule.name}|{day}", [0, start])
+        counter[0] += 1
+        counter[1] = max(counter[1], start)
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is not None and counter[0] >= threshold:
+                self._fire(ctx, rule, level, day, start, counter[0], threshold, {"day": day, "call_id": call_id})
+
+    def _sequence_rule(self, ctx: _Eval, rule: FraudRule, call_id: str, start: int, callee: str) -> None:
+        """In-scope calls to the same callee in a row, each within an hour of the previous one."""
+        h = self._callee_hash(callee)
+        run = ctx.state.runs.get(rule.name)
+        if run is not None and run[0] == h and abs(start - run[3]) <= SEQUENCE_GAP_MS:
+            run[1] += 1
+            run[3] = max(run[3], start)
+        else:
+            run = [h, 1, call_id, start]
+            ctx.state.runs[rule.name] = run
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is not None and run[1] >= threshold:
+                evidence = {"first_call_id": run[2], "call_id": call_id, "calls_in_a_row": run[1]}
+                self._fire(ctx, rule, level, run[2], start, run[1], threshold, evidence)
+
+    # -- live rules (every event) -------------------------------------------------------------
+
+    def _live(self, ctx: _Eval) -> None:
+        for rule in ctx.plan.fraud.rules:
+            if rule.kind == "cost_burst":
+                self._cost_burst(ctx, rule)
+            elif rule.kind == "long_call":
+                self._long_call_live(ctx, rule)
+
+    def _talk(self, record: list[Any], now: int) -> tuple[int, int]:
+        """The interval a call has been costing money, as known at ``now``: an ended call's answered
+        seconds ``[end - billsec, end]``; an open one from its start to now (capped)."""
+        start, end, talk = record[0], record[1], record[2]
+        if end == OPEN:
+            return start, min(now, start + self.max_call_ms)
+        return end - talk, end
+
+    def _cost_burst(self, ctx: _Eval, rule: FraudRule) -> None:
+        """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
+        now, lo = ctx.now, ctx.now - HOUR_MS
+        total = Decimal(0)  # EUR x ms / min
+        parts: list[tuple[str, Decimal, int, bool, str | None]] = []
+        for call_id, record in ctx.state.calls.items():
+            if not record[4]:
+                continue
+            a, b = self._talk(record, now)
+            overlap = min(b, now) - max(a, lo)
+            if overlap <= 0:
+                continue
+            destination, rate = self._rate(record[3])
+            if rate == 0 or not self._in_scope(rule, ctx.plan, record[0], record[3]):
+                continue
+            value = overlap * rate
+            total += value
+            parts.append((call_id, value, overlap, record[1] == OPEN, destination))
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is None or total < threshold * MINUTE_MS:
+                continue
+            parts.sort(key=lambda p: (-p[1], p[0]))
+            evidence = {
+                "amount": _money(total / MINUTE_MS),
+                "window_start": self._fmt(lo, ctx.plan),
+                "window_end": self._fmt(now, ctx.plan),
+                "calls": [
+                    {
+                        "call_id": call_id,
+                        "destination": destination,
+                        "seconds": overlap // SECOND_MS,
+                        "amount": _money(value / MINUTE_MS),
+                        "in_progress": in_progress,
+                    }
+                    for call_id, value, overlap, in_progress, destination in parts[:EVIDENCE_CALLS]
+                ],
+                "calls_total": len(parts),
+            }
+            self._fire(ctx, rule, level, self._hour(now, ctx.plan), now, _money(total / MINUTE_MS), threshold, evidence)
+
+    def _long_call_live(self, ctx: _Eval, rule: FraudRule) -> None:
+        """Open calls that have lasted more than N minutes by now (from their start)."""
+        for call_id, record in ctx.state.calls.items():
+            if not record[4] or record[1] != OPEN:
+                continue
+            a, b = self._talk(record, ctx.now)
+            self._long_call(ctx, rule, call_id, record, b - a, True)
+
+    def _long_call_end(self, ctx: _Eval, call_id: str, record: list[Any]) -> None:
+        for rule in ctx.plan.fraud.rules:
+            if rule.kind == "long_call":
+                self._long_call(ctx, rule, call_id, record, record[2], False)
+
+    def _long_call(
+        self, ctx: _Eval, rule: FraudRule, call_id: str, record: list[Any], duration: int, live: bool
+    ) -> None:
+        if duration <= 0 or not self._in_scope(rule, ctx.plan, record[0], record[3]):
+            return
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is None or duration <= threshold * MINUTE_MS:
+                continue
+            evidence = {
+                "call_id": call_id,
+                "start_time": self._fmt(record[0], ctx.plan),
+                "destination": self._rate(record[3])[0],
+                "in_progress": live,
+                "seconds": duration // SECOND_MS,
+            }
+            self._fire(ctx, rule, level, call_id, ctx.now, duration // SECOND_MS, threshold, evidence)
+
+    # -- registrations ------------------------------------------------------------------------
+
+    def on_registration(self, store: FraudStore, reg: Registration, *, plan: str | None = None) -> FraudOutcome:
+        """One ``sip-registrations`` event. ``plan`` is the user's plan name (None: the default plan)."""
+        the_plan = self.plan_for(plan)
+        config = the_plan.fraud
+        if not config:
+            return FraudOutcome("ok")
+        now = reg.time_ms
+        state = store.get(reg.user) or FraudState()
+        if state.newest_registration_ms and now < state.newest_registration_ms - STALE_MS:
+            return FraudOutcome("stale")
+        identity = reg.binding
+        network = network_of(reg.source_ip)
+        entry = [now, now + reg.expires * SECOND_MS, network or ""]
+        current = state.bindings.get(identity)
+        if current == entry:
+            return FraudOutcome("duplicate")
+        if current is not None and current[0] > now:
+            return FraudOutcome("late")  # an older REGISTER than the binding held
+
+        fresh = False
+        memory = min((r.days for r in config.rules if r.kind == "new_network"), default=0)
+        if memory and reg.expires > 0 and network is not None:
+            others = any(k != identity and s <= now < e for k, (s, e, _n) in state.bindings.items())
+            previous = state.networks.get(network, -1)
+            # new for the rule with the shortest memory; each rule checks its own `days` when counting
+            if others and previous < now - memory * DAY_MS:
+                state.fresh.append([now, network, previous])
+                fresh = True
+            state.networks[network] = max(previous, now)
+        # an unregister stays as an expired binding, so that its redelivery is a duplicate
+        state.bindings[identity] = entry
+        state.newest_registration_ms = max(state.newest_registration_ms, now)
+        self._prune(state)
+
+        ctx = _Eval(reg.user, reg.customer, the_plan, state, now, FraudOutcome("ok"))
+        if fresh:
+            for rule in config.rules:
+                if rule.kind == "new_network":
+                    self._new_network(ctx, rule, reg, identity)
+        self._live(ctx)
+        store.put(reg.user, state)
+        return ctx.outcome
+
+    def _new_network(self, ctx: _Eval, rule: FraudRule, reg: Registration, identity: str) -> None:
+        """Distinct networks, new for this rule (unused for ``days``), registered from in the last
+        24 h while another binding was active."""
+        now = ctx.now
+        if rule.time and not rule.time.contains(from_ms(now, ctx.plan.timezone)):
+            return
+        networks: dict[str, int] = {}
+        for at, network, previous in ctx.state.fresh:
+            if now - FRESH_NETWORK_MS < at <= now and previous < at - rule.days * DAY_MS:
+                if not rule.time or rule.time.contains(from_ms(at, ctx.plan.timezone)):
+                    networks.setdefault(network, previous)
+        if not networks:
+            return
+        day = from_ms(now, ctx.plan.timezone).date().isoformat()
+        others = sorted(k for k, (s, e, _n) in ctx.state.bindings.items() if k != identity and s <= now < e)
+        for level in LEVELS:
+            threshold = rule.threshold(level)
+            if threshold is None or len(networks) < threshold:
+                continue
+            evidence = {
+                "networks": sorted(networks),
+                "last_used": {n: (self._fmt(p, ctx.plan) if p >= 0 else None) for n, p in sorted(networks.items())},
+                "source_ip": reg.source_ip,
+                "binding": identity,
+                "user_agent": reg.user_agent,
+                "active_bindings": others,
+                "days": rule.days,
+            }
+            self._fire(ctx, rule, level, day, now, len(networks), threshold, evidence)
+
+    # -- alerts, actions, pruning -------------------------------------------------------------
+
+    def _fire(
+        self,
+        ctx: _Eval,
+        rule: FraudRule,
+        level: str,
+        window: str,
+        at: int,
+        observed: int | str,
+        threshold: Decimal,
+        evidence: dict[str, Any],
+    ) -> None:
+        key = f"{rule.name}|{level}|{window}"
+        if key in ctx.state.fired:
+            return
+        ctx.state.fired[key] = at
+        if level == "critical":  # a critical supersedes the warning of the same window
+            ctx.state.fired.setdefault(f"{rule.name}|warning|{window}", at)
+        shown: int | str
+        if rule.kind == "cost_burst":
+            shown = _threshold_money(threshold)
+        elif rule.kind == "long_call":
+            shown = int(threshold) * 60
+        else:
+            shown = int(threshold)
+        plan = ctx.plan
+        alert = FraudAlert(
+            alert_id=stable_id("fraud", ctx.user, rule.name, level, window),
+            rule=rule.kind,
+            rule_name=rule.name,
+            level=level,
+            user=ctx.user,
+            customer=ctx.customer,
+            plan=plan.name,
+            window=window,
+            observed=observed,
+            threshold=shown,
+            unit=UNITS[rule.kind],
+            time=self._fmt(at, plan),
+            evidence=evidence,
+        )
+        ctx.outcome.alerts.append(alert)
+        if level == "critical":
+            ctx.outcome.actions.append(
+                AccountAction(
+                    action_id=stable_id("action", alert.alert_id, rule.action),
+                    action=rule.action,
+                    user=ctx.user,
+                    customer=ctx.customer,
+                    plan=plan.name,
+                    rule=rule.kind,
+                    rule_name=rule.name,
+                    alert_id=alert.alert_id,
+                    reason=_reason(alert),
+                    time=alert.time,
+                )
+            )
+
+    def _prune(self, state: FraudState) -> None:
+        """Keep the state bounded: drop what no non-stale event can reach any more."""
+        tc, tr = state.newest_call_ms, state.newest_registration_ms
+        horizon = tc - KEEP_CALLS_MS
+        for call_id in [c for c, r in state.calls.items() if (r[0] + self.max_call_ms if r[1] == OPEN else r[1]) < horizon]:
+            del state.calls[call_id]
+        windows = max(tc, tr) - KEEP_WINDOWS_MS
+        for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
+            del state.days[key]
+        for key in [k for k, at in state.fired.items() if at < windows]:
+            del state.fired[key]
+        for name in [n for n, run in state.runs.items() if run[3] < tc - KEEP_WINDOWS_MS]:
+            del state.runs[name]
+        for identity in [k for k, b in state.bindings.items() if b[1] < tr - DAY_MS]:
+            del state.bindings[identity]
+        memory = max(self._network_days, 1) * DAY_MS
+        for network in [n for n, last in state.networks.items() if last < tr - memory]:
+            del state.networks[network]
+        state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
+
+    def _hour(self, ms: int, plan: Plan) -> str:
+        """The clock hour containing ``ms``, as the local time of its start (offset included)."""
+        return self._fmt(ms - ms % HOUR_MS, plan)
+
+    @staticmethod
+    def _fmt(ms: int, plan: Plan) -> str:
+        moment = from_ms(ms, plan.timezone)
+        return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
+
+
+def _reason(alert: FraudAlert) -> str:
+    """The action's reason, in words for the person who will read it on a switch or a ticket."""
+    o, t = alert.observed, alert.threshold
+    what = {
+        "cost_burst": f"calls worth {o} EUR in the 60 minutes up to {alert.time} (critical at {t} EUR)",
+        "calls_per_minute": f"{o} calls started within 60 seconds (critical at {t})",
+        "total_calls_per_day": f"{o} calls on {alert.window} (critical at {t})",
+        "sequential_calls": f"{o} calls in a row to the same number (critical at {t})",
+        "long_call": f"call {alert.window} has lasted {o} s (critical above {t} s)",
+        "high_risk_destination": f"{o} calls to high-risk destinations within 60 minutes (critical at {t})",
+        "new_network": f"registrations from {o} new network(s) in 24 hours while another device was registered "
+        f"(critical at {t})",
+    }[alert.rule]
+    return f"fraud rule {alert.rule_name} ({alert.rule}) critical: {what}"
+
+
+def apply_fraud(
+    engine: FraudEngine,
+    store: FraudStore,
+    events: Iterable[CallEvent | Registration],
+    plan_of: dict[str, str] | None = None,
+) -> list[FraudOutcome]:
+    """Run events through the engine in order (tests, offline replays)."""
+    plans = plan_of or {}
+    out = []
+    for ev in events:
+        if isinstance(ev, CallEvent):
+            out.append(engine.on_call(store, ev, plan=plans.get(ev.user)))
+        else:
+            out.append(engine.on_registration(store, ev, plan=plans.get(ev.user)))
+    return out

@@ -1,0 +1,1174 @@
+"""Synthetic, labelled months of hosted-telephony traffic: the ``cdrwatch generate`` command.
+
+``generate_month()`` writes ``cdrs``, ``sip-registrations`` (JSONL or Parquet) and ``labels.jsonl``
+(one ``{user, period, rule, scenario}`` line per injected abuse) for N users and one calendar month,
+streaming day by day so that memory stays flat however many users are asked for.
+
+Ordinary users follow a business-hours and weekly profile (French public holidays included), make
+heavy-tailed calls (log-normal, median ~80 s), about a quarter unanswered, mostly to a personal
+address book with a few popular contacts, with a little international, premium, toll-free and
+emergency traffic; their operator-supplied phones (real User-Agent strings) register each working
+morning and refresh before expiry. By construction they never breach a rule of the bundled default
+plan: at most 3 lines, at most 140 different numbers dialled, at most 50 outbound calls in any hour,
+at most 3 phones with stable binding identities.
+
+Abuse is injected per scenario (``SCENARIOS``): one per fair-use rule, plus a call centre, an
+office PBX and a hacked account dialling premium destinations at night. Each scenario's ``rules``
+are exactly the alerts the engine must raise for that user (``labels.jsonl``), guaranteed by the
+shape of the injected traffic (see the ``_setup_*`` functions).
+
+Everything derives from the seed through per-user ``random.Random`` instances: the same arguments
+give byte-identical files. Pure: no Kafka, no Faust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import math
+import random
+import time
+from calendar import monthrange
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from .core.errors import ConfigError
+
+__all__ = [
+    "SCENARIOS",
+    "GenerateSummary",
+    "Scenario",
+    "format_generate",
+    "generate_month",
+    "register",
+]
+
+DEFAULT_TIMEZONE = "Europe/Paris"
+HOUR = 3600
+DAY = 86400
+
+# Limits that keep ordinary users clear of the default plan (150 / 3 / 3 / 60) with a margin.
+NORMAL_MAX_DIALLED = 140
+NORMAL_MAX_PER_HOUR = 50
+
+# --------------------------------------------------------------------------------------------
+# user agents (checked against the bundled plans.toml in tests/unit/test_generator.py)
+
+SUPPLIED_UAS: tuple[str, ...] = (
+    "Yealink SIP-T46U 108.86.0.45",
+    "Yealink SIP-T54W 96.86.0.70",
+    "Yealink SIP-T57W 97.86.0.70",
+    "Yealink SIP-T31P 124.86.0.40",
+    "Yealink SIP-T33G 124.86.0.75",
+    "Yealink SIP-T43U 108.86.0.20",
+    "Yealink W60B 77.85.0.20",
+    "Yealink W70B 146.85.0.35",
+    "snomD785/10.1.54.13",
+    "snomD735/10.1.73.16",
+    "snomD717/10.1.73.16",
+    "Gigaset N510 IP PRO/42.250.00.000.000",
+    "Gigaset N670 IP PRO/70.112.00.000.000",
+    "PolycomVVX-VVX_411-UA/6.3.1.8427",
+    "PolycomVVX-VVX_450-UA/6.4.3.5156",
+)
+# multi-handset DECT bases: one binding, several calls at once
+DECT_UAS: tuple[str, ...] = (
+    "Yealink W60B 77.85.0.20",
+    "Yealink W70B 146.85.0.35",
+    "Gigaset N670 IP PRO/70.112.00.000.000",
+)
+SOFTPHONE_UAS: tuple[str, ...] = (
+    "Zoiper rv2.10.20.2",
+    "Linphone-Desktop/5.2.6 (Ubuntu 22.04.4 LTS) Linphone/5.3.0 (belle-sip/5.3.0)",
+    "LinphoneAndroid/5.2.5 (Pixel 7) LinphoneSDK/5.3.47",
+    "MicroSIP/3.21.4",
+    "Bria 6 release 6.6.2 stamp 113463",
+    "Acrobits Groundwire/6.4.3 (iPhone)",
+)
+FRAUD_UAS: tuple[str, ...] = (
+    "eyeBeam release 1011d stamp 40820",
+    "Zoiper rev.11619",
+    "sipcli/v1.8",
+    "pplsip",
+)
+GATEWAY_UAS: tuple[str, ...] = (
+    "Cisco-SIPGateway/IOS-15.6.3.M",
+    "Patton SN4141 5BIS EUI 00A0BA0C1D2E R6.T 2021-03-01 SIP M5T SIP Stack/4.2.18.21",
+    "Mediant 800B/v.7.20A.260.045",
+)
+PBX_UAS: tuple[str, ...] = (
+    "3CX Phone System 18.0.9.20",
+    "FPBX-16.0.40.7(18.20.0)",
+    "Asterisk PBX 20.5.2",
+    "FreeSWITCH-mod_sofia/1.10.11-release~64bit",
+    "Yeastar P-Series PBX 37.12.0.38",
+    "Grandstream UCM6302V1.3A 1.0.11.10",
+)
+DIALLER_UA = "Asterisk PBX 16.30.0-vici"
+
+# --------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    rate: float  # share of the users (at least one user each when there are enough users)
+    rules: tuple[str, ...]  # exactly the alerts the engine must raise for such a user
+    description: str
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("prospector", 0.003, ("distinct_numbers",),
+             "a salesperson calling 12-16 new numbers every working day, answered, one line"),
+    Scenario("shared_line", 0.003, ("simultaneous_calls",),
+             "an office sharing one account on a DECT base: up to 5 calls at once"),
+    Scenario("many_phones", 0.003, ("registered_devices",),
+             "4-6 supplied desk phones registered on one account at the same time"),
+    Scenario("softphone", 0.003, ("third_party_device",),
+             "a desk phone plus a softphone (Zoiper, Linphone, Bria…) on a laptop or mobile"),
+    Scenario("gateway", 0.003, ("pbx_or_gateway",),
+             "a GSM/ISDN gateway or SBC (Patton, AudioCodes, Cisco) registered instead of a phone"),
+    Scenario("phoning", 0.003, ("autodialer",),
+             "2-4 phoning sessions of 68-85 calls in 50 minutes from a power dialler, one line"),
+    Scenario("call_centre", 0.001, ("distinct_numbers", "simultaneous_calls", "pbx_or_gateway", "autodialer"),
+             "4-6 agents behind a predictive dialler (Asterisk/VICIdial) on one account, 2 campaign days"),
+    Scenario("office_pbx", 0.002, ("simultaneous_calls", "pbx_or_gateway"),
+             "an office IP-PBX (3CX, FreePBX, Yeastar…) carrying 10-20 people's calls on one account"),
+    Scenario("hacked", 0.001, ("simultaneous_calls", "third_party_device"),
+             "credentials stolen: a softphone registers at night and 5-7 channels dial premium "
+             "international numbers for hours"),
+)
+_SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+
+# --------------------------------------------------------------------------------------------
+# calendar
+
+
+_HOURS_WORK = (0.05, 0.03, 0.02, 0.02, 0.03, 0.1, 0.4, 1.8, 5.5, 9.5, 11.5, 10.5,
+               5.5, 6.0, 9.5, 10.5, 9.5, 6.5, 3.2, 1.5, 0.9, 0.6, 0.35, 0.15)
+_HOURS_WEEKEND = (0.1, 0.05, 0.03, 0.03, 0.03, 0.05, 0.2, 0.8, 2.5, 5.0, 7.5, 8.0,
+                  6.0, 5.0, 5.5, 6.0, 6.0, 5.5, 5.0, 4.0, 3.0, 2.0, 1.0, 0.4)
+_CUM_WORK = tuple(itertools.accumulate(_HOURS_WORK))
+_CUM_WEEKEND = tuple(itertools.accumulate(_HOURS_WEEKEND))
+_DAY_FACTOR = {0: 1.0, 1: 1.05, 2: 0.95, 3: 1.0, 4: 0.85, 5: 0.12, 6: 0.05}
+_HOLIDAY_FACTOR = 0.06
+
+
+def _easter(year: int) -> date:
+    """Gregorian Easter Sunday (anonymous algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    l_ = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * l_) // 451
+    month, day = divmod(h + l_ - 7 * m + 114, 31)
+    return date(year, month, day + 1)
+
+
+def french_holidays(year: int) -> frozenset[date]:
+    easter = _easter(year)
+    fixed = [(1, 1), (5, 1), (5, 8), (7, 14), (8, 15), (11, 1), (11, 11), (12, 25)]
+    moving = [easter + timedelta(days=n) for n in (1, 39, 50)]  # Easter Monday, Ascension, Whit Monday
+    return frozenset([date(year, m, d) for m, d in fixed] + moving)
+
+
+@dataclass(frozen=True)
+class _Day:
+    index: int  # 1-based day of the month
+    date: date
+    kind: str  # "work" | "saturday" | "sunday" | "holiday"
+    factor: float  # share of a weekday's traffic
+    hour_ts: tuple[int, ...]  # epoch seconds of each local hour 00..23
+    start: int  # epoch of local midnight
+    end: int  # epoch of the next local midnight
+
+    @property
+    def is_work(self) -> bool:
+        return self.kind == "work"
+
+    def at(self, sec: int) -> int:
+        """Epoch seconds of ``sec`` seconds after local midnight (wall clock)."""
+        if sec >= DAY:
+            return self.end + sec - DAY
+        if sec < 0:
+            return self.start + sec
+        return self.hour_ts[sec // HOUR] + sec % HOUR
+
+
+def _month_days(year: int, month: int, tz: ZoneInfo) -> list[_Day]:
+    holidays = french_holidays(year)
+    days = []
+    last = monthrange(year, month)[1]
+    for d in range(1, last + 1):
+        when = date(year, month, d)
+        hour_ts = tuple(int(datetime(year, month, d, h, tzinfo=tz).timestamp()) for h in range(24))
+        nxt = when + timedelta(days=1)
+        end = int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp())
+        if when in holidays:
+            kind, factor = "holiday", _HOLIDAY_FACTOR
+        elif when.weekday() == 5:
+            kind, factor = "saturday", _DAY_FACTOR[5]
+        elif when.weekday() == 6:
+            kind, factor = "sunday", _DAY_FACTOR[6]
+        else:
+            kind, factor = "work", _DAY_FACTOR[when.weekday()]
+        days.append(_Day(d, when, kind, factor, hour_ts, hour_ts[0], end))
+    return days
+
+
+class _Clock:
+    """RFC 3339 rendering of epoch seconds in one zone, cached per UTC hour (fast, DST-exact)."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._offsets: dict[int, tuple[int, str]] = {}
+        self._dates: dict[int, str] = {}
+
+    def __call__(self, ts: int) -> str:
+        bucket = ts // HOUR
+        cached = self._offsets.get(bucket)
+        if cached is None:
+            offset = datetime.fromtimestamp(bucket * HOUR, self.tz).utcoffset()
+            seconds = int(offset.total_seconds()) if offset is not None else 0
+            sign = "+" if seconds >= 0 else "-"
+            hh, mm = divmod(abs(seconds) // 60, 60)
+            cached = (seconds, f"{sign}{hh:02d}:{mm:02d}")
+            self._offsets[bucket] = cached
+        offset_s, suffix = cached
+        days, rem = divmod(ts + offset_s, DAY)
+        day_text = self._dates.get(days)
+        if day_text is None:
+            day_text = (date(1970, 1, 1) + timedelta(days=days)).isoformat()
+            self._dates[days] = day_text
+        h, rem = divmod(rem, HOUR)
+        m, s = divmod(rem, 60)
+        return f"{day_text}T{h:02d}:{m:02d}:{s:02d}{suffix}"
+
+
+# --------------------------------------------------------------------------------------------
+# numbers (canonical form: French national "0X…" or international "+CC…"; short codes as is)
+
+_INTL_INCLUDED = (  # destinations of the default plan's `included` list
+    ("+4420", 8), ("+44161", 7), ("+4930", 8), ("+4989", 8), ("+3491", 7), ("+1212", 7),
+    ("+3531", 7), ("+3120", 7),
+)
+_INTL_OTHER = (  # outside the plan: billed, never covered (Morocco is not in the deck at all)
+    ("+3222", 6), ("+4122", 7), ("+447", 9), ("+3461", 7), ("+39333", 7), ("+2126", 8), ("+4915", 9),
+)
+_PREMIUM_INTL = (  # toll-fraud favourites, all outside the plan
+    ("+2526", 7), ("+535", 7), ("+8707", 8), ("+2327", 7), ("+22462", 7), ("+37190", 6), ("+6889", 4),
+    ("+6745", 4), ("+2399", 6),
+)
+EMERGENCY = ("112", "15", "17", "18", "115", "119")
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return f"{rng.randrange(10 ** n):0{n}d}" if n else ""
+
+
+def _fixed(rng: random.Random) -> str:
+    return f"0{rng.choice('123459')}{_digits(rng, 8)}"
+
+
+def _mobile(rng: random.Random) -> str:
+    if rng.random() < 0.8:
+        return f"06{_digits(rng, 8)}"
+    return f"07{rng.randint(3, 9)}{_digits(rng, 7)}"
+
+
+def _from_table(rng: random.Random, table: tuple[tuple[str, int], ...]) -> str:
+    prefix, n = rng.choice(table)
+    return prefix + _digits(rng, n)
+
+
+def _one_off(rng: random.Random) -> str:
+    """A number outside the address book: mostly French, a little of everything else."""
+    x = rng.random()
+    if x < 0.46:
+        return _mobile(rng)
+    if x < 0.86:
+        return _fixed(rng)
+    if x < 0.90:
+        return f"0800{_digits(rng, 6)}" if rng.random() < 0.7 else f"0805{_digits(rng, 6)}"
+    if x < 0.93:
+        return f"081{_digits(rng, 7)}" if rng.random() < 0.6 else f"0899{_digits(rng, 6)}"
+    if x < 0.965:
+        return _from_table(rng, _INTL_INCLUDED)
+    return _from_table(rng, _INTL_OTHER)
+
+
+def _signalled(number: str, rng: random.Random) -> str:
+    """The canonical number as a switch would signal it: 0X…, +33X… or 0033X…; +CC… or 00CC…."""
+    if len(number) <= 6:
+        return number
+    if number.startswith("+"):
+        return number if rng.random() < 0.8 else "00" + number[1:]
+    x = rng.random()
+    if x < 0.55:
+        return number
+    if x < 0.9:
+        return "+33" + number[1:]
+    return "0033" + number[1:]
+
+
+# --------------------------------------------------------------------------------------------
+# users
+
+
+@dataclass
+class _Device:
+    user_agent: str
+    instance_id: str | None
+    lan: str
+    port: int
+    transport: str
+    source_ip: str
+    expires: int
+    refresh: float  # share of `expires` after which it re-registers
+    nat_rebind: bool  # a new NAT port each session (only with an instance_id: same binding)
+    unregisters: float  # probability of an expires=0 at the end of a session
+
+    def contact(self, user: str) -> str:
+        return f"sip:{user}@{self.lan}:{self.port};transport={self.transport}"
+
+
+@dataclass
+class _Call:
+    start: int
+    ring: int
+    talk: int  # 0 = not answered
+    disposition: str
+    direction: str
+    other: str  # the far end, as signalled
+    with_start: bool
+
+
+@dataclass
+class _User:
+    index: int
+    name: str
+    customer: str
+    did: str
+    rng: random.Random
+    scenario: Scenario | None
+    activity: float  # mean calls on a weekday
+    lines: list[int]  # busy-until per line
+    book: list[str]
+    book_cum: list[float]
+    devices: list[_Device]
+    forward_to: str
+    dialled: set[str] = field(default_factory=set)
+    max_dialled: int | None = NORMAL_MAX_DIALLED
+    out_starts: deque[int] = field(default_factory=deque)
+    max_per_hour: int | None = NORMAL_MAX_PER_HOUR
+    last_start: int = 0
+    presence: float = 0.93  # chance of being at work on a working day
+    blocked: list[tuple[int, int]] = field(default_factory=list)  # no ordinary call may touch these
+    bursts: dict[int, list[Callable[["_Generator", "_User", _Day], None]]] = field(default_factory=dict)
+    always_on: list[_Device] = field(default_factory=list)  # trunks/PBX: registered all month
+    prospects: list[str] = field(default_factory=list)
+    quota: int = 0  # prospector: new numbers a working day
+    calls: int = 0
+
+    def set_book(self, book: list[str], cum: list[float]) -> None:
+        """The address book; its numbers count towards the dialled-numbers cap from the start."""
+        self.book, self.book_cum = book, cum
+        self.dialled = set(book)
+
+    def pick_book(self) -> str:
+        x = self.rng.random() * self.book_cum[-1]
+        return self.book[bisect.bisect_right(self.book_cum, x)]
+
+    def dial(self, number: str) -> str:
+        """``number`` if the user may still dial a new number, else one from the address book."""
+        if self.max_dialled is None or number in self.dialled:
+            return number
+        if len(self.dialled) >= self.max_dialled:
+            return self.pick_book()
+        self.dialled.add(number)
+        return number
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    if lam > 40:
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
+    limit, k, p = math.exp(-lam), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def _talk(rng: random.Random, mu: float = 4.4, sigma: float = 1.15, cap: int = 7200) -> int:
+    """Heavy-tailed answered duration in seconds (log-normal; median e^mu)."""
+    return max(1, min(cap, int(rng.lognormvariate(mu, sigma))))
+
+
+def _outcome(rng: random.Random, answered: float = 0.75) -> tuple[int, int, str]:
+    """(ring seconds, talk seconds, disposition); about a quarter of calls are not answered."""
+    if rng.random() < answered:
+        return rng.randint(2, 22), _talk(rng), "ANSWERED"
+    x = rng.random()
+    if x < 0.68:
+        return rng.randint(12, 40), 0, "NO ANSWER"
+    if x < 0.88:
+        return rng.randint(1, 6), 0, "BUSY"
+    return rng.randint(0, 4), 0, "FAILED"
+
+
+def _call_id(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _public_ip(rng: random.Random) -> str:
+    return f"{rng.choice(('203.0.113', '198.51.100', '192.0.2'))}.{rng.randint(1, 254)}"
+
+
+def _device(rng: random.Random, user_agent: str, *, expires: int | None = None, instance: bool | None = None,
+            source_ip: str | None = None) -> _Device:
+    with_instance = rng.random() < 0.7 if instance is None else instance
+    instance_id = None
+    if with_instance:
+        h = f"{rng.getrandbits(128):032x}"
+        instance_id = f"<urn:uuid:{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}>"
+    if expires is None:
+        expires = rng.choices((3600, 7200, 14400, 28800), (0.2, 0.3, 0.3, 0.2))[0]
+    tls = rng.random() < 0.15
+    return _Device(
+        user_agent=user_agent,
+        instance_id=instance_id,
+        lan=f"192.168.{rng.randint(0, 20)}.{rng.randint(10, 250)}",
+        port=5061 if tls else rng.choice((5060, 5060, 5062, 5064)),
+        transport="tls" if tls else "udp",
+        source_ip=source_ip or _public_ip(rng),
+        expires=expires,
+        refresh=rng.uniform(0.85, 0.95),
+        nat_rebind=with_instance and rng.random() < 0.3,
+        unregisters=rng.choice((0.0, 0.3, 0.8)),
+    )
+
+
+def _book(rng: random.Random, size: int) -> tuple[list[str], list[float]]:
+    seen: set[str] = set()
+    book: list[str] = []
+    while len(book) < size:
+        x = rng.random()
+        if x < 0.5:
+            number = _fixed(rng)
+        elif x < 0.92:
+            number = _mobile(rng)
+        elif x < 0.97:
+            number = _from_table(rng, _INTL_INCLUDED)
+        else:
+            number = _from_table(rng, _INTL_OTHER)
+        if number not in seen:
+            seen.add(number)
+            book.append(number)
+    weights = [1.0 / (i + 1) ** 1.1 for i in range(size)]  # a few popular contacts
+    cum, total = [], 0.0
+    for w in weights:
+        total += w
+        cum.append(total)
+    return book, cum
+
+
+# --------------------------------------------------------------------------------------------
+# output sinks
+
+
+class _Sink(Protocol):
+    def write(self, rows: list[dict[str, Any]]) -> None: ...
+    def close(self) -> None: ...
+
+
+class _JsonlSink:
+    def __init__(self, path: Path) -> None:
+        self.handle = path.open("wb")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.handle.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _ParquetSink:
+    """One row group per day; strings throughout, times as RFC 3339 text (the JSON payload as is)."""
+
+    def __init__(self, path: Path, columns: list[tuple[str, str]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        kinds = {"string": pa.string(), "int": pa.int64()}
+        self.pa = pa
+        self.schema = pa.schema([pa.field(name, kinds[kind]) for name, kind in columns])
+        self.names = [name for name, _ in columns]
+        self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        data = {name: [row.get(name) for row in rows] for name in self.names}
+        self.writer.write_table(self.pa.Table.from_pydict(data, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+CDR_COLUMNS = [
+    ("event", "string"), ("call_id", "string"), ("user", "string"), ("customer", "string"),
+    ("caller", "string"), ("callee", "string"), ("direction", "string"), ("start_time", "string"),
+    ("answer_time", "string"), ("end_time", "string"), ("billsec", "int"), ("disposition", "string"),
+]
+REGISTRATION_COLUMNS = [
+    ("user", "string"), ("customer", "string"), ("contact", "string"), ("instance_id", "string"),
+    ("user_agent", "string"), ("source_ip", "string"), ("expires", "int"), ("time", "string"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# the generator
+
+
+@dataclass
+class GenerateSummary:
+    users: int
+    customers: int
+    month: str
+    seed: int
+    format: str
+    calls: int
+    cdr_events: int
+    registrations: int
+    labels: list[dict[str, str]]
+    scenarios: dict[str, list[str]]  # scenario -> users
+    files: list[Path]
+    seconds: float
+
+
+class _Generator:
+    def __init__(self, *, users: int, year: int, month: int, seed: int, tz: ZoneInfo, abuse_scale: float) -> None:
+        self.seed = seed
+        self.tz = tz
+        self.period = f"{year:04d}-{month:02d}"
+        self.days = _month_days(year, month, tz)
+        self.work_days = [d for d in self.days if d.is_work]
+        # bursts stay clear of the month's edges, so every breach instant is inside the period
+        self.burst_days = [d for d in self.work_days if 3 <= d.index <= len(self.days) - 3] or self.work_days
+        self.month_end = self.days[-1].end
+        self.clock = _Clock(tz)
+        self.cdrs: list[tuple[int, int, int, dict[str, Any]]] = []
+        self.regs: list[tuple[int, int, dict[str, Any]]] = []
+        self.seq = 0
+        self.calls = 0
+        self.users = self._population(users, abuse_scale)
+
+    # ---- population ------------------------------------------------------------------------
+
+    def _population(self, count: int, abuse_scale: float) -> list[_User]:
+        width = max(5, len(str(count)))
+        roles: list[Scenario | None] = [None] * count
+        order = list(range(count))
+        random.Random(f"cdrwatch-generate:{self.seed}:roles").shuffle(order)
+        taken = 0
+        for scenario in SCENARIOS:
+            if abuse_scale <= 0:
+                break
+            n = max(1, round(count * scenario.rate * abuse_scale))
+            for i in order[taken:taken + n]:
+                roles[i] = scenario
+            taken = min(count, taken + n)
+        crng = random.Random(f"cdrwatch-generate:{self.seed}:customers")
+        users, customer_no, left = [], 0, 0
+        for i in range(count):
+            if left == 0:
+                customer_no += 1
+                left = min(int(crng.paretovariate(1.2)), 40)
+            left -= 1
+            rng = random.Random(f"cdrwatch-generate:{self.seed}:user:{i}")
+            user = self._user(i, f"u{i + 1:0{width}d}", f"C{customer_no:0{width}d}", rng, roles[i])
+            users.append(user)
+        self.customers = customer_no
+        return users
+
+    def _user(self, i: int, name: str, customer: str, rng: random.Random, scenario: Scenario | None) -> _User:
+        size = max(5, min(90, int(rng.lognormvariate(3.2, 0.55))))
+        book, cum = _book(rng, size)
+        n_devices = rng.choices((1, 2, 3), (0.6, 0.32, 0.08))[0]
+        devices = [_device(rng, rng.choice(SUPPLIED_UAS)) for _ in range(n_devices)]
+        lines = n_devices if n_devices > 1 else (2 if rng.random() < 0.3 else 1)  # call waiting, transfers
+        user = _User(
+            index=i, name=name, customer=customer, did=f"+3397{i:07d}", rng=rng, scenario=scenario,
+            activity=max(0.3, min(14.0, rng.lognormvariate(1.0, 0.6))),
+            lines=[0] * lines, book=book, book_cum=cum, devices=devices,
+            forward_to="+33" + _mobile(rng)[1:], dialled=set(book),
+        )
+        if scenario is not None:
+            _SETUP[scenario.name](self, user)
+        return user
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def emit_call(self, u: _User, call: _Call) -> None:
+        rng = u.rng
+        start = call.start
+        answer = start + call.ring if call.talk > 0 else None
+        end = start + call.ring + call.talk
+        if call.direction == "outbound":
+            caller, callee = u.did, call.other
+        elif call.direction == "inbound":
+            caller, callee = call.other, u.did
+        else:  # forwarded: the original caller, to the user's forwarding target
+            caller, callee = call.other, u.forward_to
+        self.seq += 1
+        clock = self.clock
+        common: dict[str, Any] = {
+            "call_id": _call_id(rng),
+            "user": u.name,
+            "customer": u.customer,
+            "caller": caller,
+            "callee": callee,
+            "direction": call.direction,
+            "start_time": clock(start),
+        }
+        if call.with_start:
+            self.cdrs.append((start, 1, self.seq, {"event": "start", **common}))
+        self.cdrs.append((end, 0, self.seq, {
+            "event": "end",
+            **common,
+            "answer_time": None if answer is None else clock(answer),
+            "end_time": clock(end),
+            "billsec": call.talk,
+            "disposition": call.disposition,
+        }))
+        u.calls += 1
+        self.calls += 1
+
+    def emit_registration(self, u: _User, dev: _Device, at: int, expires: int) -> None:
+        self.seq += 1
+        self.regs.append((at, self.seq, {
+            "user": u.name,
+            "customer": u.customer,
+            "contact": dev.contact(u.name),
+            "instance_id": dev.instance_id,
+            "user_agent": dev.user_agent,
+            "source_ip": dev.source_ip,
+            "expires": expires,
+            "time": self.clock(at),
+        }))
+
+    def session(self, u: _User, dev: _Device, on: int, off: int) -> None:
+        """A device switched on at ``on``, refreshing before expiry until ``off``."""
+        rng = u.rng
+        if dev.nat_rebind:
+            dev.port = rng.randint(1024, 65535)
+        off = min(off, self.month_end - 60)
+        at = on
+        while at < off:
+            self.emit_registration(u, dev, at, dev.expires)
+            at += max(60, int(dev.expires * dev.refresh * rng.uniform(0.97, 1.0)))
+        if rng.random() < dev.unregisters and off > on:
+            self.emit_registration(u, dev, off, 0)
+
+    # ---- ordinary traffic -------------------------------------------------------------------
+
+    def place(self, u: _User, day: _Day, call: _Call) -> bool:
+        """Put ``call`` on a free line, no earlier than asked, within the user's hourly cap;
+        False (dropped) when it no longer starts on ``day`` or touches a blocked window."""
+        rng = u.rng
+        start = max(call.start, u.last_start)
+        outbound = call.direction == "outbound"
+        while True:
+            moved = False
+            if outbound and u.max_per_hour is not None:
+                window = u.out_starts
+                while window and window[0] <= start - HOUR:
+                    window.popleft()
+                if len(window) >= u.max_per_hour:
+                    start = window[0] + HOUR
+                    moved = True
+            line = min(range(len(u.lines)), key=u.lines.__getitem__)
+            if u.lines[line] > start:
+                start = u.lines[line] + rng.randint(10, 240)
+                moved = True
+            if not moved:
+                break
+        end = start + call.ring + call.talk
+        if start >= day.end or any(a < end and start < b for a, b in u.blocked):
+            return False
+        call.start = start
+        u.lines[line] = end
+        u.last_start = start
+        if outbound and u.max_per_hour is not None:
+            u.out_starts.append(start)
+        self.emit_call(u, call)
+        return True
+
+    def ordinary_calls(self, u: _User, day: _Day, count: int, *, fixed: list[_Call] | None = None) -> tuple[int, int]:
+        """``count`` calls of the user's everyday traffic on ``day`` (plus ``fixed`` ones, placed
+        the same way); returns (first start, last end) of the placed calls, or (0, 0)."""
+        rng = u.rng
+        cum = _CUM_WORK if day.is_work else _CUM_WEEKEND
+        calls: list[_Call] = list(fixed or ())
+        for _ in range(count):
+            hour = bisect.bisect_right(cum, rng.random() * cum[-1])
+            start = day.at(min(hour, 23) * HOUR + rng.randrange(HOUR))
+            ring, talk, disposition = _outcome(rng)
+            x = rng.random()
+            if x < 0.62:
+                direction = "outbound"
+                if rng.random() < 0.002:
+                    other = rng.choice(EMERGENCY)
+                    ring, talk, disposition = rng.randint(1, 4), _talk(rng, 4.8, 0.6, 1800), "ANSWERED"
+                elif rng.random() < 0.85:
+                    other = _signalled(u.pick_book(), rng)
+                else:
+                    other = _signalled(u.dial(_one_off(rng)), rng)
+            elif x < 0.97:
+                direction = "inbound"
+                y = rng.random()
+                if y < 0.55:
+                    other = _signalled(u.pick_book(), rng)
+                elif y < 0.96:
+                    other = _signalled(_mobile(rng) if rng.random() < 0.5 else _fixed(rng), rng)
+                else:
+                    other = "anonymous"
+            else:
+                direction = "forwarded"
+                other = _signalled(_mobile(rng) if rng.random() < 0.5 else _fixed(rng), rng)
+            calls.append(_Call(start, ring, talk, disposition, direction, other, rng.random() < 0.2))
+        calls.sort(key=lambda c: c.start)
+        first = last = 0
+        for call in calls:
+            if self.place(u, day, call):
+                first = first or call.start
+                last = max(last, call.start + call.ring + call.talk)
+        return first, last
+
+    def day_of(self, u: _User, day: _Day) -> None:
+        rng = u.rng
+        for burst in u.bursts.get(day.index, ()):
+            burst(self, u, day)
+        count = min(_poisson(rng, u.activity * day.factor), int(u.activity * 3) + 5)
+        fixed = self.prospect_calls(u, day) if u.quota and day.is_work else None
+        first, last = self.ordinary_calls(u, day, count, fixed=fixed)
+        present = rng.random() < (u.presence if day.is_work else 0.08) or first > 0
+        if present and u.devices:
+            for dev in u.devices:
+                on = day.at(rng.randint(7 * HOUR, 9 * HOUR + 1800))
+                off = day.at(rng.randint(17 * HOUR + 1800, 19 * HOUR + 1800))
+                if first:
+                    on = min(on, first - rng.randint(300, 1800))
+                    off = max(off, last + rng.randint(300, 1800))
+                self.session(u, dev, on, off)
+
+    def prospect_calls(self, u: _User, day: _Day) -> list[_Call]:
+        """The prospector's new numbers of the day: answered calls spread over business hours."""
+        rng = u.rng
+        calls = []
+        for _ in range(u.quota):
+            number = _mobile(rng) if rng.random() < 0.55 else _fixed(rng)
+            sec = rng.choice((9, 10, 11, 14, 15, 16)) * HOUR + rng.randrange(HOUR)
+            calls.append(_Call(day.at(sec), rng.randint(3, 15), _talk(rng, 4.9, 0.8, 2400), "ANSWERED",
+                               "outbound", _signalled(number, rng), rng.random() < 0.2))
+        return calls
+
+    # ---- output ----------------------------------------------------------------------------
+
+    def run(self, cdr_sink: _Sink, reg_sink: _Sink) -> tuple[int, int]:
+        pending_cdrs: list[tuple[int, int, int, dict[str, Any]]] = []
+        pending_regs: list[tuple[int, int, dict[str, Any]]] = []
+        n_cdrs = n_regs = 0
+        for day in self.days:
+            self.cdrs, self.regs = pending_cdrs, pending_regs
+            for user in self.users:
+                if day.index == 1:
+                    for dev in user.always_on:
+                        self.session(user, dev, day.at(user.rng.randrange(2 * HOUR)), self.month_end)
+                self.day_of(user, day)
+            final = day is self.days[-1]
+            # at equal instants an `end` goes before a `start` (intervals are [start, end))
+            self.cdrs.sort(key=lambda e: (e[0], e[1], e[2]))
+            self.regs.sort(key=lambda e: (e[0], e[1]))
+            cut = len(self.cdrs) if final else bisect.bisect_left(self.cdrs, (day.end,), key=lambda e: (e[0],))
+            cdr_sink.write([e[3] for e in self.cdrs[:cut]])
+            n_cdrs += cut
+            pending_cdrs = self.cdrs[cut:]
+            cut = len(self.regs) if final else bisect.bisect_left(self.regs, (day.end,), key=lambda e: (e[0],))
+            reg_sink.write([e[2] for e in self.regs[:cut]])
+            n_regs += cut
+            pending_regs = self.regs[cut:]
+        return n_cdrs, n_regs
+
+    def labels(self) -> list[dict[str, str]]:
+        out = []
+        for user in self.users:
+            if user.scenario is not None:
+                for rule in user.scenario.rules:
+                    out.append({"user": user.name, "period": self.period, "rule": rule,
+                                "scenario": user.scenario.name})
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# scenarios: the shape of each abuse, and why it raises exactly its rules
+
+
+def _burst_window(u: _User, day: _Day, start: int, end: int) -> None:
+    """Keep ordinary calls an hour clear of an injected burst: its counts stay its own."""
+    u.blocked.append((start - HOUR, end + HOUR))
+
+
+def _setup_prospector(g: _Generator, u: _User) -> None:
+    """12-16 answered calls to new French numbers every working day (>= 17 working days in any
+    month, so >= 204 distinct covered numbers); one line; about 30 calls a day at most."""
+    u.quota = u.rng.randint(12, 16)
+    u.max_dialled = None
+    u.activity = min(u.activity, 8.0)
+    u.lines = [0]
+    u.presence = 1.0
+
+
+def _setup_shared_line(g: _Generator, u: _User) -> None:
+    """A DECT base (one binding) shared by an office: 5 lines, and on one day a peak of 4-5 calls
+    started within 2 minutes and lasting at least 5 minutes."""
+    rng = u.rng
+    u.devices = [_device(rng, rng.choice(DECT_UAS), instance=True)]
+    u.lines = [0] * 5
+    u.activity = rng.uniform(10, 18)
+    day = rng.choice(g.burst_days)
+    base = day.at(rng.choice((10, 11, 15)) * HOUR + rng.randrange(1800))
+    n = rng.randint(4, 5)
+    _burst_window(u, day, base, base + 2 * HOUR)
+
+    def peak(g: _Generator, u: _User, day: _Day) -> None:
+        for k in range(n):
+            other = _signalled(u.pick_book(), rng)
+            direction = "outbound" if k % 2 == 0 else "inbound"
+            g.emit_call(u, _Call(base + k * rng.randint(10, 30), rng.randint(3, 10), rng.randint(300, 1500),
+                                 "ANSWERED", direction, other, rng.random() < 0.5))
+
+    u.bursts.setdefault(day.index, []).append(peak)
+
+
+def _setup_many_phones(g: _Generator, u: _User) -> None:
+    """4-6 supplied phones, each present on every working day from ~09:30 to ~17:30 at least:
+    more than 3 bindings active at once on the first working day; calls on at most 3 lines."""
+    rng = u.rng
+    u.devices = [_device(rng, rng.choice(SUPPLIED_UAS), expires=rng.choice((3600, 7200))) for _ in range(rng.randint(4, 6))]
+    u.lines = [0] * 2
+    u.presence = 1.0
+
+
+def _setup_softphone(g: _Generator, u: _User) -> None:
+    """A supplied desk phone, and a softphone (with +sip.instance: one binding) used some evenings
+    and weekends from a mobile network; 2 bindings at most."""
+    rng = u.rng
+    u.devices = [_device(rng, rng.choice(SUPPLIED_UAS))]
+    soft = _device(rng, rng.choice(SOFTPHONE_UAS), expires=900, instance=True)
+    soft.nat_rebind = True
+    days = rng.sample(g.days, rng.randint(4, 9))
+    for day in days:
+        def evening(g: _Generator, u: _User, day: _Day, soft: _Device = soft) -> None:
+            on = day.at(rng.randint(18 * HOUR, 21 * HOUR))
+            soft.source_ip = f"100.{rng.randint(64, 127)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            g.session(u, soft, on, on + rng.randint(1800, 3 * HOUR))
+        u.bursts.setdefault(day.index, []).append(evening)
+
+
+def _setup_gateway(g: _Generator, u: _User) -> None:
+    """A gateway registered all month instead of a phone; ordinary traffic on at most 3 lines."""
+    rng = u.rng
+    u.devices = []
+    u.always_on = [_device(rng, rng.choice(GATEWAY_UAS), expires=rng.choice((600, 1800, 3600)), instance=False)]
+    u.lines = [0] * rng.randint(2, 3)
+    u.activity = rng.uniform(4, 10)
+
+
+def _setup_phoning(g: _Generator, u: _User) -> None:
+    """2-4 sessions, each of 68-85 outbound calls started within 50 minutes on one line (each call
+    ends before the next starts): > 60 in an hour, never > 1 at once. Prospects come from a list
+    of 60-90 numbers within the user's 140-number cap: no distinct_numbers breach."""
+    rng = u.rng
+    u.lines = [0] * 2
+    u.prospects = [_mobile(rng) if rng.random() < 0.5 else _fixed(rng) for _ in range(rng.randint(60, 90))]
+    for day in rng.sample(g.burst_days, min(len(g.burst_days), rng.randint(2, 4))):
+        base = day.at(rng.choice((10, 14, 15)) * HOUR + rng.randrange(900))
+        n = rng.randint(68, 85)
+        step = 3000 // (n - 1)
+        _burst_window(u, day, base, base + 3000 + step)
+
+        def session(g: _Generator, u: _User, day: _Day, base: int = base, n: int = n, step: int = step) -> None:
+            for k in range(n):
+                start = base + k * step
+                x = rng.random()
+                if x < 0.2:  # answered, hung up quickly
+                    ring = rng.randint(3, 8)
+                    call = _Call(start, ring, rng.randint(3, step - ring - 2), "ANSWERED", "outbound", "", False)
+                elif x < 0.85:
+                    call = _Call(start, min(step - 2, rng.randint(12, 25)), 0, "NO ANSWER", "outbound", "", False)
+                else:
+                    call = _Call(start, rng.randint(1, 4), 0, "BUSY", "outbound", "", False)
+                call.other = _signalled(u.dial(rng.choice(u.prospects)), rng)
+                call.with_start = rng.random() < 0.3
+                g.emit_call(u, call)
+
+        u.bursts.setdefault(day.index, []).append(session)
+
+
+def _setup_call_centre(g: _Generator, u: _User) -> None:
+    """4-6 agents behind a predictive dialler (an Asterisk UA: pbx_or_gateway) on 2 campaign days.
+    All agents start within 3 s, first calls ring >= 8 s: > 3 at once. A call cycle is <= 155 s
+    (ring <= 25, talk <= 120, wrap-up <= 15): >= 23 calls an hour per agent, > 60 together. New prospects each call, 25 % answered, sessions repeated until
+    >= 170 distinct answered numbers: distinct_numbers."""
+    rng = u.rng
+    u.devices = []
+    u.always_on = [_device(rng, DIALLER_UA, expires=1800, instance=False)]
+    u.activity = rng.uniform(2, 6)  # agents' own few calls outside campaigns
+    u.max_dialled = None
+    agents = rng.randint(4, 6)
+    state = {"answered": 0}
+    days = sorted(rng.sample(g.burst_days, 2), key=lambda d: d.index)
+    for n, day in enumerate(days):
+        base = day.at(9 * HOUR + 1800 + rng.randrange(900))
+        _burst_window(u, day, base, base + 4 * HOUR)
+
+        def campaign(g: _Generator, u: _User, day: _Day, base: int = base, final: bool = n == 1) -> None:
+            session_start = base
+            while True:
+                session_end = session_start + 75 * 60
+                for agent in range(agents):
+                    t = session_start + rng.randint(0, 3)
+                    first = True
+                    while t < session_end:
+                        x = rng.random()
+                        if x < 0.25:
+                            ring, talk, disp = rng.randint(8 if first else 3, 20), _talk(rng, 3.6, 0.6, 120), "ANSWERED"
+                        elif x < 0.9:
+                            ring, talk, disp = rng.randint(8 if first else 10, 25), 0, "NO ANSWER"
+                        else:
+                            ring, talk, disp = rng.randint(8 if first else 1, 10), 0, "BUSY"
+                        number = _mobile(rng) if rng.random() < 0.6 else _fixed(rng)
+                        if talk:
+                            state["answered"] += 1  # prospects are fresh numbers (a repeat is ~1e-8)
+                        g.emit_call(u, _Call(t, ring, talk, disp, "outbound", _signalled(number, rng),
+                                             rng.random() < 0.3))
+                        t += ring + talk + rng.randint(2, 15)
+                        first = False
+                if not final or state["answered"] >= 170:
+                    break
+                session_start = session_end + 600
+
+        u.bursts.setdefault(day.index, []).append(campaign)
+
+
+def _setup_office_pbx(g: _Generator, u: _User) -> None:
+    """An office PBX registered all month (pbx_or_gateway) with up to 8 lines, and one day a busy
+    moment with 5-6 calls at once (simultaneous_calls). Within the 140-number and 50-an-hour caps."""
+    rng = u.rng
+    u.devices = []
+    u.always_on = [_device(rng, rng.choice(PBX_UAS), expires=rng.choice((1800, 3600)), instance=False)]
+    u.lines = [0] * 8
+    u.activity = rng.uniform(20, 40)
+    u.set_book(*_book(rng, rng.randint(60, 90)))
+    day = rng.choice(g.burst_days)
+    base = day.at(rng.choice((10, 14, 16)) * HOUR + rng.randrange(1800))
+    n = rng.randint(5, 6)
+    _burst_window(u, day, base, base + 2 * HOUR)
+
+    def busy(g: _Generator, u: _User, day: _Day) -> None:
+        for k in range(n):
+            direction = "inbound" if k % 3 == 2 else "outbound"
+            g.emit_call(u, _Call(base + k * rng.randint(5, 20), rng.randint(3, 9), rng.randint(400, 1800),
+                                 "ANSWERED", direction, _signalled(u.pick_book(), rng), rng.random() < 0.5))
+
+    u.bursts.setdefault(day.index, []).append(busy)
+
+
+def _setup_hacked(g: _Generator, u: _User) -> None:
+    """An ordinary user (at most 2 phones) whose credentials leak: one night a softphone registers
+    from abroad (third_party_device) and 5-7 channels dial premium destinations from 00:40 to
+    04:30, each call >= 8 minutes (<= 8 starts per channel per hour: <= 56 an hour, no autodialer),
+    all channels busy within a minute (simultaneous_calls). None of it is covered: no distinct."""
+    rng = u.rng
+    u.devices = u.devices[:2]
+    u.lines = u.lines[:2]
+    day = rng.choice(g.burst_days)
+    base = day.at(40 * 60 + rng.randrange(600))
+    stop = day.at(4 * HOUR + 1800)
+    channels = rng.randint(5, 7)
+    u.blocked.append((day.start - HOUR, day.at(6 * HOUR + 3600)))
+    hacker = _device(rng, rng.choice(FRAUD_UAS), expires=3600, instance=False,
+                     source_ip=f"{rng.choice(('45.134.26', '185.53.88', '91.92.109'))}.{rng.randint(1, 254)}")
+
+    def night(g: _Generator, u: _User, day: _Day) -> None:
+        g.emit_registration(u, hacker, base - rng.randint(60, 300), 3600)
+        for _ in range(channels):
+            t = base + rng.randint(0, 60)
+            while t < stop:
+                ring = rng.randint(3, 10)
+                talk = rng.randint(480, 1800)
+                number = _from_table(rng, _PREMIUM_INTL)
+                g.emit_call(u, _Call(t, ring, talk, "ANSWERED", "outbound", _signalled(number, rng), rng.random() < 0.5))
+                t += ring + talk + rng.randint(1, 20)
+
+    u.bursts.setdefault(day.index, []).append(night)
+
+
+_SETUP: dict[str, Callable[[_Generator, _User], None]] = {
+    "prospector": _setup_prospector,
+    "shared_line": _setup_shared_line,
+    "many_phones": _setup_many_phones,
+    "softphone": _setup_softphone,
+    "gateway": _setup_gateway,
+    "phoning": _setup_phoning,
+    "call_centre": _setup_call_centre,
+    "office_pbx": _setup_office_pbx,
+    "hacked": _setup_hacked,
+}
+assert set(_SETUP) == set(_SCENARIO_BY_NAME)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def parse_month(text: str) -> tuple[int, int]:
+    parts = text.split("-")
+    if len(parts) != 2 or len(parts[0]) != 4 or len(parts[1]) != 2 or not (parts[0] + parts[1]).isdigit():
+        raise ConfigError(f"--month: expected YYYY-MM, got {text!r}")
+    year, month = int(parts[0]), int(parts[1])
+    if not 1 <= month <= 12 or not 2000 <= year <= 2098:
+        raise ConfigError(f"--month: expected YYYY-MM between 2000-01 and 2098-12, got {text!r}")
+    return year, month
+
+
+def generate_month(
+    out_dir: Path,
+    *,
+    users: int,
+    month: str,
+    seed: int = 1,
+    fmt: str = "jsonl",
+    timezone: str = DEFAULT_TIMEZONE,
+    abuse_scale: float = 1.0,
+) -> GenerateSummary:
+    """Write ``cdrs``, ``registrations`` (``fmt``: jsonl or parquet) and ``labels.jsonl`` into
+    ``out_dir`` (created); same arguments, byte-identical files."""
+    if users < 1:
+        raise ConfigError(f"--users: expected at least 1, got {users}")
+    if fmt not in ("jsonl", "parquet"):
+        raise ConfigError(f"--format: expected jsonl or parquet, got {fmt!r}")
+    if abuse_scale < 0:
+        raise ConfigError(f"--abuse-scale: expected >= 0, got {abuse_scale}")
+    try:
+        tz = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone: unknown time zone {timezone!r}") from None
+    year, mon = parse_month(month)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {out_dir}: {exc.strerror}") from None
+    started = time.monotonic()
+    gen = _Generator(users=users, year=year, month=mon, seed=seed, tz=tz, abuse_scale=abuse_scale)
+    cdr_path = out_dir / f"cdrs.{fmt}"
+    reg_path = out_dir / f"registrations.{fmt}"
+    cdr_sink: _Sink
+    reg_sink: _Sink
+    if fmt == "parquet":
+        cdr_sink, reg_sink = _ParquetSink(cdr_path, CDR_COLUMNS), _ParquetSink(reg_path, REGISTRATION_COLUMNS)
+    else:
+        cdr_sink, reg_sink = _JsonlSink(cdr_path), _JsonlSink(reg_path)
+    try:
+        n_cdrs, n_regs = gen.run(cdr_sink, reg_sink)
+    finally:
+        cdr_sink.close()
+        reg_sink.close()
+    labels = gen.labels()
+    labels_path = out_dir / "labels.jsonl"
+    labels_path.write_bytes(b"".join(orjson.dumps(label) + b"\n" for label in labels))
+    scenarios: dict[str, list[str]] = {}
+    for user in gen.users:
+        if user.scenario is not None:
+            scenarios.setdefault(user.scenario.name, []).append(user.name)
+    return GenerateSummary(
+        users=users, customers=gen.customers, month=gen.period, seed=seed, format=fmt, calls=gen.calls,
+        cdr_events=n_cdrs, registrations=n_regs, labels=labels, scenarios=scenarios,
+        files=[cdr_path, reg_path, labels_path], seconds=time.monotonic() - started,
+    )
+
+
+def format_generate(summary: GenerateSummary) -> str:
+    by_rule: dict[str, int] = {}
+    for label in summary.labels:
+        by_rule[label["rule"]] = by_rule.get(label["rule"], 0) + 1
+    lines = [
+        f"generated {summary.month} for {summary.users} users ({summary.customers} customers), seed {summary.seed}, "
+        f"in {summary.seconds:.1f} s",
+        f"  {summary.calls} calls ({summary.cdr_events} cdrs events), {summary.registrations} registrations",
+        f"  {len(summary.labels)} labels: " + (", ".join(f"{r} {n}" for r, n in sorted(by_rule.items())) or "none"),
+    ]
+    for scenario in SCENARIOS:
+        names = summary.scenarios.get(scenario.name, [])
+        if names:
+            shown = ", ".join(names[:4]) + (f", … ({len(names)})" if len(names) > 4 else "")
+            lines.append(f"  {scenario.name:<12} {shown}  → {', '.join(scenario.rules)}")
+    lines.append("  wrote " + ", ".join(str(p) for p in summary.files))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def register(sub: Any) -> None:
+    scenarios = "\n".join(f"  {s.name:<12} {', '.join(s.rules)}: {s.description}" for s in SCENARIOS)
+    parser = sub.add_parser(
+        "generate", help="write a synthetic, labelled month of CDRs and registrations",
+        description="Generate a realistic month of hosted-telephony traffic for N users — business-hours "
+        "and weekly profile, heavy-tailed durations, ~25 %% unanswered, address books, supplied phones "
+        "re-registering — with injected fair-use abuse, and write DIR/cdrs.jsonl, DIR/registrations.jsonl "
+        "(or .parquet) and DIR/labels.jsonl ({user, period, rule, scenario}: exactly the alerts the "
+        "default plan must raise). Same arguments, same files.",
+        epilog="scenarios (share of users, at least one each):\n" + scenarios,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--users", type=_int, required=True, metavar="N", help="number of SIP accounts")
+    parser.add_argument("--month", required=True, metavar="YYYY-MM", help="calendar month (in --timezone)")
+    parser.add_argument("--seed", type=_int, default=1, metavar="S", help="random seed (default 1)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (created)")
+    parser.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl",
+                        help="stream files format (labels are always JSONL); default jsonl")
+    parser.add_argument("--timezone", default=DEFAULT_TIMEZONE, metavar="TZ",
+                        help="zone of the month and of the business hours (default Europe/Paris, as plans.toml)")
+    parser.add_argument("--abuse-scale", type=float, default=1.0, metavar="X",
+                        help="multiply every scenario's share of users (0 = no abuse at all; default 1)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = generate_month(args.out, users=args.users, month=args.month, seed=args.seed, fmt=args.format,
+                             timezone=args.timezone, abuse_scale=args.abuse_scale)
+    print(format_generate(summary))
+    return 0
