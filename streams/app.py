@@ -7,6 +7,7 @@ from typing import Any
 import faust
 import faust.types.auth
 
+from .agents.batching import App as BatchApp
 from .embedded import patch_faust_end_offsets
 from .settings import Settings
 
@@ -40,7 +41,7 @@ def create_app(settings: Settings) -> faust.App:
     creds = credentials(settings)
     if creds is not None:
         extra["broker_credentials"] = creds
-    app = faust.App(
+    app = BatchApp(
         settings.app_id,
         broker=settings.broker,
         store=store,

@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 
 # Commands that live in their own module: each has `register(subparsers)`, which adds its parser
 # and sets `func` (a function of the parsed args returning the exit code).
-PLUGIN_COMMANDS: tuple[str, ...] = ()
+PLUGIN_COMMANDS: tuple[str, ...] = ("streams.bench", "streams.generator", "streams.evaluate", "streams.importers")
 
 ENV_HELP = "environment (flags win):\n" + "\n".join(f"  {var:<30} {name}" for var, name in ENV_VARS.items())
 
@@ -254,8 +254,9 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
         )
         pipeline.app.finalize()
         await pipeline.app.start()
-        base = f"http://{settings.web_host}:{settings.web_port}"
-        print(f"metrics on {base}/metrics, health on {base}/healthz", flush=True)
+        from .web import format_endpoints  # /metrics, /healthz, /users/{user}/usage, /alerts
+
+        print(format_endpoints(settings.web_host, settings.web_port), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

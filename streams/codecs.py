@@ -69,7 +69,7 @@ def decode_cdr(raw: bytes | None) -> CallEvent:
     end = _time(data, "end_time")
     if end < start:
         raise InvalidRecord(f"end_time {data['end_time']} is before start_time {data['start_time']}")
-    billsec = data["billsec"]
+    billsec = int(data["billsec"])  # JSON Schema's integer admits 61.0
     answer_ms = None
     if data["answer_time"] is None:
         if billsec:
@@ -101,7 +101,7 @@ def decode_registration(raw: bytes | None) -> Registration:
         instance_id=data["instance_id"] or None,
         user_agent=data["user_agent"],
         source_ip=data["source_ip"],
-        expires=data["expires"],
+        expires=int(data["expires"]),
         time_ms=to_ms(time),
         time=data["time"],
     )

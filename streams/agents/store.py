@@ -44,6 +44,9 @@ class TableStore:
     def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches") -> None:
         self._periods, self._users, self._subscribers = periods, users, subscribers
         self._caches = caches
+        self.source: Any = None  # the input message being applied: its partition is the key's
+        self._sources: dict[bytes, Any] = {}
+        self._plans: dict[bytes, str | None] = {}
         self._put_periods: dict[bytes, PeriodState | None] = {}
         self._put_users: dict[bytes, UserState] = {}
         self._read_periods: set[bytes] = set()
@@ -64,10 +67,14 @@ class TableStore:
         return self._caches.periods.get(key, raw)
 
     def put_period(self, user: str, period: str, state: PeriodState) -> None:
-        self._put_periods[self.period_key(user, period)] = state
+        key = self.period_key(user, period)
+        self._put_periods[key] = state
+        self._sources[key] = self.source
 
     def drop_period(self, user: str, period: str) -> None:
-        self._put_periods[self.period_key(user, period)] = None
+        key = self.period_key(user, period)
+        self._put_periods[key] = None
+        self._sources[key] = self.source
 
     def get_user(self, user: str) -> UserState | None:
         key = user.encode()
@@ -80,14 +87,42 @@ class TableStore:
         return self._caches.users.get(key, raw)
 
     def put_user(self, user: str, state: UserState) -> None:
-        self._put_users[user.encode()] = state
+        key = user.encode()
+        self._put_users[key] = state
+        self._sources[b"u:" + key] = self.source
 
     def plan_of(self, user: str) -> str | None:
-        raw = self._subscribers.get(user.encode())
+        key = user.encode()
+        if key in self._plans:
+            return self._plans[key]
+        raw = self._subscribers.get(key)
         return raw.decode() if raw is not None else None
 
-    def flush(self) -> None:
+    def set_plan(self, user: str, plan: str | None) -> None:
+        key = user.encode()
+        self._plans[key] = plan
+        self._sources[b"s:" + key] = self.source
+
+    def flush(self, context: Any = None) -> None:
+        """Write every put state once. ``context`` (a PartitionContext) puts each write under the
+        event context of the message that produced it, so it goes to that partition's changelog."""
+        enter = context.enter if context is not None else (lambda _message: None)
+        try:
+            self._write(enter)
+        finally:
+            if context is not None:
+                context.leave()
+
+    def _write(self, enter: Any) -> None:
+        for key, plan in self._plans.items():
+            enter(self._sources[b"s:" + key])
+            if plan is None:
+                if key in self._subscribers:
+                    del self._subscribers[key]
+            else:
+                self._subscribers[key] = plan.encode()
         for key, state in self._put_periods.items():
+            enter(self._sources[key])
             if state is None:
                 if key in self._periods:
                     del self._periods[key]
@@ -97,6 +132,7 @@ class TableStore:
                 self._periods[key] = raw
                 self._caches.periods.remember(key, raw, state)
         for key, ustate in self._put_users.items():
+            enter(self._sources[b"u:" + key])
             raw = ustate.encode()
             self._users[key] = raw
             self._caches.users.remember(key, raw, ustate)

@@ -24,7 +24,9 @@ import hmac
 import ipaddress
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
+from functools import lru_cache
 from typing import Any, Iterable, Protocol
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -90,7 +92,8 @@ class FraudState:
     # configured prefix of the callee (enough to find its rate and scope, not the number itself);
     # counted = 1 for a call the rules look at (a configured direction, not an emergency number)
     calls: dict[str, list[Any]] = field(default_factory=dict)
-    runs: dict[str, list[Any]] = field(default_factory=dict)  # rule -> [callee hash, count, first call_id, last start_ms]
+    # rule -> [callee hash, count, first call_id, last start_ms]: the current same-callee run
+    runs: dict[str, list[Any]] = field(default_factory=dict)
     days: dict[str, list[int]] = field(default_factory=dict)  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
     networks: dict[str, int] = field(default_factory=dict)  # "203.0.113.0/24" -> last registration ms
     bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [time_ms, expiry_ms, network]
@@ -264,13 +267,21 @@ def network_of(source_ip: str) -> str | None:
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
+@lru_cache(maxsize=65536)
+def _local_minute(epoch_minute: int, tz: ZoneInfo) -> tuple[int, int]:
+    """(weekday, minute of the day) of an epoch minute in a zone: the time scopes' test, cached
+    because every live evaluation tests the same recent calls again."""
+    local = from_ms(epoch_minute * MINUTE_MS, tz)
+    return local.weekday(), local.hour * 60 + local.minute
+
+
 def _money(value: Decimal) -> str:
     """An amount in EUR as shown: cents, rounded down (what was reached, never more)."""
     return str(value.quantize(CENT, rounding=ROUND_DOWN))
 
 
 def _threshold_money(value: Decimal) -> str:
-    return str(value.quantize(CENT)) if value == value.quantize(CENT) else str(value)
+    return str(value.quantize(CENT)) if value == value.quantize(CENT) else f"{value.normalize():f}"
 
 
 # -------------------------------------------------------------------------------------- engine
@@ -380,7 +391,7 @@ class FraudEngine:
                 return False
             if rule.destinations is not None and not rule.destinations.matches(key, destination):
                 return False
-        return not rule.time or rule.time.contains(from_ms(start_ms, plan.timezone))
+        return not rule.time or rule.time.matches(*_local_minute(start_ms // MINUTE_MS, plan.timezone))
 
     def _callee_hash(self, callee: str) -> int:
         number = normalise(callee)
@@ -390,24 +401,31 @@ class FraudEngine:
     # -- rules on a new call ------------------------------------------------------------------
 
     def _count_rules(self, ctx: _Eval, call_id: str, start: int, key: str, callee: str) -> None:
+        near: list[tuple[int, str, str]] | None = None  # counted calls starting within an hour of this one
         for rule in ctx.plan.fraud.rules:
             if rule.kind not in _CALL_COUNT_RULES or not self._in_scope(rule, ctx.plan, start, key):
                 continue
-            if rule.kind == "calls_per_minute":
-                self._span_rule(ctx, rule, start, MINUTE_MS)
-            elif rule.kind == "high_risk_destination":
-                self._span_rule(ctx, rule, start, HOUR_MS)
+            if rule.kind in ("calls_per_minute", "high_risk_destination"):
+                if near is None:
+                    near = [
+                        (r[0], cid, r[3]) for cid, r in ctx.state.calls.items() if r[4] and abs(r[0] - start) < HOUR_MS
+                    ]
+                span = MINUTE_MS if rule.kind == "calls_per_minute" else HOUR_MS
+                self._span_rule(ctx, rule, start, span, near)
             elif rule.kind == "total_calls_per_day":
                 self._day_rule(ctx, rule, call_id, start)
             else:
                 self._sequence_rule(ctx, rule, call_id, start, callee)
 
-    def _span_rule(self, ctx: _Eval, rule: FraudRule, start: int, span: int) -> None:
-        """At least N in-scope calls starting within ``span`` (any span containing this call)."""
+    def _span_rule(
+        self, ctx: _Eval, rule: FraudRule, start: int, span: int, near: list[tuple[int, str, str]]
+    ) -> None:
+        """At least N in-scope calls starting within ``span``: every span ``[first, first + span)`` that
+        contains this call and holds N calls alerts in the clock hour of its N-th call (once)."""
         starts = sorted(
             (s, cid)
-            for cid, (s, _e, _t, key, counted) in ctx.state.calls.items()
-            if counted and start - span < s < start + span and self._in_scope(rule, ctx.plan, s, key)
+            for s, cid, key in near
+            if start - span < s < start + span and self._in_scope(rule, ctx.plan, s, key)
         )
         times = [s for s, _ in starts]
         for level in LEVELS:
@@ -424,17 +442,18 @@ class FraudEngine:
                 if end - j >= need:
                     group = starts[j:end]
                     at = group[need - 1][0]
+                    window = self._hour(at, ctx.plan)
+                    if _fired(ctx, rule, level, window):
+                        continue
                     evidence = {
                         "window_start": self._fmt(first, ctx.plan),
                         "window_seconds": span // SECOND_MS,
                         "call_ids": [cid for _, cid in group[:EVIDENCE_CALLS]],
                     }
                     if rule.kind == "high_risk_destination":
-                        evidence["destinations"] = sorted(
-                            {self._rate(ctx.state.calls[cid][3])[0] or "+" + ctx.state.calls[cid][3] for _, cid in group}
-                        )
-                    self._fire(ctx, rule, level, self._hour(at, ctx.plan), at, len(group), threshold, evidence)
-                    break
+                        keys = {ctx.state.calls[cid][3] for _, cid in group}
+                        evidence["destinations"] = sorted({self._rate(k)[0] or "+" + k for k in keys})
+                    self._fire(ctx, rule, level, window, at, len(group), threshold, evidence)
 
     def _day_rule(self, ctx: _Eval, rule: FraudRule, call_id: str, start: int) -> None:
         """In-scope calls starting on the local calendar day of this call."""
@@ -466,29 +485,33 @@ class FraudEngine:
     # -- live rules (every event) -------------------------------------------------------------
 
     def _live(self, ctx: _Eval) -> None:
-        for rule in ctx.plan.fraud.rules:
+        rules = [r for r in ctx.plan.fraud.rules if r.kind in ("cost_burst", "long_call")]
+        if not rules:
+            return
+        # the counted calls that cost money in the last hour, and all open ones: one pass for all rules
+        now, lo = ctx.now, ctx.now - HOUR_MS
+        cap = self.max_call_ms
+        recent: list[tuple[str, list[Any], int, int]] = []
+        for call_id, record in ctx.state.calls.items():
+            if not record[4]:
+                continue
+            start, end = record[0], record[1]
+            if end == OPEN:  # costing from its start to now, at most the maximum call duration
+                recent.append((call_id, record, start, min(now, start + cap)))
+            elif end > lo:  # its answered seconds [end - billsec, end]
+                recent.append((call_id, record, end - record[2], end))
+        for rule in rules:
             if rule.kind == "cost_burst":
-                self._cost_burst(ctx, rule)
-            elif rule.kind == "long_call":
-                self._long_call_live(ctx, rule)
+                self._cost_burst(ctx, rule, recent)
+            else:
+                self._long_call_live(ctx, rule, recent)
 
-    def _talk(self, record: list[Any], now: int) -> tuple[int, int]:
-        """The interval a call has been costing money, as known at ``now``: an ended call's answered
-        seconds ``[end - billsec, end]``; an open one from its start to now (capped)."""
-        start, end, talk = record[0], record[1], record[2]
-        if end == OPEN:
-            return start, min(now, start + self.max_call_ms)
-        return end - talk, end
-
-    def _cost_burst(self, ctx: _Eval, rule: FraudRule) -> None:
+    def _cost_burst(self, ctx: _Eval, rule: FraudRule, recent: list[tuple[str, list[Any], int, int]]) -> None:
         """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
         now, lo = ctx.now, ctx.now - HOUR_MS
         total = Decimal(0)  # EUR x ms / min
         parts: list[tuple[str, Decimal, int, bool, str | None]] = []
-        for call_id, record in ctx.state.calls.items():
-            if not record[4]:
-                continue
-            a, b = self._talk(record, now)
+        for call_id, record, a, b in recent:
             overlap = min(b, now) - max(a, lo)
             if overlap <= 0:
                 continue
@@ -498,9 +521,10 @@ class FraudEngine:
             value = overlap * rate
             total += value
             parts.append((call_id, value, overlap, record[1] == OPEN, destination))
+        window = self._hour(now, ctx.plan)
         for level in LEVELS:
             threshold = rule.threshold(level)
-            if threshold is None or total < threshold * MINUTE_MS:
+            if threshold is None or total < threshold * MINUTE_MS or _fired(ctx, rule, level, window):
                 continue
             parts.sort(key=lambda p: (-p[1], p[0]))
             evidence = {
@@ -519,15 +543,13 @@ class FraudEngine:
                 ],
                 "calls_total": len(parts),
             }
-            self._fire(ctx, rule, level, self._hour(now, ctx.plan), now, _money(total / MINUTE_MS), threshold, evidence)
+            self._fire(ctx, rule, level, window, now, _money(total / MINUTE_MS), threshold, evidence)
 
-    def _long_call_live(self, ctx: _Eval, rule: FraudRule) -> None:
+    def _long_call_live(self, ctx: _Eval, rule: FraudRule, recent: list[tuple[str, list[Any], int, int]]) -> None:
         """Open calls that have lasted more than N minutes by now (from their start)."""
-        for call_id, record in ctx.state.calls.items():
-            if not record[4] or record[1] != OPEN:
-                continue
-            a, b = self._talk(record, ctx.now)
-            self._long_call(ctx, rule, call_id, record, b - a, True)
+        for call_id, record, a, b in recent:
+            if record[1] == OPEN:
+                self._long_call(ctx, rule, call_id, record, b - a, True)
 
     def _long_call_end(self, ctx: _Eval, call_id: str, record: list[Any]) -> None:
         for rule in ctx.plan.fraud.rules:
@@ -541,7 +563,7 @@ class FraudEngine:
             return
         for level in LEVELS:
             threshold = rule.threshold(level)
-            if threshold is None or duration <= threshold * MINUTE_MS:
+            if threshold is None or duration <= threshold * MINUTE_MS or _fired(ctx, rule, level, call_id):
                 continue
             evidence = {
                 "call_id": call_id,
@@ -640,12 +662,12 @@ class FraudEngine:
         threshold: Decimal,
         evidence: dict[str, Any],
     ) -> None:
-        key = f"{rule.name}|{level}|{window}"
+        key = _fired_key(rule, level, window)
         if key in ctx.state.fired:
             return
         ctx.state.fired[key] = at
         if level == "critical":  # a critical supersedes the warning of the same window
-            ctx.state.fired.setdefault(f"{rule.name}|warning|{window}", at)
+            ctx.state.fired.setdefault(_fired_key(rule, "warning", window), at)
         shown: int | str
         if rule.kind == "cost_burst":
             shown = _threshold_money(threshold)
@@ -690,7 +712,8 @@ class FraudEngine:
         """Keep the state bounded: drop what no non-stale event can reach any more."""
         tc, tr = state.newest_call_ms, state.newest_registration_ms
         horizon = tc - KEEP_CALLS_MS
-        for call_id in [c for c, r in state.calls.items() if (r[0] + self.max_call_ms if r[1] == OPEN else r[1]) < horizon]:
+        cap = self.max_call_ms
+        for call_id in [c for c, r in state.calls.items() if (r[0] + cap if r[1] == OPEN else r[1]) < horizon]:
             del state.calls[call_id]
         windows = max(tc, tr) - KEEP_WINDOWS_MS
         for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
@@ -714,6 +737,14 @@ class FraudEngine:
     def _fmt(ms: int, plan: Plan) -> str:
         moment = from_ms(ms, plan.timezone)
         return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
+
+
+def _fired_key(rule: FraudRule, level: str, window: str) -> str:
+    return f"{rule.name}|{level}|{window}"
+
+
+def _fired(ctx: _Eval, rule: FraudRule, level: str, window: str) -> bool:
+    return _fired_key(rule, level, window) in ctx.state.fired
 
 
 def _reason(alert: FraudAlert) -> str:

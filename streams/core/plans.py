@@ -50,6 +50,7 @@ DEFAULT_ACTIONS = {
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_NETWORK_DAYS = 30
+MAX_COST_THRESHOLD = Decimal(1_000_000_000)  # EUR: far above any burst, far below Decimal overflow
 _HOURS = re.compile(r"(\d{2}):(\d{2})-(\d{2}):(\d{2})")
 _PREFIX = re.compile(r"\+([1-9]\d{0,14})")
 
@@ -116,9 +117,12 @@ class TimeScope:
         return bool(self.hours or self.weekdays)
 
     def contains(self, local: datetime) -> bool:
-        if self.weekdays and local.weekday() not in self.weekdays:
+        return self.matches(local.weekday(), local.hour * 60 + local.minute)
+
+    def matches(self, weekday: int, minute: int) -> bool:
+        """``weekday`` 0 = Monday, ``minute`` of the local day."""
+        if self.weekdays and weekday not in self.weekdays:
             return False
-        minute = local.hour * 60 + local.minute
         return not self.hours or any(minute in r for r in self.hours)
 
 
@@ -231,7 +235,7 @@ def parse_plans(data: Mapping[str, Any], rates: RateDeck | None = None, *, sourc
             max_calls_per_hour=spec["max_calls_per_hour"],
             allowed_user_agents=_patterns(spec["allowed_user_agents"], f"{where} allowed_user_agents"),
             pbx_user_agents=_patterns(spec["pbx_user_agents"], f"{where} pbx_user_agents"),
-            multipliers={rule: Decimal(str(spec["multipliers"][rule])) for rule in RULES},
+            multipliers=_multipliers(spec["multipliers"], where),
             timezone=_zone(spec["timezone"], source, f"plans.{name}.timezone") if "timezone" in spec else zone,
             fraud=_plan_fraud(fraud, spec.get("fraud"), rates, source, f"plans.{name}.fraud"),
         )
@@ -240,6 +244,16 @@ def parse_plans(data: Mapping[str, Any], rates: RateDeck | None = None, *, sourc
             f"{source}: default_plan {data['default_plan']!r} is not defined (plans: {', '.join(sorted(plans))})"
         )
     return PlanBook(default_plan=data["default_plan"], timezone=zone, plans=plans, fraud=fraud)
+
+
+def _multipliers(spec: Mapping[str, Any], where: str) -> dict[str, Decimal]:
+    out = {}
+    for rule in RULES:
+        value = Decimal(str(spec[rule]))
+        if not value.is_finite() or not 0 <= value <= 100:  # TOML has nan and inf; the schema lets nan by
+            raise PlansError(f"{where}: multipliers.{rule} must be a number between 0 and 100, got {spec[rule]}")
+        out[rule] = value
+    return out
 
 
 def _zone(name: str, source: str, key: str) -> ZoneInfo:
@@ -254,8 +268,8 @@ def _patterns(patterns: list[str], where: str) -> tuple[re.Pattern[str], ...]:
     for pattern in patterns:
         try:
             compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise PlansError(f"{where}: bad regex {pattern!r}: {exc}") from None
+        except (re.error, OverflowError, RecursionError, ValueError) as exc:
+            raise PlansError(f"{where}: bad regex {pattern[:60]!r}: {exc}") from None
     return tuple(compiled)
 
 
@@ -310,7 +324,7 @@ def _fraud_rules(
         if warning is not None and critical is not None and warning > critical:
             raise PlansError(f"{where}: warning {spec['warning']} is above critical {spec['critical']}")
         if kind == "new_network" and "destinations" in spec:
-            raise PlansError(f"{where} destinations: new_network has no destination scope (registrations have no callee)")
+            raise PlansError(f"{where} destinations: new_network has no destination scope (registrations call no one)")
         if kind != "new_network" and "days" in spec:
             raise PlansError(f"{where} days: only new_network has days")
         destinations = (
@@ -346,6 +360,10 @@ def _threshold(kind: str, value: Any, where: str) -> Decimal | None:
             raise PlansError(f"{where}: {value!r} is not a decimal amount in EUR") from None
         if not amount.is_finite() or amount <= 0:
             raise PlansError(f"{where}: must be an amount in EUR above 0, got {value!r}")
+        if amount > MAX_COST_THRESHOLD:
+            raise PlansError(f"{where}: {value!r} EUR is above the largest threshold, {MAX_COST_THRESHOLD}")
+        if amount != amount.quantize(Decimal("0.0001")):
+            raise PlansError(f"{where}: {value!r} has more than 4 decimal places")
         return amount
     unit = "minutes" if kind == "long_call" else "a count"
     if isinstance(value, bool) or not isinstance(value, int):

@@ -55,7 +55,17 @@ def load_rate_deck(path: Path) -> RateDeck:
     return parse_rate_deck(text, source=str(path))
 
 
+MAX_RATE = Decimal(1000)  # EUR per minute: anything above is a typo in the deck
+
+
 def parse_rate_deck(text: str, *, source: str = "rates.csv") -> RateDeck:
+    try:
+        return _parse_rate_deck(text, source)
+    except csv.Error as exc:
+        raise RateDeckError(f"{source}: not a readable CSV file ({exc})") from None
+
+
+def _parse_rate_deck(text: str, source: str) -> RateDeck:
     rows = csv.reader(text.splitlines())
     header = next(rows, None)
     if header is None or [h.strip() for h in header] != HEADER:
@@ -84,8 +94,12 @@ def parse_rate_deck(text: str, *, source: str = "rates.csv") -> RateDeck:
             raise RateDeckError(
                 f"{source}: line {line_no}: rate_per_minute {raw_rate!r} is not a decimal"
             ) from None
-        if not rate.is_finite() or rate < 0:
-            raise RateDeckError(f"{source}: line {line_no}: rate_per_minute must be >= 0, got {raw_rate}")
+        if not rate.is_finite() or rate < 0 or rate > MAX_RATE:
+            raise RateDeckError(
+                f"{source}: line {line_no}: rate_per_minute must be between 0 and {MAX_RATE}, got {raw_rate[:40]}"
+            )
+        if len(prefix) > 15:
+            raise RateDeckError(f"{source}: line {line_no}: prefix {prefix[:20]}… is longer than an E.164 number")
         seen[prefix] = line_no
         rates.append(Rate(prefix, destination, rate))
     if not rates:

@@ -294,28 +294,37 @@ class UsageEngine:
         return outcome
 
     def _simultaneous(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
-        """Max overlap of half-open call intervals around this call; a breach above the limit."""
+        """Max overlap of half-open call intervals around this call; a breach above the limit.
+
+        A call whose ``end`` has not arrived is in progress — live detection from ``start`` events —
+        for at most ``max_call_duration``. Overlap only rises at interval starts, so a sweep over the
+        calls that can overlap this one finds the first instant above the limit.
+        """
         start = ev.start_ms
         end = ev.end_ms if ev.end_ms is not None else start + self.max_call_ms
+        lo, hi = start - self.max_call_ms, end
+        states = self._neighbour_states(store, ev.user, plan, lo, hi)
         intervals: list[tuple[int, int, str]] = []
-        states = self._neighbour_states(store, ev.user, plan, start - self.max_call_ms, end)
         for _, state in states:
             for call_id, (s, e, _outbound) in state.calls.items():
-                e_eff = s + self.max_call_ms if e == OPEN else e
-                if s < end and start < e_eff:
-                    intervals.append((s, e_eff, call_id))
-        if not intervals:
+                if e == OPEN:
+                    e = s + self.max_call_ms
+                if s < e and s < hi and start < e:
+                    intervals.append((s, e, call_id))
+        if len(intervals) <= 1:
             return []
-        # overlap count only changes at interval starts: check each start inside [start, end)
-        instants = sorted({s for s, _, _ in intervals if start <= s < end} | {start})
+        points = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals])  # ends first
+        count = 0
         first_breach: tuple[int, int] | None = None
         peaks: dict[str, int] = {}
-        for instant in instants:
-            count = sum(1 for s, e, _ in intervals if s <= instant < e)
-            p = period_of(instant, plan.timezone)
-            peaks[p] = max(peaks.get(p, 0), count)
-            if count > plan.max_simultaneous_calls and first_breach is None:
-                first_breach = (instant, count)
+        for instant, delta in points:
+            count += delta
+            if delta > 0:
+                p = period_of(instant, plan.timezone)
+                if count > peaks.get(p, 0):
+                    peaks[p] = count
+                if count > plan.max_simultaneous_calls and first_breach is None:
+                    first_breach = (instant, count)
         by_period = dict(states)
         for p, peak in peaks.items():
             state = by_period.get(p)
@@ -482,14 +491,18 @@ class UsageEngine:
     def _rebill(self, user: str, period: str, state: PeriodState, plan: Plan, rule: str | None) -> list[RebillLine]:
         """Bring every covered call of the period up to the highest multiplier breached so far.
 
-        A call already billed at a lower multiplier gets a supplementary line for the difference,
-        so the sum of a call's lines is always the amount due at the highest multiplier.
+        A call climbs the plan's ladder of multipliers one step per line: the line for step ``m``
+        carries ``amount(m) - amount(previous step)``, so the lines of a call always sum to the
+        amount due at the highest multiplier, and — because the steps are the plan's, not the
+        order in which rules happened to breach — the same input gives the same line ids and
+        amounts whatever order the worker saw the topics in.
         """
         target = state.multiplier()
         if target == 0:
             return []
         if rule is None or Decimal(state.breaches[rule]) < target:
             rule = next(r for r, m in state.breaches.items() if Decimal(m) == target)
+        ladder = sorted({m for m in plan.multipliers.values() if m > 0} | {Decimal(m) for m in state.breaches.values()})
         lines = []
         for call_id, entry in state.covered.items():
             billsec, prefix, billed = entry
@@ -499,24 +512,28 @@ class UsageEngine:
             rate = self.rates.by_prefix(prefix)
             if rate is None:  # the deck lost this prefix since the call was stored
                 continue
-            billed_seconds, due = rate_call(billsec, plan.billing, rate.rate_per_minute, target)
-            _, paid = rate_call(billsec, plan.billing, rate.rate_per_minute, already) if already else (0, Decimal(0))
-            lines.append(
-                RebillLine(
-                    line_id=stable_id("line", user, period, call_id, str(target)),
-                    call_id=call_id,
-                    user=user,
-                    customer=state.customer,
-                    period=period,
-                    rule=rule,
-                    destination=rate.destination,
-                    billsec=billsec,
-                    billed_seconds=billed_seconds,
-                    rate_per_minute=rate.rate_per_minute,
-                    multiplier=target,
-                    amount=due - paid,
+            paid = rate_call(billsec, plan.billing, rate.rate_per_minute, already)[1] if already else Decimal(0)
+            for step in (m for m in ladder if already < m <= target):
+                billed_seconds, due = rate_call(billsec, plan.billing, rate.rate_per_minute, step)
+                if due == paid:  # a step that rounds to the same cent costs nothing: no line
+                    continue
+                lines.append(
+                    RebillLine(
+                        line_id=stable_id("line", user, period, call_id, str(step)),
+                        call_id=call_id,
+                        user=user,
+                        customer=state.customer,
+                        period=period,
+                        rule=rule,
+                        destination=rate.destination,
+                        billsec=billsec,
+                        billed_seconds=billed_seconds,
+                        rate_per_minute=rate.rate_per_minute,
+                        multiplier=step,
+                        amount=due - paid,
+                    )
                 )
-            )
+                paid = due
             entry[2] = str(target)
         return lines
 

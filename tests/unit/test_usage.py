@@ -148,7 +148,8 @@ def test_period_is_the_month_in_the_plan_timezone(start: str, period: str) -> No
         registration("pbx", t, user_agent=ASTERISK),
     ])
     assert [(a.rule, a.period) for a in run.alerts] == [("pbx_or_gateway", period)]
-    assert [(line.call_id, line.period) for line in run.lines] == [("c1", period)]
+    assert {(line.call_id, line.period) for line in run.lines} == {("c1", period)}
+    assert sum(line.amount for line in run.lines) == D("0.12")  # 120 s x 0.0150 x 4
 
 
 def test_registration_period_in_plan_timezone() -> None:
@@ -567,24 +568,27 @@ def test_rebilling_retroactive_and_supplementary() -> None:
         ("registered_devices", "2026-03", D(1)),
         ("pbx_or_gateway", "2026-03", D(4)),
     ]
-    by_event = [[(ln.call_id, ln.amount) for ln in o.lines] for o in run.outcomes]
+    # the plan's ladder of multipliers is x1, x2 (third_party_device), x4: a call climbs it one
+    # line per step, so the lines do not depend on the order in which rules breached
+    by_event = [[(ln.call_id, ln.multiplier, ln.amount) for ln in o.lines] for o in run.outcomes]
     assert by_event == [
         [], [], [], [], [], [], [],
-        [("c1", D("0.03")), ("c2", D("0.02"))],  # retroactive at x1
-        [("c3", D("0.05"))],  # after the breach, at once
-        [("c1", D("0.09")), ("c2", D("0.04")), ("c3", D("0.13"))],  # x4 supplements
-        [("c4", D("0.06"))],  # after the x4 breach: x4 at once
+        [("c1", D(1), D("0.03")), ("c2", D(1), D("0.02"))],  # retroactive at x1
+        [("c3", D(1), D("0.05"))],  # after the breach, at once
+        [  # x4: supplements through x2 and x4
+            ("c1", D(2), D("0.03")), ("c1", D(4), D("0.06")),
+            ("c2", D(2), D("0.01")), ("c2", D(4), D("0.03")),
+            ("c3", D(2), D("0.04")), ("c3", D(4), D("0.09")),
+        ],
+        [("c4", D(1), D("0.02")), ("c4", D(2), D("0.01")), ("c4", D(4), D("0.03"))],  # after x4: all steps at once
         [],  # April is not breached
     ]
-    assert _lines(run) == [
+    assert _lines(run)[:3] == [
         ("c1", "2026-03", "registered_devices", "France Fixe", 61, 120, D("0.0150"), D(1), D("0.03")),
         ("c2", "2026-03", "registered_devices", "France Mobile", 1, 60, D("0.0133"), D(1), D("0.02")),
         ("c3", "2026-03", "registered_devices", "France Fixe", 125, 180, D("0.0150"), D(1), D("0.05")),
-        ("c1", "2026-03", "pbx_or_gateway", "France Fixe", 61, 120, D("0.0150"), D(4), D("0.09")),
-        ("c2", "2026-03", "pbx_or_gateway", "France Mobile", 1, 60, D("0.0133"), D(4), D("0.04")),
-        ("c3", "2026-03", "pbx_or_gateway", "France Fixe", 125, 180, D("0.0150"), D(4), D("0.13")),
-        ("c4", "2026-03", "pbx_or_gateway", "France Mobile", 59, 60, D("0.0133"), D(4), D("0.06")),
     ]
+    assert _lines(run)[4] == ("c1", "2026-03", "pbx_or_gateway", "France Fixe", 61, 120, D("0.0150"), D(4), D("0.06"))
     # each call's lines sum to the amount at x4
     totals: dict[str, Decimal] = {}
     for ln in run.lines:
@@ -592,7 +596,7 @@ def test_rebilling_retroactive_and_supplementary() -> None:
     assert totals == {"c1": D("0.12"), "c2": D("0.06"), "c3": D("0.18"), "c4": D("0.06")}
     assert all(str(ln.amount) == f"{ln.amount:.2f}" for ln in run.lines)
     assert all(ln.currency == "EUR" for ln in run.lines)
-    assert len({ln.line_id for ln in run.lines}) == 7
+    assert len({ln.line_id for ln in run.lines}) == 12
 
 
 def test_rebilling_at_4x_first_then_1x_adds_nothing() -> None:
@@ -603,10 +607,9 @@ def test_rebilling_at_4x_first_then_1x_adds_nothing() -> None:
         end_cdr("c2", day(2), duration=61, callee="0145678902"),
     ])
     assert [a.rule for a in run.alerts] == ["pbx_or_gateway", "registered_devices"]
-    assert _lines(run) == [
-        ("c1", "2026-03", "pbx_or_gateway", "France Fixe", 61, 120, D("0.0150"), D(4), D("0.12")),
-        ("c2", "2026-03", "pbx_or_gateway", "France Fixe", 61, 120, D("0.0150"), D(4), D("0.12")),
-    ]
+    steps = [("pbx_or_gateway", D(1), D("0.03")), ("pbx_or_gateway", D(2), D("0.03")), ("pbx_or_gateway", D(4), D("0.06"))]
+    assert [(ln.call_id, ln.rule, ln.multiplier, ln.amount) for ln in run.lines] == [
+        ("c1", *step) for step in steps] + [("c2", *step) for step in steps]
 
 
 def test_call_with_start_and_end_is_billed_once() -> None:
@@ -617,7 +620,7 @@ def test_call_with_start_and_end_is_billed_once() -> None:
         end_cdr("c1", day(1), duration=61, callee="0145678901"),
     ])
     assert run.statuses == ["ok", "ok", "ok", "duplicate"]
-    assert [(ln.call_id, ln.amount) for ln in run.lines] == [("c1", D("0.12"))]
+    assert [(ln.call_id, ln.amount) for ln in run.lines] == [("c1", D("0.03")), ("c1", D("0.03")), ("c1", D("0.06"))]
 
 
 def test_rebilling_uses_the_users_plan() -> None:
@@ -629,9 +632,11 @@ def test_rebilling_uses_the_users_plan() -> None:
         registration("pbx", day(1), user_agent=ASTERISK, user="bob"),
     ], store=store)
     assert [(a.rule, a.plan) for a in run.alerts] == [("pbx_or_gateway", "per-second")]
-    assert [(ln.call_id, ln.billed_seconds, ln.amount) for ln in run.lines] == [
-        ("b1", 61, D("0.06")),  # 0.0540866... -> 0.06
-        ("b2", 1, D("0.01")),  # 0.001 -> 0.01
+    assert [(ln.call_id, ln.billed_seconds, ln.multiplier, ln.amount) for ln in run.lines] == [
+        ("b1", 61, D(1), D("0.02")),  # x1: 0.013521... -> 0.02
+        ("b1", 61, D(2), D("0.01")),  # x2: 0.027043... -> 0.03
+        ("b1", 61, D(4), D("0.03")),  # x4: 0.054086... -> 0.06
+        ("b2", 1, D(1), D("0.01")),  # 0.00025 -> 0.01; x2 and x4 round to 0.01 too: no more lines
     ]
 
 
@@ -674,7 +679,7 @@ def test_late_cdr_counts_in_its_own_period() -> None:
     ])
     assert run.statuses == ["ok", "ok", "late"]
     assert [(ln.call_id, ln.period, ln.multiplier, ln.amount) for ln in run.lines] == [
-        ("mar", "2026-03", D(4), D("0.12")),
+        ("mar", "2026-03", D(1), D("0.03")), ("mar", "2026-03", D(2), D("0.03")), ("mar", "2026-03", D(4), D("0.06")),
     ]
 
 

@@ -1,0 +1,313 @@
+"""`cdrwatch bench`: the pipeline against the naive Faust program and the raw-consumer ceiling,
+on the embedded broker, in one run; plus alert latency at half load and state bytes per user-month."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .agents.usage import ALL_TOPICS, build_pipeline
+from .config import load_config
+from .embedded import EmbeddedBroker, create_topics
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class BenchStream:
+    cdrs: list[tuple[bytes, bytes]]  # (key, value)
+    registrations: list[tuple[bytes, bytes]]
+    users: int
+
+
+def synthetic_stream(users: int, cdrs: int, seed: int = 1, month: str = "2026-11") -> BenchStream:
+    """Business-hours calls to per-user address books; every user also registers one device.
+    Built for speed (JSON bytes straight away), not realism: see `cdrwatch generate` for that."""
+    rnd = random.Random(seed)
+    books = [[f"+33{rnd.choice('1234567')}{rnd.randrange(10**8):08d}" for _ in range(20)] for _ in range(users)]
+    per_user = max(cdrs // users, 1)
+    out = []
+    seconds_in_month = 28 * 86400
+    base = datetime.fromisoformat(f"{month}-01T00:00:00+01:00")
+    for n in range(cdrs):
+        u = n % users
+        user = f"bench{u:06d}"
+        # each user's calls spread over the month in order, never overlapping
+        offset = (n // users) * (seconds_in_month // per_user) + rnd.randrange(0, 600)
+        billsec = rnd.choice((0, 12, 45, 90, 240)) if n % 4 else 0
+        start = base + timedelta(seconds=offset)
+        answered = billsec > 0
+        cdr = {
+            "event": "end", "call_id": f"{user}-{n}", "user": user, "customer": f"cust{u % 997}",
+            "caller": "+33140000000", "callee": books[u][rnd.randrange(20)], "direction": "outbound",
+            "start_time": start.isoformat(),
+            "answer_time": (start + timedelta(seconds=5)).isoformat() if answered else None,
+            "end_time": (start + timedelta(seconds=5 + billsec)).isoformat(), "billsec": billsec,
+            "disposition": "ANSWERED" if answered else "NO ANSWER",
+        }
+        out.append((user.encode(), orjson.dumps(cdr)))
+    regs = []
+    for u in range(users):
+        reg = {"user": f"bench{u:06d}", "customer": f"cust{u % 997}", "contact": f"sip:bench{u}@10.0.0.1:5060",
+               "instance_id": f"<urn:uuid:{u:08d}>", "user_agent": "Yealink SIP-T46S 66.86.0.15",
+               "source_ip": "10.0.0.1", "expires": 3600, "time": f"{month}-01T08:00:00+01:00"}
+        regs.append((reg["user"].encode(), orjson.dumps(reg)))
+    return BenchStream(out, regs, users)
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, key=key, value=value))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def measure_ceiling(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen, started = 0, time.perf_counter()
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    orjson.loads(record.value)
+                seen += sum(len(r) for r in batches.values())
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def measure_naive(bootstrap: str, topic: str, expected: int, partitions: int, data_dir: Path) -> float:
+    """What a newcomer writes: json values, one table update per event."""
+    app = faust.App(f"naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
+                    datadir=str(data_dir), web_enabled=False, topic_partitions=partitions,
+                    broker_session_timeout=10, broker_heartbeat_interval=1, consumer_auto_offset_reset="earliest")
+    counts = app.Table("calls_per_user", default=int, partitions=partitions)
+    source = app.topic(topic, value_serializer="json", key_serializer="raw")
+    state = {"n": 0, "t0": 0.0, "t1": 0.0}
+    done = asyncio.Event()
+
+    @app.agent(source)
+    async def count_calls(stream: Any) -> None:
+        async for cdr in stream:
+            if state["n"] == 0:
+                state["t0"] = time.perf_counter()
+            counts[cdr["user"]] += 1
+            state["n"] += 1
+            if state["n"] >= expected:
+                state["t1"] = time.perf_counter()
+                done.set()
+
+    app.finalize()
+    await app.start()
+    try:
+        await asyncio.wait_for(done.wait(), 1800)
+    finally:
+        await app.stop()
+    return expected / (state["t1"] - state["t0"])
+
+
+async def measure_pipeline(settings: Settings, expected: int) -> tuple[float, dict[str, Any]]:
+    plans, rates = load_config(settings)
+    pipeline = build_pipeline(settings, plans, rates)
+    done = asyncio.Event()
+    marks = {"t0": 0.0, "t1": 0.0}
+    pipeline.progress = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            await pipeline.progress.wait()  # type: ignore[union-attr]
+            pipeline.progress.clear()  # type: ignore[union-attr]
+            if marks["t0"] == 0.0 and pipeline.processed:
+                marks["t0"] = time.perf_counter()
+            if pipeline.processed >= expected:
+                marks["t1"] = time.perf_counter()
+                done.set()
+                return
+
+    pipeline.app.finalize()
+    await pipeline.app.start()
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait_for(done.wait(), 3600)
+        sizes = [len(raw) for raw in pipeline.periods.values()]
+        info = {"period_states": len(sizes), "period_state_bytes": sum(sizes),
+                "users_state_bytes": sum(len(raw) for raw in pipeline.users.values())}
+    finally:
+        watcher.cancel()
+        await pipeline.app.stop()
+    return expected / (marks["t1"] - marks["t0"]), info
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class BenchResult:
+    figures: dict[str, Any]
+
+    def format(self) -> str:
+        f = self.figures
+        return "\n".join([
+            f"stream: {f['cdrs']:,} CDRs, {f['users']:,} users, {f['partitions']} partitions (embedded Tansu)",
+            f"ceiling  (aiokafka + orjson)       {f['ceiling_cdr_per_s']:>10,.0f} CDR/s",
+            f"naive    (Faust, 1 table write)    {f['naive_cdr_per_s']:>10,.0f} CDR/s",
+            f"pipeline (cdrwatch, all rules)     {f['pipeline_cdr_per_s']:>10,.0f} CDR/s",
+            f"pipeline/naive {f['pipeline_vs_naive']:.2f}x   pipeline/ceiling {f['pipeline_vs_ceiling']:.3f}",
+            f"alert latency at {f['latency_rate']:,.0f} CDR/s: p50 {f['alert_latency_p50_ms']:.0f} ms, "
+            f"p99 {f['alert_latency_p99_ms']:.0f} ms ({f['latency_alerts']} alerts)",
+            f"state: {f['bytes_per_user_month']:.0f} bytes per active user-month "
+            f"(small run: {f['bytes_per_user_month_small']:.0f})",
+            f"peak RSS {f['peak_rss_mib']:.0f} MiB",
+        ])
+
+
+def bench_settings(bootstrap: str, partitions: int, data_dir: Path, tag: str) -> Settings:
+    return Settings(broker=f"kafka://{bootstrap}", app_id=f"bench-{tag}", topic_prefix=f"bench-{tag}-",
+                    partitions=partitions, web_enabled=False, data_dir=data_dir)
+
+
+async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate: float, seconds: float) -> list[float]:
+    """Produce at ``rate`` CDR/s; some users make a 4th overlapping call: CDR produced → alert sent."""
+    tag = uuid.uuid4().hex[:6]
+    settings = bench_settings(bootstrap, partitions, data_dir / "latency", tag)
+    await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
+    plans, rates = load_config(settings)
+    pipeline = build_pipeline(settings, plans, rates)
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    pipeline.on_output.append(
+        lambda topic, p: latencies.append(time.perf_counter() - sent_at[p["user"]])
+        if topic == "fairuse-alerts" and p["user"] in sent_at else None
+    )
+    pipeline.app.finalize()
+    await pipeline.app.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        total = int(rate * seconds)
+        interval = 1.0 / rate
+        started = time.perf_counter()
+        for n in range(total):
+            user = f"lat{n // 4:06d}"
+            k = n % 4  # 4 calls of one user overlapping: the 4th breaches simultaneous_calls
+            cdr = {"event": "end", "call_id": f"{user}-{k}", "user": user, "customer": "lat", "caller": "+33140000000",
+                   "callee": f"+3314500000{k}", "direction": "outbound", "start_time": f"2026-11-03T10:0{k}:00+01:00",
+                   "answer_time": f"2026-11-03T10:0{k}:05+01:00", "end_time": "2026-11-03T10:30:00+01:00",
+                   "billsec": 60, "disposition": "ANSWERED"}
+            if k == 3:
+                sent_at[user] = time.perf_counter()
+            await producer.send(settings.topic("cdrs"), key=user.encode(), value=orjson.dumps(cdr))
+            delay = started + (n + 1) * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await producer.flush()
+        deadline = time.perf_counter() + 30
+        while len(latencies) < len(sent_at) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+        await pipeline.app.stop()
+    return [x * 1000 for x in latencies]
+
+
+async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[str], None]) -> BenchResult:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="cdrwatch-bench-") as tmp:
+        data_dir = Path(tmp)
+        figures: dict[str, Any] = {"users": users, "cdrs": cdrs, "partitions": partitions}
+        report(f"generating {cdrs:,} CDRs for {users:,} users")
+        stream = synthetic_stream(users, cdrs)
+        tag = uuid.uuid4().hex[:6]
+        settings = bench_settings(broker.bootstrap, partitions, data_dir / "pipeline", tag)
+        await create_topics(broker.bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
+        report("producing the stream")
+        await _produce(broker.bootstrap, settings.topic("sip-registrations"), stream.registrations)
+        await _produce(broker.bootstrap, settings.topic("cdrs"), stream.cdrs)
+
+        report("ceiling: raw aiokafka + orjson")
+        figures["ceiling_cdr_per_s"] = await measure_ceiling(broker.bootstrap, settings.topic("cdrs"), cdrs)
+        report("naive Faust agent")
+        figures["naive_cdr_per_s"] = await measure_naive(broker.bootstrap, settings.topic("cdrs"), cdrs, partitions,
+                                                         data_dir / "naive")
+        report("cdrwatch pipeline")
+        rate, info = await measure_pipeline(settings, cdrs + users)
+        figures["pipeline_cdr_per_s"] = rate
+        figures["pipeline_vs_naive"] = rate / figures["naive_cdr_per_s"]
+        figures["pipeline_vs_ceiling"] = rate / figures["ceiling_cdr_per_s"]
+        figures["bytes_per_user_month"] = (info["period_state_bytes"] + info["users_state_bytes"]) / max(
+            info["period_states"], 1)
+        figures["state"] = info
+
+        report("state at a smaller scale (slope)")
+        small = max(users // 10, 100)
+        small_stream = synthetic_stream(small, cdrs // 10, seed=2)
+        tag2 = uuid.uuid4().hex[:6]
+        s2 = bench_settings(broker.bootstrap, partitions, data_dir / "small", tag2)
+        await create_topics(broker.bootstrap, [s2.topic(t) for t in ALL_TOPICS], partitions)
+        await _produce(broker.bootstrap, s2.topic("cdrs"), small_stream.cdrs)
+        _, info2 = await measure_pipeline(s2, len(small_stream.cdrs))
+        figures["bytes_per_user_month_small"] = (info2["period_state_bytes"] + info2["users_state_bytes"]) / max(
+            info2["period_states"], 1)
+
+        latency_rate = max(rate / 2, 100.0)
+        report(f"alert latency at {latency_rate:,.0f} CDR/s")
+        latencies = await measure_latency(broker.bootstrap, partitions, data_dir, latency_rate, seconds=10)
+        figures["latency_rate"] = latency_rate
+        figures["latency_alerts"] = len(latencies)
+        figures["alert_latency_p50_ms"] = statistics.median(latencies) if latencies else float("nan")
+        figures["alert_latency_p99_ms"] = (
+            statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else float("nan"))
+        figures["peak_rss_mib"] = peak_rss_mib()
+        return BenchResult(figures)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "bench", help="throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size",
+        description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
+        "Faust program (one table write per event), and the full cdrwatch pipeline on the same generated stream; "
+        "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales "
+        "and peak RSS.",
+    )
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--cdrs", type=int, default=300_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = asyncio.run(run_bench(args.users, args.cdrs, args.partitions,
+                                   lambda line: print(f"... {line}", file=sys.stderr, flush=True)))
+    print(result.format())
+    if args.out:
+        args.out.write_bytes(orjson.dumps(result.figures, option=orjson.OPT_INDENT_2))
+    return 0

@@ -1,0 +1,640 @@
+"""Converters from real switch CDR files to ``cdrs`` ``end`` payloads: the ``cdrwatch import`` command.
+
+Formats:
+
+* ``asterisk`` — ``cdr_csv``'s ``Master.csv``: no header, 16 columns (``accountcode, src, dst,
+  dcontext, clid, channel, dstchannel, lastapp, lastdata, start, answer, end, duration, billsec,
+  disposition, amaflags``), followed by ``uniqueid`` (``loguniqueid``), ``userfield``
+  (``loguserfield``) and ``peeraccount, linkedid, sequence`` (``newcdrcolumns``) when enabled:
+  16, 17, 18, 19, 20 or 21 columns. Times are the switch's local time (``--timezone``; ``UTC``
+  for ``usegmtime=yes``).
+* ``freeswitch`` — ``mod_json_cdr`` records: one JSON object per file (a directory of ``*.json``
+  files is read in name order), a JSON array, or one object per line. The ``variables`` object
+  gives ``sip_call_id`` (else ``uuid``), ``start/answer/end_uepoch`` (else ``*_epoch``),
+  ``billsec``, ``hangup_cause``, ``direction``, ``sip_from_user``, ``sip_req_user`` /
+  ``destination_number``, ``accountcode``; URL-encoded values are decoded.
+* ``kamailio`` — ``acc`` module CDR rows (``acc_cdrs`` with the usual ``cdr_extra``): CSV with a
+  header line (comma, semicolon, tab or ``|``) or one JSON object per line, with ``start_time``,
+  ``end_time``, ``duration``, ``callid``, ``src_user``, ``dst_user`` (optional ``dst_ouser``,
+  ``sip_code``, ``direction``). A CDR row is an established dialog: ``start_time`` is when it was
+  answered, so ``answer_time = start_time``.
+
+Every converted row is checked with ``streams.codecs.decode_cdr`` — what a worker would accept;
+a row that cannot be converted goes to the rejects file with its line number and the reason.
+Pure apart from reading the input and writing the two output files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from .codecs import decode_cdr
+from .core.errors import ConfigError, InvalidRecord
+
+__all__ = [
+    "ASTERISK_COLUMNS",
+    "FORMATS",
+    "ImportOptions",
+    "ImportSummary",
+    "Reject",
+    "convert_file",
+    "format_import",
+    "register",
+]
+
+FORMATS = ("asterisk", "freeswitch", "kamailio")
+
+ASTERISK_COLUMNS = (
+    "accountcode", "src", "dst", "dcontext", "clid", "channel", "dstchannel", "lastapp", "lastdata",
+    "start", "answer", "end", "duration", "billsec", "disposition", "amaflags",
+)
+# cdr_csv appends uniqueid (loguniqueid), userfield (loguserfield), then peeraccount, linkedid,
+# sequence (newcdrcolumns); a count that two option sets could produce is read as the commoner one
+_ASTERISK_EXTRA: dict[int, tuple[str, ...]] = {
+    16: (),
+    17: ("uniqueid",),
+    18: ("uniqueid", "userfield"),
+    19: ("peeraccount", "linkedid", "sequence"),
+    20: ("uniqueid", "peeraccount", "linkedid", "sequence"),
+    21: ("uniqueid", "userfield", "peeraccount", "linkedid", "sequence"),
+}
+_ASTERISK_ALL = ASTERISK_COLUMNS + ("uniqueid", "userfield", "peeraccount", "linkedid", "sequence")
+_ASTERISK_DISPOSITIONS = {
+    "ANSWERED": "ANSWERED", "NO ANSWER": "NO ANSWER", "BUSY": "BUSY", "FAILED": "FAILED", "CONGESTION": "FAILED",
+}
+
+# Dialplan contexts where calls from the outside world land (Asterisk/FreePBX, FreeSWITCH "public").
+DEFAULT_INBOUND_CONTEXTS = r"^(from-(trunk|pstn|did|external|sip-external|provider|inbound)|ext-did|incoming|inbound|public)\b"
+
+_FS_NO_ANSWER = {"NO_ANSWER", "ORIGINATOR_CANCEL", "NO_USER_RESPONSE"}
+_FS_BUSY = {"USER_BUSY"}
+
+
+class ImportInputError(ConfigError):
+    """An input file or option that makes the whole import impossible (exit 2)."""
+
+
+class RowError(Exception):
+    """Why one record cannot become a ``cdrs`` payload."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    timezone: ZoneInfo = ZoneInfo("Europe/Paris")
+    user_field: str | None = None
+    customer: str | None = None
+    customer_field: str | None = None
+    inbound_contexts: re.Pattern[str] = re.compile(DEFAULT_INBOUND_CONTEXTS)
+    direction: str | None = None  # kamailio: rows without a `direction` column
+
+
+@dataclass(frozen=True)
+class Reject:
+    source: str
+    line: int
+    reason: str
+    raw: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "reason": self.reason, "raw": self.raw[:4000]}
+
+
+@dataclass
+class ImportSummary:
+    fmt: str
+    source: Path
+    out: Path
+    rejects_path: Path
+    read: int = 0
+    converted: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
+
+
+_LOCAL_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _local_time(text: str, tz: ZoneInfo, what: str) -> datetime:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff][offset]``; without an offset, a wall-clock time in ``tz``."""
+    match = _LOCAL_TIME.fullmatch(text.strip())
+    if match is None:
+        raise RowError(f"{what}: not a date-time: {text!r}")
+    try:
+        value = datetime.fromisoformat(text.strip().replace(" ", "T").replace("Z", "+00:00"))
+    except ValueError:
+        raise RowError(f"{what}: not a date-time: {text!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return value
+
+
+def _int(text: Any, what: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise RowError(f"{what}: not an integer: {text!r}") from None
+    if value < 0:
+        raise RowError(f"{what}: negative: {value}")
+    return value
+
+
+def _clean(value: Any) -> str:
+    """A field as text; SQL NULLs of database exports (``NULL``, ``\\N``) are empty."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    return "" if text in ("NULL", "\\N") else text
+
+
+def _customer(opts: ImportOptions, fields: dict[str, str], user: str) -> str:
+    if opts.customer:
+        return opts.customer
+    if opts.customer_field:
+        value = fields.get(opts.customer_field, "")
+        if not value:
+            raise RowError(f"customer field {opts.customer_field!r} is missing or empty")
+        return value
+    return user
+
+
+def _user(opts: ImportOptions, fields: dict[str, str], default: list[str]) -> str:
+    if opts.user_field:
+        value = fields.get(opts.user_field, "")
+        if not value:
+            raise RowError(f"user field {opts.user_field!r} is missing or empty")
+        return value
+    for name in default:
+        if fields.get(name):
+            return fields[name]
+    raise RowError(f"no user: empty {', '.join(default)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Asterisk Master.csv
+
+
+def _asterisk_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
+    """One record per line: cdr_csv writes each CDR on one line (it does not quote newlines)."""
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = next(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            yield line_no, line, RowError(f"not a CSV row ({exc})")
+            continue
+        yield line_no, line, _asterisk_fields(row)
+
+
+def _asterisk_fields(row: list[str]) -> dict[str, str] | RowError:
+    if not row or (len(row) == 1 and not row[0].strip()):
+        return RowError("empty line")
+    extra = _ASTERISK_EXTRA.get(len(row))
+    if extra is None:
+        return RowError(f"expected 16 to 21 columns (Master.csv), got {len(row)}")
+    return dict(zip(ASTERISK_COLUMNS + extra, (c.strip() for c in row)))
+
+
+def convert_asterisk(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[str, Any]:
+    if f["accountcode"] == "accountcode" and f["start"] == "start":
+        raise RowError("a header line (Master.csv has none)")
+    tz = opts.timezone
+    if not f["start"]:
+        raise RowError("start is empty")
+    if not f["end"]:
+        raise RowError("end is empty")
+    start = _local_time(f["start"], tz, "start")
+    end = _local_time(f["end"], tz, "end")
+    disposition = _ASTERISK_DISPOSITIONS.get(f["disposition"].upper())
+    if disposition is None:
+        raise RowError(f"disposition: unknown {f['disposition']!r} (ANSWERED, NO ANSWER, BUSY, FAILED, CONGESTION)")
+    billsec = _int(f["billsec"], "billsec")
+    _int(f["duration"], "duration")
+    # an answer time is only meaningful on an answered call (some versions copy start into it)
+    answer = _local_time(f["answer"], tz, "answer") if f["answer"] and disposition == "ANSWERED" else None
+    inbound = bool(opts.inbound_contexts.search(f["dcontext"]))
+    direction = "inbound" if inbound else "outbound"
+    user = _user(opts, f, ["accountcode", "dst" if inbound else "src"])
+    if not f["dst"]:
+        raise RowError("dst is empty")
+    if f.get("uniqueid"):
+        call_id = f["uniqueid"] + (f"-{f['sequence']}" if f.get("sequence") else "")
+    else:  # 16 columns: a stable id from the row itself (the same line twice is a duplicate)
+        call_id = "ast-" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
+    return {
+        "event": "end",
+        "call_id": call_id,
+        "user": user,
+        "customer": _customer(opts, f, user),
+        "caller": f["src"],
+        "callee": f["dst"],
+        "direction": direction,
+        "start_time": _iso(start),
+        "answer_time": None if answer is None else _iso(answer),
+        "end_time": _iso(end),
+        "billsec": billsec,
+        "disposition": disposition,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# FreeSWITCH mod_json_cdr
+
+
+def _freeswitch_records(path: Path) -> Iterator[tuple[str, int, str, Any]]:
+    """(source, line, raw, parsed object | RowError) for a file or a directory of files."""
+    files = sorted(p for p in path.iterdir() if p.suffix == ".json") if path.is_dir() else [path]
+    for file in files:
+        text = _read_text(file)
+        source = str(file)
+        try:
+            whole = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            yield source, 1, text.strip(), whole
+            continue
+        if isinstance(whole, list):  # a JSON array of records: "line" is the record's position
+            for n, item in enumerate(whole, start=1):
+                yield source, n, orjson.dumps(item).decode(), item
+            continue
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield source, line_no, line, orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield source, line_no, line, RowError(f"not a JSON object ({exc})")
+
+
+def _caller_profile(record: dict[str, Any]) -> dict[str, Any]:
+    flow = record.get("callflow")
+    if isinstance(flow, list):
+        flow = flow[0] if flow else None
+    if isinstance(flow, dict) and isinstance(flow.get("caller_profile"), dict):
+        return flow["caller_profile"]
+    return {}
+
+
+def _fs_time(v: dict[str, str], name: str, tz: ZoneInfo, required: bool) -> datetime | None:
+    """``name_uepoch`` (µs) if present, else ``name_epoch`` (s); 0 or absent means never."""
+    micro = v.get(f"{name}_uepoch", "")
+    if micro:
+        value = _int(micro, f"{name}_uepoch")
+        if value:
+            return datetime.fromtimestamp(value // 1000 / 1000, timezone.utc).astimezone(tz)
+    elif v.get(f"{name}_epoch", ""):
+        value = _int(v[f"{name}_epoch"], f"{name}_epoch")
+        if value:
+            return datetime.fromtimestamp(value, timezone.utc).astimezone(tz)
+    if required:
+        raise RowError(f"no {name}_uepoch or {name}_epoch")
+    return None
+
+
+def convert_freeswitch(record: Any, opts: ImportOptions, raw: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise RowError(f"expected a JSON object, got {type(record).__name__}")
+    variables = record.get("variables")
+    if not isinstance(variables, dict):
+        raise RowError("no variables object (not a mod_json_cdr record)")
+    v = {str(k): unquote(_clean(val)) for k, val in variables.items() if not isinstance(val, (dict, list))}
+    profile = {str(k): unquote(_clean(val)) for k, val in _caller_profile(record).items() if isinstance(val, str)}
+    tz = opts.timezone
+    start = _fs_time(v, "start", tz, True)
+    end = _fs_time(v, "end", tz, True)
+    answer = _fs_time(v, "answer", tz, False)
+    assert start is not None and end is not None
+    billsec = _int(v["billsec"], "billsec") if v.get("billsec") else (
+        int((end - answer).total_seconds()) if answer else 0)
+    cause = v.get("hangup_cause", "").upper()
+    if answer is not None or billsec > 0:
+        disposition = "ANSWERED"
+        if answer is None:
+            raise RowError(f"billsec {billsec} but no answer_uepoch/answer_epoch")
+    elif cause in _FS_NO_ANSWER:
+        disposition = "NO ANSWER"
+    elif cause in _FS_BUSY:
+        disposition = "BUSY"
+    else:
+        disposition = "FAILED"
+    fs_direction = (v.get("direction") or str((record.get("channel_data") or {}).get("direction", ""))).lower()
+    if fs_direction not in ("inbound", "outbound"):
+        raise RowError(f"direction: expected inbound or outbound, got {fs_direction!r}")
+    context = v.get("context") or profile.get("context", "")
+    # FreeSWITCH names legs from its own side: an "inbound" leg came into FreeSWITCH — from a user's
+    # phone it is the user calling out, from a trunk (a public context) a call to the user; an
+    # "outbound" leg is FreeSWITCH ringing the user's phone: a call to the user.
+    if fs_direction == "inbound" and not opts.inbound_contexts.search(context):
+        direction = "outbound"
+    else:
+        direction = "inbound"
+    dialled = v.get("sip_req_user") or v.get("destination_number") or profile.get("destination_number", "") \
+        or v.get("sip_to_user", "")
+    caller = v.get("sip_from_user") or v.get("caller_id_number") or profile.get("caller_id_number", "")
+    fields = {**profile, **v}
+    if direction == "outbound":
+        user = _user(opts, fields, ["accountcode", "sip_from_user", "caller_id_number", "username"])
+    else:
+        user = _user(opts, fields, ["accountcode", "dialed_user", "sip_to_user", "sip_req_user", "destination_number"])
+    if not dialled:
+        raise RowError("no callee: sip_req_user and destination_number are empty")
+    call_id = v.get("sip_call_id") or v.get("uuid") or v.get("call_uuid")
+    if not call_id:
+        raise RowError("no sip_call_id or uuid")
+    return {
+        "event": "end",
+        "call_id": call_id,
+        "user": user,
+        "customer": _customer(opts, fields, user),
+        "caller": caller,
+        "callee": dialled,
+        "direction": direction,
+        "start_time": _iso(start),
+        "answer_time": None if answer is None else _iso(answer),
+        "end_time": _iso(end),
+        "billsec": billsec,
+        "disposition": disposition,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Kamailio acc CDRs
+
+
+_KAMAILIO_BUSY = {"486", "600"}
+_KAMAILIO_NO_ANSWER = {"408", "480", "487"}
+
+
+def _kamailio_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return
+    if lines[first].lstrip().startswith("{"):
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield n, line, RowError(f"not a JSON object ({exc})")
+                continue
+            if not isinstance(data, dict):
+                yield n, line, RowError(f"expected a JSON object, got {type(data).__name__}")
+                continue
+            yield n, line, {str(k): _clean(v) for k, v in data.items()}
+        return
+    header_line = lines[first]
+    delimiter = max(",;\t|", key=header_line.count)
+    header = [h.strip().lower() for h in next(csv.reader([header_line], delimiter=delimiter))]
+    missing = [h for h in ("start_time", "end_time") if h not in header]
+    if missing:
+        raise ImportInputError(f"kamailio: the header line ({first + 1}) has no {', '.join(missing)} "
+                               f"column (got: {', '.join(header)})")
+    for n in range(first + 1, len(lines)):
+        line = lines[n]
+        if not line.strip():
+            continue
+        try:
+            row = next(csv.reader([line], delimiter=delimiter, strict=True))
+        except csv.Error as exc:
+            yield n + 1, line, RowError(f"not a CSV row ({exc})")
+            continue
+        if len(row) != len(header):
+            yield n + 1, line, RowError(f"expected {len(header)} columns as in the header, got {len(row)}")
+            continue
+        yield n + 1, line, {h: _clean(v) for h, v in zip(header, row)}
+
+
+def _kamailio_time(value: str, tz: ZoneInfo, what: str) -> datetime:
+    if not value:
+        raise RowError(f"{what} is empty")
+    if re.fullmatch(r"\d{9,10}(\.\d+)?", value):  # epoch seconds (some exports)
+        return datetime.fromtimestamp(float(value), timezone.utc).astimezone(tz)
+    return _local_time(value, tz, what)
+
+
+def convert_kamailio(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[str, Any]:
+    tz = opts.timezone
+    start = _kamailio_time(f.get("start_time", ""), tz, "start_time")
+    end = _kamailio_time(f.get("end_time", ""), tz, "end_time")
+    if f.get("duration"):
+        try:
+            seconds = float(f["duration"])
+        except ValueError:
+            raise RowError(f"duration: not a number: {f['duration']!r}") from None
+        if seconds < 0:
+            raise RowError(f"duration: negative: {seconds}")
+    else:
+        seconds = (end - start).total_seconds()
+    code = f.get("sip_code", "")
+    if not code or code.startswith("2"):
+        disposition, answer, billsec = "ANSWERED", start, int(seconds + 0.5)
+    else:
+        disposition = "BUSY" if code in _KAMAILIO_BUSY else "NO ANSWER" if code in _KAMAILIO_NO_ANSWER else "FAILED"
+        answer, billsec = None, 0
+    direction = (f.get("direction") or opts.direction or "outbound").lower()
+    if direction not in ("outbound", "inbound", "forwarded"):
+        raise RowError(f"direction: expected outbound, inbound or forwarded, got {direction!r}")
+    callee = f.get("dst_user") or f.get("dst_ouser", "")
+    if not callee:
+        raise RowError("no callee: dst_user and dst_ouser are empty")
+    user = _user(opts, f, ["dst_user" if direction == "inbound" else "src_user"])
+    call_id = f.get("callid") or f.get("call_id", "")
+    if not call_id:
+        raise RowError("callid is empty")
+    return {
+        "event": "end",
+        "call_id": call_id,
+        "user": user,
+        "customer": _customer(opts, f, user),
+        "caller": f.get("src_user", ""),
+        "callee": callee,
+        "direction": direction,
+        "start_time": _iso(start),
+        "answer_time": None if answer is None else _iso(answer),
+        "end_time": _iso(end),
+        "billsec": billsec,
+        "disposition": disposition,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
+    except OSError as exc:
+        raise ImportInputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _records(fmt: str, path: Path) -> Iterator[tuple[str, int, str, Any]]:
+    if fmt == "freeswitch":
+        yield from _freeswitch_records(path)
+        return
+    if path.is_dir():
+        raise ImportInputError(f"{path}: is a directory ({fmt} reads one file)")
+    text = _read_text(path)
+    rows = _asterisk_records(text) if fmt == "asterisk" else _kamailio_records(text)
+    for line, raw, parsed in rows:
+        yield str(path), line, raw, parsed
+
+
+_CONVERTERS: dict[str, Callable[[Any, ImportOptions, str], dict[str, Any]]] = {
+    "asterisk": convert_asterisk,
+    "freeswitch": convert_freeswitch,
+    "kamailio": convert_kamailio,
+}
+
+
+def default_rejects_path(out: Path) -> Path:
+    """``cdrs.jsonl`` → ``cdrs.rejects.jsonl`` (next to the output)."""
+    return out.with_name(out.stem + ".rejects.jsonl") if out.suffix else out.with_name(out.name + ".rejects.jsonl")
+
+
+def convert_file(fmt: str, source: Path, out: Path, opts: ImportOptions, rejects_path: Path | None = None) -> ImportSummary:
+    """Convert ``source`` into ``out`` (JSONL of ``cdrs`` ``end`` payloads) and write the rows that
+    could not be converted to ``rejects_path`` (JSONL of ``{source, line, reason, raw}``)."""
+    if fmt not in _CONVERTERS:
+        raise ImportInputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if not source.exists():
+        raise ImportInputError(f"{source}: no such file")
+    if fmt == "asterisk" and opts.user_field and opts.user_field not in _ASTERISK_ALL:
+        raise ImportInputError(f"--user-field: {opts.user_field!r} is not a Master.csv column "
+                               f"({', '.join(_ASTERISK_ALL)})")
+    if fmt == "asterisk" and opts.customer_field and opts.customer_field not in _ASTERISK_ALL:
+        raise ImportInputError(f"--customer-field: {opts.customer_field!r} is not a Master.csv column")
+    rejects_path = rejects_path or default_rejects_path(out)
+    summary = ImportSummary(fmt, source, out, rejects_path)
+    convert = _CONVERTERS[fmt]
+    seen: dict[str, int] = {}
+    records = _records(fmt, source)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        out_handle, rej_handle = out.open("wb"), rejects_path.open("wb")
+    except OSError as exc:
+        raise ImportInputError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    with out_handle, rej_handle:
+        for src, line, raw, parsed in records:
+            summary.read += 1
+            try:
+                if isinstance(parsed, RowError):
+                    raise parsed
+                row = convert(parsed, opts, raw)
+                encoded = orjson.dumps(row)
+                try:
+                    decode_cdr(encoded)
+                except InvalidRecord as exc:
+                    raise RowError(f"not a valid cdrs payload: {exc}") from None
+                first = seen.get(row["call_id"])
+                if first is not None:
+                    raise RowError(f"duplicate call_id {row['call_id']!r} (first at line {first})")
+                seen[row["call_id"]] = line
+            except RowError as exc:
+                reject = Reject(src, line, str(exc), raw)
+                rej_handle.write(orjson.dumps(reject.payload()) + b"\n")
+                summary.rejected += 1
+                summary.reasons[_reason_kind(str(exc))] += 1
+                continue
+            out_handle.write(encoded + b"\n")
+            summary.converted += 1
+    return summary
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without the row's own values, for the summary's counts."""
+    return re.sub(r"'[^']*'|\d[\d:.T+-]*", "…", reason)[:90]
+
+
+def format_import(summary: ImportSummary) -> str:
+    lines = [
+        f"{summary.fmt} {summary.source}: {summary.read} rows read, {summary.converted} converted → {summary.out}, "
+        f"{summary.rejected} rejected → {summary.rejects_path}",
+    ]
+    for reason, count in summary.reasons.most_common(10):
+        lines.append(f"  {count:>6}  {reason}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "import", help="convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)",
+        description="Convert a switch's CDR file into `cdrs` `end` payloads, one JSON object per line, ready "
+        "for `cdrwatch replay --cdrs`. Every row is validated as a worker would; rows that cannot be "
+        "converted go to the rejects file with their line number and reason. Exit 0 when the file could be "
+        "read (even if rows were rejected), 2 when it cannot.",
+        epilog="formats:\n"
+        "  asterisk    Master.csv of cdr_csv: no header, 16 columns (+ uniqueid, userfield, peeraccount, linkedid,\n"
+        "              sequence when enabled: 17-21); local times (--timezone). user: accountcode, else src\n"
+        "              (dst for inbound). direction: inbound when dcontext matches --inbound-contexts.\n"
+        "  freeswitch  mod_json_cdr JSON: one object per file (or a directory of *.json), an array, or JSONL.\n"
+        "              user: accountcode, else sip_from_user (the dialled user for inbound). FreeSWITCH's\n"
+        "              direction=inbound (a leg into the switch) from a user is an outbound call; from a\n"
+        "              --inbound-contexts context (public) or direction=outbound it is inbound.\n"
+        "  kamailio    acc CDR rows: CSV with a header, or JSONL; start_time, end_time, duration, callid,\n"
+        "              src_user, dst_user. user: src_user (dst_user for inbound). Rows are answered calls.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("format", choices=FORMATS, help="the switch that wrote FILE")
+    parser.add_argument("file", type=Path, metavar="FILE", help="the CDR file (freeswitch: also a directory)")
+    parser.add_argument("--out", type=Path, required=True, metavar="F", help="output JSONL of cdrs payloads")
+    parser.add_argument("--rejects", type=Path, metavar="F", help="rejected rows (default: OUT's name + .rejects.jsonl)")
+    parser.add_argument("--timezone", default="Europe/Paris", metavar="TZ",
+                        help="zone of times without an offset (Asterisk, Kamailio), and of the output (Europe/Paris)")
+    parser.add_argument("--user-field", metavar="NAME", help="source field that becomes `user` (default: see formats)")
+    customer = parser.add_mutually_exclusive_group()
+    customer.add_argument("--customer", metavar="NAME", help="`customer` of every row (default: the user)")
+    customer.add_argument("--customer-field", metavar="NAME", help="source field that becomes `customer`")
+    parser.add_argument("--inbound-contexts", default=DEFAULT_INBOUND_CONTEXTS, metavar="REGEX",
+                        help="dialplan contexts of calls from outside (Asterisk dcontext, FreeSWITCH context); "
+                        "default: from-trunk, from-pstn, from-did, ext-did, public, …")
+    parser.add_argument("--direction", choices=["outbound", "inbound"],
+                        help="kamailio: direction of rows without a direction column (default outbound)")
+    parser.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> ImportOptions:
+    try:
+        tz = ZoneInfo(args.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ImportInputError(f"--timezone: unknown time zone {args.timezone!r}") from None
+    try:
+        contexts = re.compile(args.inbound_contexts)
+    except re.error as exc:
+        raise ImportInputError(f"--inbound-contexts: not a regular expression ({exc})") from None
+    return ImportOptions(timezone=tz, user_field=args.user_field, customer=args.customer,
+                         customer_field=args.customer_field, inbound_contexts=contexts, direction=args.direction)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = convert_file(args.format, args.file, args.out, options_from_args(args), args.rejects)
+    print(format_import(summary))
+    return 0
