@@ -3,7 +3,7 @@ becomes an ``InvalidRecord`` whose text is the DLQ reason."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import fastjsonschema
@@ -20,6 +20,7 @@ _EARLIEST = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
 _LATEST = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
 
 DLQ_REASON_HEADER = "cdrwatch-reason"
+MAX_CALL = timedelta(days=31)  # the schema's billsec ceiling too
 
 
 def _load(raw: bytes | None, schema: str) -> dict[str, Any]:
@@ -69,6 +70,8 @@ def decode_cdr(raw: bytes | None) -> CallEvent:
     end = _time(data, "end_time")
     if end < start:
         raise InvalidRecord(f"end_time {data['end_time']} is before start_time {data['start_time']}")
+    if end - start > MAX_CALL:
+        raise InvalidRecord(f"end_time is {(end - start).days} days after start_time (a call lasts at most 31 days)")
     billsec = int(data["billsec"])  # JSON Schema's integer admits 61.0
     answer_ms = None
     if data["answer_time"] is None:

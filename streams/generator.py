@@ -833,7 +833,7 @@ class _Generator:
 # scenarios: the shape of each abuse, and why it raises exactly its rules
 
 
-def _burst_window(u: _User, day: _Day, start: int, end: int) -> None:
+def _burst_window(u: _User, start: int, end: int) -> None:
     """Keep ordinary calls an hour clear of an injected burst: its counts stay its own."""
     u.blocked.append((start - HOUR, end + HOUR))
 
@@ -858,7 +858,7 @@ def _setup_shared_line(g: _Generator, u: _User) -> None:
     day = rng.choice(g.burst_days)
     base = day.at(rng.choice((10, 11, 15)) * HOUR + rng.randrange(1800))
     n = rng.randint(4, 5)
-    _burst_window(u, day, base, base + 2 * HOUR)
+    _burst_window(u, base, base + 2 * HOUR)
 
     def peak(g: _Generator, u: _User, day: _Day) -> None:
         for k in range(n):
@@ -915,7 +915,7 @@ def _setup_phoning(g: _Generator, u: _User) -> None:
         base = day.at(rng.choice((10, 14, 15)) * HOUR + rng.randrange(900))
         n = rng.randint(68, 85)
         step = 3000 // (n - 1)
-        _burst_window(u, day, base, base + 3000 + step)
+        _burst_window(u, base, base + 3000 + step)
 
         def session(g: _Generator, u: _User, day: _Day, base: int = base, n: int = n, step: int = step) -> None:
             for k in range(n):
@@ -951,7 +951,7 @@ def _setup_call_centre(g: _Generator, u: _User) -> None:
     days = sorted(rng.sample(g.burst_days, 2), key=lambda d: d.index)
     for n, day in enumerate(days):
         base = day.at(9 * HOUR + 1800 + rng.randrange(900))
-        _burst_window(u, day, base, base + 4 * HOUR)
+        _burst_window(u, base, base + 4 * HOUR)
 
         def campaign(g: _Generator, u: _User, day: _Day, base: int = base, final: bool = n == 1) -> None:
             session_start = base
@@ -994,7 +994,7 @@ def _setup_office_pbx(g: _Generator, u: _User) -> None:
     day = rng.choice(g.burst_days)
     base = day.at(rng.choice((10, 14, 16)) * HOUR + rng.randrange(1800))
     n = rng.randint(5, 6)
-    _burst_window(u, day, base, base + 2 * HOUR)
+    _burst_window(u, base, base + 2 * HOUR)
 
     def busy(g: _Generator, u: _User, day: _Day) -> None:
         for k in range(n):

@@ -291,9 +291,8 @@ def _caller_profile(record: dict[str, Any]) -> dict[str, Any]:
     flow = record.get("callflow")
     if isinstance(flow, list):
         flow = flow[0] if flow else None
-    if isinstance(flow, dict) and isinstance(flow.get("caller_profile"), dict):
-        return flow["caller_profile"]
-    return {}
+    profile = flow.get("caller_profile") if isinstance(flow, dict) else None
+    return profile if isinstance(profile, dict) else {}
 
 
 def _fs_time(v: dict[str, str], name: str, tz: ZoneInfo, required: bool) -> datetime | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = ["parse_rfc3339", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
@@ -25,8 +25,13 @@ def parse_rfc3339(text: str) -> datetime:
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+
 def to_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds, exactly (``timestamp() * 1000`` loses one now and then to floats)."""
+    return (value - _EPOCH) // _MS
 
 
 def from_ms(ms: int, tz: tzinfo = timezone.utc) -> datetime:

@@ -91,7 +91,7 @@ class PeriodState:
 class UserState:
     bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [registered_ms, expiry_ms, user_agent]
     watermark: str = ""  # newest period seen for this user
-    newest_ms: int = 0
+    newest_ms: int = 0  # newest REGISTER time (binding clean-up horizon)
     periods: list[str] = field(default_factory=list)  # periods with a PeriodState, oldest first
 
     def encode(self) -> bytes:
@@ -199,7 +199,7 @@ class UsageEngine:
         digest = hmac.new(self._secret, digits.encode(), hashlib.blake2b).digest()
         return int.from_bytes(digest[:8], "big") >> 1
 
-    def _admit(self, store: StateStore, user: str, period: str, at_ms: int) -> tuple[UserState, str | None]:
+    def _admit(self, store: StateStore, user: str, period: str) -> tuple[UserState, str | None]:
         """Move the user's watermark; ``(state, None)`` if the period is open, else a DLQ reason."""
         ustate = store.get_user(user) or UserState()
         oldest_open = shift_period(ustate.watermark, -(self.retention_months - 1)) if ustate.watermark else ""
@@ -214,7 +214,6 @@ class UsageEngine:
             for old in [p for p in ustate.periods if p < keep_from]:
                 store.drop_period(user, old)
                 ustate.periods.remove(old)
-        ustate.newest_ms = max(ustate.newest_ms, at_ms)
         return ustate, None
 
     def _period_state(self, store: StateStore, ustate: UserState, user: str, period: str) -> PeriodState:
@@ -249,7 +248,7 @@ class UsageEngine:
     def on_call(self, store: StateStore, ev: CallEvent) -> Outcome:
         plan = self.plan_for(store, ev.user)
         period = period_of(ev.start_ms, plan.timezone)
-        ustate, too_late = self._admit(store, ev.user, period, ev.end_ms or ev.start_ms)
+        ustate, too_late = self._admit(store, ev.user, period)
         if too_late:
             return Outcome("too_late", reason=too_late)
         state = self._period_state(store, ustate, ev.user, period)
@@ -315,7 +314,7 @@ class UsageEngine:
             return []
         points = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals])  # ends first
         count = 0
-        first_breach: tuple[int, int] | None = None
+        first_breach: dict[str, tuple[int, int]] = {}  # period -> (instant, count): each month decides alone
         peaks: dict[str, int] = {}
         for instant, delta in points:
             count += delta
@@ -323,28 +322,30 @@ class UsageEngine:
                 p = period_of(instant, plan.timezone)
                 if count > peaks.get(p, 0):
                     peaks[p] = count
-                if count > plan.max_simultaneous_calls and first_breach is None:
-                    first_breach = (instant, count)
+                if count > plan.max_simultaneous_calls and p not in first_breach:
+                    first_breach[p] = (instant, count)
         by_period = dict(states)
         for p, peak in peaks.items():
             state = by_period.get(p)
             if state is not None and peak > state.peak_simultaneous:
                 state.peak_simultaneous = peak
                 store.put_period(ev.user, p, state)
-        if first_breach is None:
-            return []
-        at, count = first_breach
-        period = period_of(at, plan.timezone)
-        state = by_period.get(period)
-        if state is not None and "simultaneous_calls" in state.breaches:
-            return []
-        overlapping = sorted(cid for s, e, cid in intervals if s <= at < e)
-        return [
-            Breach(
-                "simultaneous_calls", period, at, count, plan.max_simultaneous_calls,
-                {"call_ids": overlapping, "simultaneous_calls": count},
+        breaches = []
+        for period, (at, count) in first_breach.items():
+            if self._breached(store, ev.user, period, "simultaneous_calls"):
+                continue
+            overlapping = sorted(cid for s, e, cid in intervals if s <= at < e)
+            breaches.append(
+                Breach(
+                    "simultaneous_calls", period, at, count, plan.max_simultaneous_calls,
+                    {"call_ids": overlapping, "simultaneous_calls": count},
+                )
             )
-        ]
+        return breaches
+
+    def _breached(self, store: StateStore, user: str, period: str, rule: str) -> bool:
+        state = store.get_period(user, period)
+        return state is not None and rule in state.breaches
 
     def _autodialer(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
         """More than ``max_calls_per_hour`` outbound call starts within any 60-minute window."""
@@ -358,33 +359,32 @@ class UsageEngine:
         if len(starts) <= limit:
             return []
         starts.sort()
+        breaches: dict[str, Breach] = {}  # the first window per month of its breaching call
         for j in range(len(starts) - limit):
             first, last = starts[j], starts[j + limit]
-            if last[0] - first[0] < HOUR_MS:
-                period = period_of(last[0], plan.timezone)
-                state = store.get_period(ev.user, period)
-                if state is not None and "autodialer" in state.breaches:
-                    return []
-                window = [s for s in starts if first[0] <= s[0] < first[0] + HOUR_MS]
-                return [
-                    Breach(
-                        "autodialer", period, last[0], len(window), limit,
-                        {
-                            "window_start": self._fmt(first[0], plan),
-                            "first_call_id": first[1],
-                            "breaching_call_id": last[1],
-                            "calls_in_window": len(window),
-                        },
-                    )
-                ]
-        return []
+            if last[0] - first[0] >= HOUR_MS:
+                continue
+            period = period_of(last[0], plan.timezone)
+            if period in breaches or self._breached(store, ev.user, period, "autodialer"):
+                continue
+            window = [s for s in starts if first[0] <= s[0] < first[0] + HOUR_MS]
+            breaches[period] = Breach(
+                "autodialer", period, last[0], len(window), limit,
+                {
+                    "window_start": self._fmt(first[0], plan),
+                    "first_call_id": first[1],
+                    "breaching_call_id": last[1],
+                    "calls_in_window": len(window),
+                },
+            )
+        return list(breaches.values())
 
     # -- registrations ------------------------------------------------------------------------
 
     def on_registration(self, store: StateStore, reg: Registration) -> Outcome:
         plan = self.plan_for(store, reg.user)
         period = period_of(reg.time_ms, plan.timezone)
-        ustate, too_late = self._admit(store, reg.user, period, reg.time_ms)
+        ustate, too_late = self._admit(store, reg.user, period)
         if too_late:
             return Outcome("too_late", reason=too_late)
         late = period < ustate.watermark
@@ -400,10 +400,6 @@ class UsageEngine:
             if current == fresh or (reg.expires == 0 and current is None):
                 status = "duplicate"
             ustate.bindings[identity] = fresh
-        # forget bindings that expired more than a day before the newest event of this user
-        horizon = ustate.newest_ms - 24 * HOUR_MS
-        for key in [k for k, b in ustate.bindings.items() if b[1] < horizon]:
-            del ustate.bindings[key]
 
         state = self._period_state(store, ustate, reg.user, period)
         state.customer, state.plan = reg.customer, plan.name
@@ -420,6 +416,12 @@ class UsageEngine:
                         {"user_agent": reg.user_agent, "contact": reg.contact, "source_ip": reg.source_ip},
                     )
                 )
+        # Forget bindings that expired a day before the user's newest REGISTER. Registrations only:
+        # the CDR topic is consumed independently and may run days ahead.
+        ustate.newest_ms = max(ustate.newest_ms, reg.time_ms)
+        horizon = ustate.newest_ms - 24 * HOUR_MS
+        for key in [k for k, b in ustate.bindings.items() if b[1] < horizon]:
+            del ustate.bindings[key]
         store.put_user(reg.user, ustate)
         for breach in breaches:
             self._apply_breach(store, reg.user, reg.customer, plan, breach, outcome)
@@ -432,26 +434,22 @@ class UsageEngine:
         start, end = reg.time_ms, reg.time_ms + reg.expires * 1000
         bindings = [(s, e, k) for k, (s, e, _ua) in ustate.bindings.items() if s < end and start < e]
         instants = sorted({start} | {s for s, _, _ in bindings if start <= s < end})
-        first: tuple[int, list[str]] | None = None
+        first: dict[str, tuple[int, list[str]]] = {}  # period -> first instant above the limit
         for instant in instants:
             active = sorted(k for s, e, k in bindings if s <= instant < e)
-            state = store.get_period(reg.user, period_of(instant, plan.timezone))
+            period = period_of(instant, plan.timezone)
+            state = store.get_period(reg.user, period)
             if state is not None and len(active) > state.peak_devices:
                 state.peak_devices = len(active)
-            if len(active) > plan.max_registered_devices and first is None:
-                first = (instant, active)
-        if first is None:
-            return []
-        at, active = first
-        period = period_of(at, plan.timezone)
-        state = store.get_period(reg.user, period)
-        if state is not None and "registered_devices" in state.breaches:
-            return []
+            if len(active) > plan.max_registered_devices and period not in first:
+                first[period] = (instant, active)
         return [
             Breach(
                 "registered_devices", period, at, len(active), plan.max_registered_devices,
                 {"bindings": active, "registered_devices": len(active)},
             )
+            for period, (at, active) in first.items()
+            if not self._breached(store, reg.user, period, "registered_devices")
         ]
 
     # -- breaches and re-billing --------------------------------------------------------------
