@@ -312,6 +312,8 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
         target = total + pipeline.metrics.counts.get(("cdrs", "rekeyed"), 0) + pipeline.metrics.counts.get(
             ("sip-registrations", "rekeyed"), 0
         )
+        if pipeline.failure is not None:
+            raise RuntimeError(f"the worker stopped: {pipeline.failure!r}") from pipeline.failure
         if pipeline.processed >= target:
             return
         now = time.monotonic()

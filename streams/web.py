@@ -7,6 +7,7 @@ checks are unit-tested without a web server; ``install_views`` wraps them in Fau
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -38,6 +39,8 @@ __all__ = [
     "install_views",
     "usage_view",
 ]
+
+log = logging.getLogger(__name__)
 
 Response = tuple[int, dict[str, Any]]
 
@@ -270,6 +273,12 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
 
     def worker() -> str:
         return str(app.conf.canonical_url)
+
+    if app.conf.canonical_url.host in ("0.0.0.0", "::", ""):
+        # every worker would advertise the same unreachable URL and answer for users it does not hold
+        log.warning("web views: this worker advertises %s to the others, which cannot reach it; /users/{user}/usage "
+                    "answers only for this worker's users. Set NODE_CANONICAL_URL=http://<this host>:<port>",
+                    app.conf.canonical_url)
 
     @app.page(HEALTH_PATH, name="cdrwatch-health")
     class HealthView(faust.web.View):

@@ -72,7 +72,18 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                     continue
                 for message in batch:
                     self.track_message(message)
-                await handler(batch)
+                try:
+                    await handler(batch)
+                except Exception as exc:
+                    # Bad input never gets here (it goes to the DLQ): this is the broker or a bug.
+                    # Stop the worker — its offsets are not committed, so a restart redoes the batch
+                    # — rather than leave it alive and deaf.
+                    self.log.exception("batch handler failed: stopping the worker")
+                    failed = getattr(self.app, "cdrwatch_failure", None)
+                    if failed is not None:
+                        failed(exc)
+                    await self.app.crash(exc)
+                    return
                 for message in batch:
                     self.ack(message)
                 await asyncio.sleep(0)

@@ -22,7 +22,7 @@ from ..metrics import Metrics
 from ..settings import Settings
 from .batching import App as BatchApp
 from .batching import PartitionContext, attach
-from .store import TableCaches, TableStore
+from .store import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class Pipeline:
     caches: TableCaches = field(default_factory=TableCaches)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     progress: asyncio.Event | None = None
+    failure: BaseException | None = None  # what stopped the worker, if anything did
+    writer: ChangelogWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = ChangelogWriter(self.app)
 
     def store(self) -> TableStore:
         return TableStore(self.periods, self.users, self.subscribers, self.caches)
@@ -75,7 +80,10 @@ class Pipeline:
                 self._apply(message, store, out)
             try:
                 await self._deliver(out)
-                store.flush(context)
+                if context is None:
+                    store.flush()  # Faust's per-event path: through the tables
+                else:
+                    await store.flush_fast(self.writer, context)
             except BaseException:
                 store.discard()
                 raise
@@ -212,6 +220,13 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
             await pipeline.handle_batch(messages, context)
 
         attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
+
+        def failed(exc: BaseException) -> None:
+            pipeline.failure = exc
+            if pipeline.progress is not None:
+                pipeline.progress.set()
+
+        app.cdrwatch_failure = failed  # type: ignore[attr-defined]
     from ..web import install_views  # metrics and web views: /metrics, /healthz, /users/{user}/usage, /alerts
 
     install_views(app, pipeline)

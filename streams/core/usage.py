@@ -248,11 +248,14 @@ class UsageEngine:
     def on_call(self, store: StateStore, ev: CallEvent) -> Outcome:
         plan = self.plan_for(store, ev.user)
         period = period_of(ev.start_ms, plan.timezone)
+        known = store.get_user(ev.user)
+        before = (known.watermark, tuple(known.periods)) if known is not None else None
         ustate, too_late = self._admit(store, ev.user, period)
         if too_late:
             return Outcome("too_late", reason=too_late)
         state = self._period_state(store, ustate, ev.user, period)
         late = period < ustate.watermark
+        user_changed = before != (ustate.watermark, tuple(ustate.periods))
 
         record = state.calls.get(ev.call_id)
         outbound = 1 if ev.direction == "outbound" else 0
@@ -267,7 +270,8 @@ class UsageEngine:
             state.calls[ev.call_id] = [ev.start_ms, OPEN, outbound]
         state.customer, state.plan = ev.customer, plan.name
         store.put_period(ev.user, period, state)
-        store.put_user(ev.user, ustate)
+        if user_changed:  # a new month or a moved watermark; most CDRs leave the user state alone
+            store.put_user(ev.user, ustate)
 
         breaches = self._simultaneous(store, ev, plan)
         if outbound:

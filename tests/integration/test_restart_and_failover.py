@@ -23,7 +23,8 @@ from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import build_engine, load_config
 from streams.core.usage import PeriodState
 from streams.embedded import EmbeddedBroker, create_topics, free_port
-from streams.replay import InputMessage, _message, _wait_processed, group_lag, produce, read_stream, replay, replay_external
+from streams.replay import (InputMessage, _message, _wait_processed, end_offsets, group_lag, produce, read_stream,
+                            replay, replay_external)
 from streams.settings import Settings, bundled_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -74,6 +75,10 @@ def test_a_restarted_worker_keeps_its_state(broker: EmbeddedBroker, tmp_path: Pa
 
     first, alerts = asyncio.run(run_worker(settings, distinct_calls("dora", 0, 140)))
     assert alerts == []
+    written = {  # changelog records of the first run, counted without trusting ListOffsets
+        table: sum((asyncio.run(end_offsets(settings, [f"{settings.app_id}-{table}-changelog"]))).values())
+        for table in ("periods", "users")
+    }
     second, alerts = asyncio.run(run_worker(settings, distinct_calls("dora", 140, 11)))
     # 151 distinct numbers across the two runs: the first 140 came back from the worker's state
     assert [(a["user"], a["rule"], a["observed"]) for a in alerts] == [("dora", "distinct_numbers", 151)]
@@ -81,9 +86,10 @@ def test_a_restarted_worker_keeps_its_state(broker: EmbeddedBroker, tmp_path: Pa
     if store == "rocksdb://":
         assert restored == 0, "RocksDB resumes from its own files, not from the changelog"
     else:
-        # the memory store replays the whole changelog: one record per call for each table, all of
-        # them, although Tansu reports the end of a multi-record batch short
-        assert second.restored == {"periods": 140, "users": 140}, second.restored
+        # the memory store replays the whole changelog — every record, although Tansu reports the
+        # end of a multi-record batch short
+        assert written["periods"] >= 1 and written["users"] >= 1
+        assert second.restored == written, (second.restored, written)
 
 
 def test_recovery_reads_a_changelog_to_its_real_end(broker: EmbeddedBroker, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.agents.usage import build_pipeline
@@ -131,7 +132,7 @@ def test_install_puts_faust_sensors_in_the_same_registry_and_serves_one_metrics_
     pipeline = build_pipeline(settings, f.plan_book(), f.deck())
     names = set(families(pipeline.metrics))
     assert f"{FAUST_PREFIX}_messages_received" in names and "cdrwatch_events" in names
-    assert type(pipeline.app.monitor).__name__ == "PrometheusMonitor"
+    assert isinstance(pipeline.app.monitor, PrometheusMonitor)
     routes = [(r.method, r.resource.canonical) for r in pipeline.app.web.web_app.router.routes()
               if r.resource is not None]
     for path in ("/metrics", "/healthz", "/users/{user}/usage", "/alerts"):
@@ -411,3 +412,41 @@ def test_health_view_and_endpoints() -> None:
     text = format_endpoints("127.0.0.1", 6066)
     for path in ("/metrics", "/healthz", "/users/{user}/usage?period=YYYY-MM", "/alerts?since=RFC3339"):
         assert f"http://127.0.0.1:6066{path}" in text
+
+
+def test_the_cached_faust_sensor_counts_as_faust_does() -> None:
+    from faust.sensors.prometheus import FaustMetrics
+    from faust.types import TP as FaustTP
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from streams.metrics import _cached_prometheus_monitor
+
+    @dataclass
+    class Table:
+        name: str
+
+    @dataclass
+    class Message:
+        tp: FaustTP
+        offset: int
+
+    def drive(monitor: Any) -> None:
+        for n in range(3):
+            monitor.on_table_get(Table("periods"), b"k")
+            monitor.on_table_set(Table("users"), b"k", b"v")
+            tp = FaustTP("cdrs", n % 2)
+            monitor.on_message_in(tp, n, Message(tp, n))
+        monitor.on_table_del(Table("users"), b"k")
+        monitor._clear_partition_related_metrics()  # a rebalance: per-partition series start again
+        monitor.on_message_in(FaustTP("cdrs", 1), 7, Message(FaustTP("cdrs", 1), 7))
+
+    texts = []
+    for cls in (PrometheusMonitor, _cached_prometheus_monitor()):
+        registry = CollectorRegistry()
+        drive(cls(metrics=FaustMetrics.create(registry, FAUST_PREFIX)))
+        texts.append({(s.name, frozenset(s.labels.items()), s.value)
+                      for fam in text_string_to_metric_families(generate_latest(registry).decode())
+                      for s in fam.samples if not s.name.endswith("_created")})
+    assert texts[0] == texts[1]
+    assert ("faust_table_operations_total", frozenset({("table", "table.periods"), ("operation", "keys_retrieved")}),
+            3.0) in texts[1]
