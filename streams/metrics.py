@@ -300,13 +300,13 @@ class Metrics:
 
     # -- hooks the agents call ----------------------------------------------------------------
 
-    def event(self, topic: str, outcome: str) -> None:
-        """One input message handled (counted once its outputs are delivered)."""
+    def event(self, topic: str, outcome: str, n: int = 1) -> None:
+        """``n`` input messages handled (counted once their outputs are delivered)."""
         child = self._events.get((topic, outcome))
         if child is None:
             child = self._events[(topic, outcome)] = self.events.labels(topic, outcome)
-        child.inc()
-        self.counts[(topic, outcome)] = self.counts.get((topic, outcome), 0) + 1
+        child.inc(n)
+        self.counts[(topic, outcome)] = self.counts.get((topic, outcome), 0) + n
 
     def applied(self, record: CallEvent | Registration, outcome: str, tp: "TP | Any",
                 now_s: float | None = None) -> None:

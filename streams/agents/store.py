@@ -92,7 +92,7 @@ class TableStore:
         key = self.period_key(user, period)
         if key in self._put_periods:
             return self._put_periods[key]
-        raw = self._periods.get(key)
+        raw = self._periods.data.get(key)  # the store itself: no per-read sensor
         if raw is None:
             return None
         self._read_periods.add(key)
@@ -112,7 +112,7 @@ class TableStore:
         key = user.encode()
         if key in self._put_users:
             return self._put_users[key]
-        raw = self._users.get(key)
+        raw = self._users.data.get(key)
         if raw is None:
             return None
         self._read_users.add(key)
@@ -127,7 +127,7 @@ class TableStore:
         key = user.encode()
         if key in self._plans:
             return self._plans[key]
-        raw = self._subscribers.get(key)
+        raw = self._subscribers.data.get(key)
         return raw.decode() if raw is not None else None
 
     def set_plan(self, user: str, plan: str | None) -> None:

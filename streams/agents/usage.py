@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -77,6 +78,8 @@ class Pipeline:
             out = _Outputs()
             for message in messages:
                 store.source = message
+                if context is not None:
+                    context.enter(message)  # stores that read by partition (RocksDB) look here
                 self._apply(message, store, out)
             try:
                 await self._deliver(out)
@@ -87,8 +90,8 @@ class Pipeline:
             except BaseException:
                 store.discard()
                 raise
-        for topic, outcome in out.counts:
-            self.metrics.event(topic, outcome)
+        for (topic, outcome), n in Counter(out.counts).items():
+            self.metrics.event(topic, outcome, n)
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()

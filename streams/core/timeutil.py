@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import re
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
@@ -40,8 +42,23 @@ def from_ms(ms: int, tz: tzinfo = timezone.utc) -> datetime:
 
 def period_of(ms: int, tz: ZoneInfo) -> str:
     """The calendar month ``YYYY-MM`` of an instant, in the given zone."""
-    local = datetime.fromtimestamp(ms / 1000, tz)
+    starts, names = _month_starts(tz)
+    i = bisect.bisect_right(starts, ms) - 1
+    if 0 <= i < len(names) - 1:
+        return names[i]
+    local = datetime.fromtimestamp(ms / 1000, tz)  # outside 2000-2100
     return f"{local.year:04d}-{local.month:02d}"
+
+
+@lru_cache(maxsize=64)
+def _month_starts(tz: ZoneInfo) -> tuple[list[int], list[str]]:
+    """Epoch ms of every month start 2000-2100 in ``tz``: a period is then one bisect."""
+    starts, names = [], []
+    for year in range(2000, 2101):
+        for month in range(1, 13):
+            starts.append(to_ms(datetime(year, month, 1, tzinfo=tz)))
+            names.append(f"{year:04d}-{month:02d}")
+    return starts, names
 
 
 def shift_period(period: str, months: int) -> str:

@@ -499,9 +499,9 @@ class UsageEngine:
         order in which rules happened to breach — the same input gives the same line ids and
         amounts whatever order the worker saw the topics in.
         """
-        target = state.multiplier()
-        if target == 0:
+        if not state.breaches:
             return []
+        target = state.multiplier()
         if rule is None or Decimal(state.breaches[rule]) < target:
             rule = next(r for r, m in state.breaches.items() if Decimal(m) == target)
         ladder = sorted({m for m in plan.multipliers.values() if m > 0} | {Decimal(m) for m in state.breaches.values()})

@@ -96,8 +96,11 @@ def test_counters_count_exactly() -> None:
         metrics.rebill(line("distinct_numbers", amount))
     assert value(metrics, "cdrwatch_events_total", topic="cdrs", outcome="ok") == 3
     assert value(metrics, "cdrwatch_events_total", topic="cdrs", outcome="dlq") == 1
+    metrics.event("cdrs", "late", 4)  # a batch's count at once
     assert value(metrics, "cdrwatch_events_total", topic="sip-registrations", outcome="duplicate") == 1
-    assert metrics.counts == {("cdrs", "ok"): 3, ("cdrs", "dlq"): 1, ("sip-registrations", "duplicate"): 1}
+    assert value(metrics, "cdrwatch_events_total", topic="cdrs", outcome="late") == 4
+    assert metrics.counts == {("cdrs", "ok"): 3, ("cdrs", "dlq"): 1, ("sip-registrations", "duplicate"): 1,
+                              ("cdrs", "late"): 4}
     assert value(metrics, "cdrwatch_alerts_total", rule="pbx_or_gateway") == 2
     assert value(metrics, "cdrwatch_fraud_alerts_total", rule="long_call", level="warning") == 1
     assert value(metrics, "cdrwatch_rebilled_euros_total", rule="distinct_numbers") == pytest.approx(0.08)
