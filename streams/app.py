@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import faust
@@ -35,9 +36,20 @@ def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     return None
 
 
+def _host_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
 def create_app(settings: Settings) -> faust.App:
     store, datadir = store_and_datadir(settings)
     extra: dict[str, Any] = {"datadir": datadir} if datadir else {}
+    if settings.web_host in {"0.0.0.0", "::", ""}:
+        # Faust advertises its web address to the other workers (table_route): a wildcard
+        # bind address would tell them "0.0.0.0", so advertise this host's address instead
+        extra["canonical_url"] = f"http://{_host_address()}:{settings.web_port}"
     creds = credentials(settings)
     if creds is not None:
         extra["broker_credentials"] = creds

@@ -161,6 +161,7 @@ def format_replay(result: ReplayResult, out_dir: Path) -> str:
         f"replayed {result.sent} messages in {result.seconds:.1f} s ({outcomes})",
         f"alerts: {len(result.alerts)}" + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items())) + ")" if by_rule else ""),
         f"re-bill lines: {len(result.rebills)}, {total} EUR",
+        f"fraud alerts: {len(result.fraud_alerts)}, account actions: {len(result.actions)}",
         f"rejected to DLQ: {len(result.dlq)}",
         "wrote alerts.jsonl, rebills.jsonl, dlq.jsonl"
         + (f" and summary.parquet ({len(result.summary)} rows)" if result.summary is not None else "")
@@ -200,6 +201,15 @@ def format_summary(rows: Sequence[SummaryRow], counts: dict[tuple[str, str], int
                 f"{r.customer:<12} {r.user:<20} {r.period:<7} {','.join(r.rules_breached):<40} {r.rebilled_amount:>10}"
             )
     return "\n".join(lines)
+
+
+def format_fraud(payload: dict[str, Any]) -> str:
+    if "action_id" in payload:
+        return f"ACTION {payload['action']:<19} user={payload['user']} customer={payload['customer']}: {payload['reason']}"
+    return (
+        f"FRAUD {payload['level']:<8} {payload['rule']:<21} user={payload['user']} observed={payload['observed']} "
+        f"threshold={payload['threshold']} at {payload['time']}"
+    )
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -250,7 +260,8 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
         await create_topics(broker.bootstrap, ALL_TOPICS, settings.partitions)
         pipeline = build_pipeline(settings, plans, rates)
         pipeline.on_output.append(
-            lambda topic, p: print(format_alert(p), flush=True) if topic == "fairuse-alerts" else None
+            lambda topic, p: print(format_alert(p), flush=True) if topic == "fairuse-alerts"
+            else print(format_fraud(p), flush=True) if topic in ("fraud-alerts", "account-actions") else None
         )
         pipeline.app.finalize()
         await pipeline.app.start()

@@ -82,6 +82,9 @@ class EmbeddedBroker:
             self.process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, preexec_fn=_die_with_parent,
+                # its own session: a terminal's Ctrl-C must reach cdrwatch only, which then stops
+                # the worker while the broker is still up, then the broker
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -84,6 +84,8 @@ def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage
     if isinstance(data, dict):
         if isinstance(data.get("user"), str):
             key = data["user"].encode()
+        if topic == "cdrs" and data.get("event") == "end" and isinstance(data.get("end_time"), str):
+            time_field = "end_time"  # a switch sends the final CDR when the call ends
         if isinstance(data.get(time_field), str):
             with contextlib.suppress(ValueError):
                 when = float(to_ms(parse_rfc3339(data[time_field])))
@@ -94,6 +96,8 @@ def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage
 class ReplayResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     rebills: list[dict[str, Any]] = field(default_factory=list)
+    fraud_alerts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
     dlq: list[dict[str, Any]] = field(default_factory=list)
     summary: list[SummaryRow] | None = None  # None: external workers (their tables are not here)
     timezone: str = "UTC"
@@ -105,6 +109,8 @@ class ReplayResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_jsonl(out_dir / "alerts.jsonl", self.alerts)
         _write_jsonl(out_dir / "rebills.jsonl", self.rebills)
+        _write_jsonl(out_dir / "fraud-alerts.jsonl", self.fraud_alerts)
+        _write_jsonl(out_dir / "account-actions.jsonl", self.actions)
         _write_jsonl(out_dir / "dlq.jsonl", self.dlq)
         if self.summary is not None:
             write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
@@ -231,7 +237,7 @@ async def collect(settings: Settings, expected: Callable[[], dict[str, int]],
                         got[base][f"{tp.partition}/{rec.offset}"] = (row, rec)
                     else:
                         payload = orjson.loads(rec.value)
-                        ident = payload.get("alert_id") or payload.get("line_id")
+                        ident = payload.get("alert_id") or payload.get("line_id") or payload.get("action_id")
                         got[base][ident] = (payload, rec)
             want = expected()
             if done(not batches) and all(len(got[t]) >= want.get(t, 0) for t in got):
@@ -266,7 +272,7 @@ async def replay(
         pipeline = build_pipeline(run_settings.with_(web_enabled=False), plans, rates)
         sent_outputs: dict[str, set[str]] = {t: set() for t in OUTPUT_TOPICS}
         pipeline.on_output.append(
-            lambda topic, p: sent_outputs[topic].add(p.get("alert_id") or p.get("line_id"))
+            lambda topic, p: sent_outputs[topic].add(p.get("alert_id") or p.get("line_id") or p.get("action_id"))
         )
         if on_pipeline:
             on_pipeline(pipeline)
@@ -294,12 +300,7 @@ async def replay(
             await app.stop()
     result = ReplayResult(sent=total, counts=dict(pipeline.metrics.counts), seconds=time.monotonic() - started,
                           summary=summary, timezone=plans.timezone.key)
-    result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
-    result.rebills = sorted(
-        (p for p, _ in got["rebilled-calls"]),
-        key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"]),
-    )
-    result.dlq = [row for t in DLQ_TOPICS for row, _ in got[t]]
+    _fill(result, got)
     return result
 
 
@@ -411,9 +412,16 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     result = ReplayResult(sent=total, seconds=time.monotonic() - started)
+    _fill(result, got)
+    return result
+
+
+def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]]) -> None:
+    """The collected outputs, in a stable order for files that diff well."""
     result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
     result.rebills = sorted(
         (p for p, _ in got["rebilled-calls"]), key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"])
     )
+    result.fraud_alerts = sorted((p for p, _ in got["fraud-alerts"]), key=lambda a: (a["time"], a["user"], a["alert_id"]))
+    result.actions = sorted((p for p, _ in got["account-actions"]), key=lambda a: (a["time"], a["user"], a["action_id"]))
     result.dlq = [row for t in DLQ_TOPICS for row, _ in got[t]]
-    return result

@@ -8,9 +8,10 @@ from typing import Any, Callable, Generic, TypeVar
 
 from faust.types import TP
 
+from ..core.fraud import FraudState
 from ..core.usage import PeriodState, UserState
 
-T = TypeVar("T", PeriodState, UserState)
+T = TypeVar("T", PeriodState, UserState, FraudState)
 
 
 class _DecodeCache(Generic[T]):
@@ -73,9 +74,11 @@ class TableStore:
     """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
     read (and may have touched) is dropped from the cache so the next read decodes the table."""
 
-    def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches") -> None:
-        self._periods, self._users, self._subscribers = periods, users, subscribers
+    def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches", fraud: Any = None) -> None:
+        self._periods, self._users, self._subscribers, self._fraud = periods, users, subscribers, fraud
         self._caches = caches
+        self._put_fraud: dict[bytes, FraudState] = {}
+        self._read_fraud: set[bytes] = set()
         self.source: Any = None  # the input message being applied: its partition is the key's
         self._sources: dict[bytes, Any] = {}
         self._plans: dict[bytes, str | None] = {}
@@ -122,6 +125,23 @@ class TableStore:
         key = user.encode()
         self._put_users[key] = state
         self._sources[b"u:" + key] = self.source
+
+    # -- the fraud engine's FraudStore ----------------------------------------------------------
+
+    def get(self, user: str) -> FraudState | None:
+        key = user.encode()
+        if key in self._put_fraud:
+            return self._put_fraud[key]
+        raw = self._fraud.data.get(key)
+        if raw is None:
+            return None
+        self._read_fraud.add(key)
+        return self._caches.fraud.get(key, raw)
+
+    def put(self, user: str, state: FraudState) -> None:
+        key = user.encode()
+        self._put_fraud[key] = state
+        self._sources[b"f:" + key] = self.source
 
     def plan_of(self, user: str) -> str | None:
         key = user.encode()
@@ -174,6 +194,11 @@ class TableStore:
             raw = ustate.encode()
             await writer.write(self._users, key, raw, self._sources[b"u:" + key].partition)
             self._caches.users.remember(key, raw, ustate)
+        for key, fstate in self._put_fraud.items():
+            context.enter(self._sources[b"f:" + key])
+            raw = fstate.encode()
+            await writer.write(self._fraud, key, raw, self._sources[b"f:" + key].partition)
+            self._caches.fraud.remember(key, raw, fstate)
         self.discard(keep_written=True)
 
     def _write(self, enter: Any) -> None:
@@ -199,6 +224,11 @@ class TableStore:
             raw = ustate.encode()
             self._users[key] = raw
             self._caches.users.remember(key, raw, ustate)
+        for key, fstate in self._put_fraud.items():
+            enter(self._sources[b"f:" + key])
+            raw = fstate.encode()
+            self._fraud[key] = raw
+            self._caches.fraud.remember(key, raw, fstate)
         self.discard(keep_written=True)
 
     def discard(self, keep_written: bool = False) -> None:
@@ -209,14 +239,20 @@ class TableStore:
         for key in self._read_users:
             if not (keep_written and key in self._put_users):
                 self._caches.users.forget(key)
+        for key in self._read_fraud:
+            if not (keep_written and key in self._put_fraud):
+                self._caches.fraud.forget(key)
         if not keep_written:
             for key in self._put_periods:
                 self._caches.periods.forget(key)
             for key in self._put_users:
                 self._caches.users.forget(key)
+            for key in self._put_fraud:
+                self._caches.fraud.forget(key)
 
 
 class TableCaches:
     def __init__(self) -> None:
         self.periods: _DecodeCache[PeriodState] = _DecodeCache(PeriodState.decode)
         self.users: _DecodeCache[UserState] = _DecodeCache(UserState.decode)
+        self.fraud: _DecodeCache[FraudState] = _DecodeCache(FraudState.decode)

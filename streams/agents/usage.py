@@ -13,10 +13,11 @@ import faust
 from faust.types import EventT, Message
 
 from ..codecs import DLQ_REASON_HEADER, decode_cdr, decode_key, decode_registration, decode_subscriber, encode
-from ..config import build_engine
+from ..config import build_engine, build_fraud_engine
 from ..core.errors import InvalidRecord
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
+from ..core.fraud import AccountAction, FraudAlert, FraudEngine
 from ..core.records import Alert, RebillLine
 from ..core.usage import UsageEngine
 from ..metrics import Metrics
@@ -28,7 +29,7 @@ from .store import ChangelogWriter, TableCaches, TableStore
 log = logging.getLogger(__name__)
 
 INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
-OUTPUT_TOPICS = ("fairuse-alerts", "rebilled-calls")
+OUTPUT_TOPICS = ("fairuse-alerts", "rebilled-calls", "fraud-alerts", "account-actions")
 DLQ_TOPICS = tuple(f"{t}-dlq" for t in INPUT_TOPICS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS + DLQ_TOPICS
 
@@ -47,6 +48,8 @@ class Pipeline:
     periods: Any
     users: Any
     subscribers: Any
+    fraud: FraudEngine | None = None  # None: no plan has fraud rules
+    fraud_table: Any = None
     agents: dict[str, Any] = field(default_factory=dict)
     processed: int = 0  # input messages fully handled (any outcome)
     restored: dict[str, int] = field(default_factory=dict)  # changelog records read back, per table
@@ -61,7 +64,7 @@ class Pipeline:
         self.writer = ChangelogWriter(self.app)
 
     def store(self) -> TableStore:
-        return TableStore(self.periods, self.users, self.subscribers, self.caches)
+        return TableStore(self.periods, self.users, self.subscribers, self.caches, self.fraud_table)
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -131,6 +134,16 @@ class Pipeline:
         self.metrics.applied(record, outcome.status, message.tp)  # metrics: event-time lag, live calls/bindings
         out.alerts += outcome.alerts
         out.lines += outcome.lines
+        if self.fraud is not None:
+            plan = store.plan_of(record.user)
+            try:
+                found = self.fraud.on_call(store, record, plan=plan) if cdr else self.fraud.on_registration(
+                    store, record, plan=plan)
+            except Exception:  # the fair-use outcome stands; a fraud bug costs this event's fraud check
+                log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
+            else:
+                out.fraud_alerts += found.alerts
+                out.actions += found.actions
 
     async def _deliver(self, out: "_Outputs") -> None:
         """Send the batch's outputs and wait until the broker has them all."""
@@ -143,6 +156,12 @@ class Pipeline:
         for line in out.lines:
             pending.append(await self._send("rebilled-calls", line.user.encode(), line.payload()))
             self.metrics.rebill(line)
+        for fraud in out.fraud_alerts:
+            pending.append(await self._send("fraud-alerts", fraud.user.encode(), fraud.payload()))
+            self.metrics.fraud_alert(fraud)
+            log.warning("FRAUD %s %s user=%s observed=%s", fraud.level, fraud.rule, fraud.user, fraud.observed)
+        for action in out.actions:
+            pending.append(await self._send("account-actions", action.user.encode(), action.payload()))
         for topic, key, value, headers in out.sends:
             pending.append(await self.topics[topic].send(key=key, value=value, headers=headers, force=True))
         if pending:
@@ -164,6 +183,8 @@ class _Outputs:
 
     alerts: list[Alert] = field(default_factory=list)
     lines: list[RebillLine] = field(default_factory=list)
+    fraud_alerts: list[FraudAlert] = field(default_factory=list)
+    actions: list[AccountAction] = field(default_factory=list)
     sends: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = field(default_factory=list)
     counts: list[tuple[str, str]] = field(default_factory=list)
 
@@ -201,9 +222,12 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     users = table("users", "UserState (SIP bindings, watermark) per user")
     subscribers = table("subscribers", "plan name per user")
     engine = build_engine(settings, plans, rates)
+    fraud = build_fraud_engine(settings, plans, rates)
+    fraud_table = table("fraud", "FraudState per user") if fraud is not None else None
     pipeline = Pipeline(
         app=app, settings=settings, engine=engine, metrics=Metrics(), topics=topics,
         periods=periods, users=users, subscribers=subscribers, restored=restored,
+        fraud=fraud, fraud_table=fraud_table,
     )
 
     # The agents subscribe the worker to its input topics and own the tables' partitions. With the

@@ -314,7 +314,7 @@ class UsageEngine:
                     e = s + self.max_call_ms
                 if s < e and s < hi and start < e:
                     intervals.append((s, e, call_id))
-        if len(intervals) <= 1:
+        if not intervals:
             return []
         points = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals])  # ends first
         count = 0
