@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast check clean
+.PHONY: install run test test-fast bench soak clean
 
 install: $(STAMP)
 
@@ -22,6 +22,17 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m 'not integration'
+
+# The benchmark of the README's Performance section (prints the figures; ~5 min).
+bench: install
+	$(BIN)/cdrwatch bench --users 20000 --cdrs 300000 --out bench.json
+
+# Long runs: 30,000+ property-test inputs, and a 5,000-user generated month replayed and scored.
+soak: install
+	CDRWATCH_PROPERTY_EXAMPLES=3000 $(BIN)/python -m pytest tests/unit/test_properties.py
+	rm -rf soak && $(BIN)/cdrwatch generate --users 5000 --month 2026-11 --seed 2026 --out soak/month
+	$(BIN)/cdrwatch replay --cdrs soak/month/cdrs.jsonl --registrations soak/month/registrations.jsonl --out soak/replay
+	$(BIN)/cdrwatch evaluate --labels soak/month/labels.jsonl --alerts soak/replay/alerts.jsonl --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache

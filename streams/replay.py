@@ -74,7 +74,13 @@ def _read_parquet(path: Path, topic: str, time_field: str) -> list[InputMessage]
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    return [_message(topic, orjson.dumps(row, default=str), row, time_field) for row in rows]
+    messages = []
+    for row in rows:
+        if topic == "cdrs" and row.get("event") == "start":
+            # one table holds both kinds of event: a `start` has no end-of-call columns
+            row = {k: v for k, v in row.items() if v is not None}
+        messages.append(_message(topic, orjson.dumps(row, default=str), row, time_field))
+    return messages
 
 
 def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage:
@@ -285,7 +291,8 @@ async def replay(
             subscribers = [m for m in ordered if m.topic == "subscribers"]
             total = await produce(run_settings, subscribers)
             await _wait_processed(pipeline, total, timeout_s, None)
-            total += await produce(run_settings, [m for m in ordered if m.topic != "subscribers"])
+            rest = [m for m in ordered if m.topic != "subscribers"]
+            total += await produce(run_settings, rest, _produce_progress(len(rest), report))
             await _wait_processed(pipeline, total, timeout_s, report)
 
             def expected() -> dict[str, int]:
@@ -308,6 +315,7 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
     """Until every input message has been handled; progress every 2 s on long replays."""
     pipeline.progress = asyncio.Event()
     started = last_report = time.monotonic()
+    first = pipeline.processed
     last_count, last_change = -1, started
     while True:
         target = total + pipeline.metrics.counts.get(("cdrs", "rekeyed"), 0) + pipeline.metrics.counts.get(
@@ -323,12 +331,29 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
         elif now - last_change > min(timeout_s, 120.0):
             raise TimeoutError(f"worker stalled: {pipeline.processed} of {target} messages processed")
         if report and now - last_report >= 2.0:
-            rate = pipeline.processed / max(now - started, 1e-9)
-            report(f"processed {pipeline.processed}/{target} messages ({rate:,.0f}/s)")
+            rate = (pipeline.processed - first) / max(now - started, 1e-9)
+            report(f"processed {pipeline.processed:,}/{target:,} messages ({rate:,.0f}/s)")
             last_report = now
         pipeline.progress.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(pipeline.progress.wait(), 0.5)
+
+
+def _produce_progress(total: int, report: Callable[[str], None] | None) -> Callable[[int], None] | None:
+    """Progress of the sending phase, at most every 2 s (long replays spend minutes there)."""
+    if report is None:
+        return None
+    started = last = time.monotonic()
+
+    def progress(sent: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 2.0 or sent == total:
+            rate = sent / max(now - started, 1e-9)
+            report(f"sent {sent:,}/{total:,} messages ({rate:,.0f}/s)")
+            last = now
+
+    return progress
 
 
 def stderr_report(line: str) -> None:
