@@ -77,7 +77,7 @@ def test_a_restarted_worker_keeps_its_state(broker: EmbeddedBroker, tmp_path: Pa
     assert alerts == []
     written = {  # changelog records of the first run, counted without trusting ListOffsets
         table: sum((asyncio.run(end_offsets(settings, [f"{settings.app_id}-{table}-changelog"]))).values())
-        for table in ("periods", "users")
+        for table in ("periods", "users", "fraud")
     }
     second, alerts = asyncio.run(run_worker(settings, distinct_calls("dora", 140, 11)))
     # 151 distinct numbers across the two runs: the first 140 came back from the worker's state
