@@ -15,12 +15,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from . import __version__
-from .core.errors import ConfigError
 from .config import load_config
+from .core.errors import ConfigError
 from .core.summary import SummaryRow, summary_rows
-from .replay import ReplayResult, read_stream, replay, replay_external, run_offline, stderr_report
+from .replay import (
+    ReplayResult,
+    read_stream,
+    replay,
+    replay_external,
+    run_offline,
+    stderr_report,
+)
 from .reports import write_summary
 from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
 
@@ -40,6 +46,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -103,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only produce into --broker's topics and collect what the running workers emit: waits until "
                     "their consumer group (CDRWATCH_APP_ID) has no lag and the outputs are quiet")
     rp.add_argument("--timeout", type=_positive_int, default=600, metavar="S", help="give up after S seconds (600)")
+    rp.add_argument("--speed", type=_positive_float, metavar="X",
+                    help="play event time X times faster than real time (60: one hour per minute; default: as fast "
+                    "as possible); the timeout then counts from the last message sent")
     _common(rp)
 
     sm = sub.add_parser(
@@ -231,10 +250,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.external_workers:
         if not args.broker:
             raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
-        result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report))
+        result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report,
+                                             speed=args.speed))
     else:
         result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout,
-                                    report=stderr_report))
+                                    report=stderr_report, speed=args.speed))
     result.write(args.out)
     print(format_replay(result, args.out))
     return 0
@@ -266,7 +286,9 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
         )
         pipeline.app.finalize()
         await pipeline.app.start()
-        from .web import format_endpoints  # /metrics, /healthz, /users/{user}/usage, /alerts
+        from .web import (
+            format_endpoints,  # /metrics, /healthz, /users/{user}/usage, /alerts
+        )
 
         print(format_endpoints(settings.web_host, settings.web_port), flush=True)
         stop = asyncio.Event()

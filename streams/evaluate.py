@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import orjson
-
 from .core.errors import ConfigError
+from .jsonl import iter_jsonl
 
 __all__ = ["EvaluateInputError", "Evaluation", "RuleScore", "evaluate", "format_evaluation", "read_triples", "register"]
 
@@ -85,14 +84,7 @@ def read_triples(path: Path, what: str, default_name: str) -> tuple[list[Triple]
     except OSError as exc:
         raise EvaluateInputError(f"{what} {path}: cannot read ({exc.strerror})") from None
     with handle:
-        for line_no, line in enumerate(handle, start=1):
-            raw = line.strip()
-            if not raw:
-                continue
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise EvaluateInputError(f"{path}:{line_no}: not a JSON line ({exc})") from None
+        for line_no, _raw, data in iter_jsonl(handle, path, EvaluateInputError):
             triple = _triple(data, path, line_no)
             if triple in seen:
                 duplicates += 1

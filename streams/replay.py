@@ -17,14 +17,26 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from .agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS, Pipeline, build_pipeline
-from .codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration, decode_subscriber
+from .agents.usage import (
+    ALL_TOPICS,
+    DLQ_TOPICS,
+    OUTPUT_TOPICS,
+    Pipeline,
+    build_pipeline,
+)
+from .codecs import (
+    DLQ_REASON_HEADER,
+    decode_cdr,
+    decode_registration,
+    decode_subscriber,
+)
 from .config import build_engine, load_config
 from .core.errors import ConfigError, InvalidRecord
 from .core.summary import SummaryRow, summary_rows
 from .core.timeutil import parse_rfc3339, to_ms
 from .core.usage import DictStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics, true_end_offsets
+from .jsonl import iter_jsonl
 from .reports import write_summary
 from .settings import Settings
 
@@ -55,14 +67,7 @@ def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
         return _read_parquet(path, topic, time_field)
     messages = []
     with path.open("rb") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            raw = line.strip()
-            if not raw:
-                continue
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: not a JSON line ({exc})") from None
+        for _line_no, raw, data in iter_jsonl(handle, path, InputError):
             messages.append(_message(topic, raw, data, time_field))
     return messages
 
@@ -189,14 +194,25 @@ async def _scratch_dir() -> AsyncIterator[Path]:
 
 
 async def produce(settings: Settings, messages: list[InputMessage],
-                  progress: Callable[[int], None] | None = None) -> int:
+                  progress: Callable[[int], None] | None = None, speed: float | None = None) -> int:
+    """Send ``messages`` in order. With ``speed``, event time is played ``speed`` times faster than
+    real time (60: one hour of traffic per minute); without, as fast as the broker takes them."""
     producer = AIOKafkaProducer(acks="all", linger_ms=5, **settings.client_kwargs())
     await producer.start()
+    timed = [m.time_ms for m in messages if m.time_ms not in (float("inf"), float("-inf"))]
+    first_ms = min(timed) if timed else 0.0
+    started = time.monotonic()
     try:
         batch = []
         for n, msg in enumerate(messages, start=1):
+            if speed and msg.time_ms not in (float("inf"), float("-inf")):
+                due = (msg.time_ms - first_ms) / 1000 / speed - (time.monotonic() - started)
+                if due > 0:
+                    await asyncio.gather(*batch)  # what is due now is on the wire before we wait
+                    batch.clear()
+                    await asyncio.sleep(due)
             batch.append(await producer.send(settings.topic(msg.topic), key=msg.key, value=msg.value))
-            if len(batch) >= 2000:
+            if len(batch) >= 2000 or (speed and progress and n % 500 == 0):
                 await asyncio.gather(*batch)
                 batch.clear()
                 if progress:
@@ -264,6 +280,7 @@ async def replay(
     timeout_s: float = 600.0,
     report: Callable[[str], None] | None = None,
     on_pipeline: Callable[[Pipeline], None] | None = None,
+    speed: float | None = None,
 ) -> ReplayResult:
     """Run ``inputs`` through a broker and an in-process worker; return everything it emitted."""
     plans, rates = load_config(settings)
@@ -292,7 +309,7 @@ async def replay(
             total = await produce(run_settings, subscribers)
             await _wait_processed(pipeline, total, timeout_s, None)
             rest = [m for m in ordered if m.topic != "subscribers"]
-            total += await produce(run_settings, rest, _produce_progress(len(rest), report))
+            total += await produce(run_settings, rest, _produce_progress(len(rest), report), speed)
             await _wait_processed(pipeline, total, timeout_s, report)
 
             def expected() -> dict[str, int]:
@@ -401,7 +418,8 @@ async def group_lag(settings: Settings, topics: list[str]) -> int:
 
 
 async def replay_external(settings: Settings, inputs: list[InputMessage], *, timeout_s: float = 600.0,
-                          quiet_s: float = 3.0, report: Callable[[str], None] | None = None) -> ReplayResult:
+                          quiet_s: float = 3.0, report: Callable[[str], None] | None = None,
+                          speed: float | None = None) -> ReplayResult:
     """Produce ``inputs`` into a running deployment and collect what its workers emit.
 
     Done when the workers' consumer group has no lag on the input topics and the output topics
@@ -413,7 +431,7 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
     await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
     before = await end_offsets(settings, outputs)
     ordered = sorted(inputs, key=lambda m: m.time_ms)
-    total = await produce(settings, ordered)
+    total = await produce(settings, ordered, _produce_progress(len(ordered), report), speed)
     state = {"lag": -1, "checked": 0.0, "quiet_since": time.monotonic()}
 
     def done(got_nothing: bool) -> bool:

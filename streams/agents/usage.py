@@ -12,12 +12,19 @@ from typing import Any, Awaitable, Callable
 import faust
 from faust.types import EventT, Message
 
-from ..codecs import DLQ_REASON_HEADER, decode_cdr, decode_key, decode_registration, decode_subscriber, encode
+from ..codecs import (
+    DLQ_REASON_HEADER,
+    decode_cdr,
+    decode_key,
+    decode_registration,
+    decode_subscriber,
+    encode,
+)
 from ..config import build_engine, build_fraud_engine
 from ..core.errors import InvalidRecord
+from ..core.fraud import AccountAction, FraudAlert, FraudEngine
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
-from ..core.fraud import AccountAction, FraudAlert, FraudEngine
 from ..core.records import Alert, RebillLine
 from ..core.usage import UsageEngine
 from ..metrics import Metrics
@@ -254,7 +261,9 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
                 pipeline.progress.set()
 
         app.cdrwatch_failure = failed  # type: ignore[attr-defined]
-    from ..web import install_views  # metrics and web views: /metrics, /healthz, /users/{user}/usage, /alerts
+    from ..web import (
+        install_views,  # metrics and web views: /metrics, /healthz, /users/{user}/usage, /alerts
+    )
 
     install_views(app, pipeline)
     return pipeline

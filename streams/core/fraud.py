@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import hmac
 import ipaddress
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -301,6 +300,8 @@ class FraudEngine:
         self.plans = plans
         self.rates = rates
         self._secret = hash_secret
+        # blake2b keys are at most 64 bytes: a secret of any length is first hashed to one
+        self._hash_key = hashlib.blake2b(hash_secret, digest_size=64).digest()
         self.max_call_ms = max_call_duration_s * SECOND_MS
         configs = [plan.fraud for plan in plans.plans.values()]
         self._prefixes = sorted(
@@ -395,8 +396,8 @@ class FraudEngine:
 
     def _callee_hash(self, callee: str) -> int:
         number = normalise(callee)
-        digest = hmac.new(self._secret, number.digits.encode(), hashlib.blake2b).digest()
-        return int.from_bytes(digest[:8], "big") >> 1
+        digest = hashlib.blake2b(number.digits.encode(), key=self._hash_key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
 
     # -- rules on a new call ------------------------------------------------------------------
 
@@ -521,10 +522,15 @@ class FraudEngine:
             value = overlap * rate
             total += value
             parts.append((call_id, value, overlap, record[1] == OPEN, destination))
-        window = self._hour(now, ctx.plan)
+        if not total:
+            return
+        window = ""  # computed only when a threshold is reached: most events cost little
         for level in LEVELS:
             threshold = rule.threshold(level)
-            if threshold is None or total < threshold * MINUTE_MS or _fired(ctx, rule, level, window):
+            if threshold is None or total < threshold * MINUTE_MS:
+                continue
+            window = window or self._hour(now, ctx.plan)
+            if _fired(ctx, rule, level, window):
                 continue
             parts.sort(key=lambda p: (-p[1], p[0]))
             evidence = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 __all__ = ["parse_rfc3339", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable, Protocol
@@ -183,6 +182,8 @@ class UsageEngine:
         self.plans = plans
         self.rates = rates
         self._secret = hash_secret
+        # blake2b keys are at most 64 bytes: a secret of any length is first hashed to one
+        self._hash_key = hashlib.blake2b(hash_secret, digest_size=64).digest()
         self.max_call_ms = max_call_duration_s * 1000
         self.retention_months = retention_months
 
@@ -196,8 +197,9 @@ class UsageEngine:
 
     def number_key(self, digits: str) -> int:
         """Keyed hash of a called number: state never holds the number in clear."""
-        digest = hmac.new(self._secret, digits.encode(), hashlib.blake2b).digest()
-        return int.from_bytes(digest[:8], "big") >> 1
+        # blake2b's own keyed mode (a MAC, like HMAC, at a fraction of the cost)
+        digest = hashlib.blake2b(digits.encode(), key=self._hash_key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
 
     def _admit(self, store: StateStore, user: str, period: str) -> tuple[UserState, str | None]:
         """Move the user's watermark; ``(state, None)`` if the period is open, else a DLQ reason."""
