@@ -145,9 +145,8 @@ async def measure_pipeline(settings: Settings, expected: int) -> tuple[float, di
         while True:
             await pipeline.progress.wait()  # type: ignore[union-attr]
             pipeline.progress.clear()  # type: ignore[union-attr]
-            if marks["t0"] == 0.0 and pipeline.processed:
-                marks["t0"] = time.perf_counter()
             if pipeline.processed >= expected:
+                marks["t0"] = pipeline.started_at or 0.0
                 marks["t1"] = time.perf_counter()
                 done.set()
                 return
@@ -196,7 +195,8 @@ def bench_settings(bootstrap: str, partitions: int, data_dir: Path, tag: str) ->
 
 
 async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate: float, seconds: float) -> list[float]:
-    """Produce at ``rate`` CDR/s; some users make a 4th overlapping call: CDR produced → alert sent."""
+    """Produce at ``rate`` CDR/s of ordinary calls in which one user in 50 makes a 4th overlapping
+    call: latency = CDR produced → its alert handed to the producer (both clocks in this process)."""
     tag = uuid.uuid4().hex[:6]
     settings = bench_settings(bootstrap, partitions, data_dir / "latency", tag)
     await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
@@ -215,15 +215,23 @@ async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate:
     try:
         total = int(rate * seconds)
         interval = 1.0 / rate
+        base = datetime.fromisoformat("2026-11-03T08:00:00+01:00")
         started = time.perf_counter()
         for n in range(total):
-            user = f"lat{n // 4:06d}"
-            k = n % 4  # 4 calls of one user overlapping: the 4th breaches simultaneous_calls
-            cdr = {"event": "end", "call_id": f"{user}-{k}", "user": user, "customer": "lat", "caller": "+33140000000",
-                   "callee": f"+3314500000{k}", "direction": "outbound", "start_time": f"2026-11-03T10:0{k}:00+01:00",
-                   "answer_time": f"2026-11-03T10:0{k}:05+01:00", "end_time": "2026-11-03T10:30:00+01:00",
-                   "billsec": 60, "disposition": "ANSWERED"}
-            if k == 3:
+            group, k = divmod(n, 50)
+            if k < 4:  # the first four CDRs of every 50: one user's overlapping calls, the 4th breaches
+                user, start = f"lat{group:06d}", base + timedelta(minutes=k)
+                end = base + timedelta(minutes=30)
+            else:  # ordinary calls of a pool of 2,000 users, one after the other
+                user, start = f"ok{n % 2000:05d}", base + timedelta(minutes=5 * (n // 2000))
+                end = start + timedelta(seconds=65)
+            cdr = {"event": "end", "call_id": f"{user}-{n}", "user": user, "customer": "lat",
+                   "caller": "+33140000000", "callee": f"+3314500{n % 10000:04d}", "direction": "outbound",
+                   "start_time": start.isoformat(), "answer_time": (start + timedelta(seconds=5)).isoformat(),
+                   "end_time": end.isoformat(), "billsec": int((end - start).total_seconds()) - 5,
+                   "disposition": "ANSWERED"}
+            abuser = k < 4
+            if abuser and k == 3:
                 sent_at[user] = time.perf_counter()
             await producer.send(settings.topic("cdrs"), key=user.encode(), value=orjson.dumps(cdr))
             delay = started + (n + 1) * interval - time.perf_counter()

@@ -423,6 +423,9 @@ class FraudEngine:
     ) -> None:
         """At least N in-scope calls starting within ``span``: every span ``[first, first + span)`` that
         contains this call and holds N calls alerts in the clock hour of its N-th call (once)."""
+        needs = [int(t) for t in (rule.threshold(level) for level in LEVELS) if t is not None]
+        if not needs or len(near) < min(needs):  # the common case: far fewer calls than any threshold
+            return
         starts = sorted(
             (s, cid)
             for s, cid, key in near
