@@ -140,10 +140,6 @@ class PartitionContext:
         _current_event.set(None)
 
 
-def is_batch_app(app: faust.App) -> bool:
-    return isinstance(app, App)
-
-
 Runner = Callable[[list[Message]], Awaitable[None]]
 
 

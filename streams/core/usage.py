@@ -18,7 +18,7 @@ import bisect
 import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -27,7 +27,7 @@ from .plans import Plan, PlanBook
 from .rates import RateDeck
 from .rating import rate_call, stable_id
 from .records import Alert, CallEvent, RebillLine, Registration
-from .timeutil import from_ms, period_bounds_ms, period_of, shift_period
+from .timeutil import from_ms, period_of, shift_period
 
 HOUR_MS = 3_600_000
 OPEN = -1  # end of a call whose `end` has not arrived yet
@@ -540,15 +540,3 @@ class UsageEngine:
                 paid = due
             entry[2] = str(target)
         return lines
-
-
-def apply_all(engine: UsageEngine, store: StateStore, events: Iterable[CallEvent | Registration]) -> list[Outcome]:
-    """Run events through the engine in order (tests, offline replays)."""
-    out = []
-    for ev in events:
-        out.append(engine.on_call(store, ev) if isinstance(ev, CallEvent) else engine.on_registration(store, ev))
-    return out
-
-
-def month_bounds(period: str, plan: Plan) -> tuple[int, int]:
-    return period_bounds_ms(period, plan.timezone)
