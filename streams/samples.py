@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
+import zlib
 from calendar import monthrange
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -330,7 +331,10 @@ class _Builder:
         lan = f"192.168.{rng.randint(0, 9)}.{rng.randint(10, 250)}"
         port = rng.choice([5060, 5062, 5064]) if with_instance else rng.randint(20000, 60000)
         instance = f"<urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}>" if with_instance else None
-        public = f"{rng.choice(['203.0.113', '198.51.100', '192.0.2'])}.{rng.randint(1, 254)}"
+        rng.choice(['203.0.113', '198.51.100', '192.0.2'])  # kept: the sample stays the same stream otherwise
+        # a customer's phones sit behind its office's network: a normal user never "changes network"
+        office = ("203.0.113", "198.51.100", "192.0.2")[zlib.crc32(acc.customer.encode()) % 3]
+        public = f"{office}.{rng.randint(1, 254)}"
         return _Device(f"sip:{acc.user}@{lan}:{port};transport=udp", instance, user_agent, public)
 
     def register(self, acc: _Account, dev: _Device, at: datetime, *, expires: int = 3600,

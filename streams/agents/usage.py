@@ -170,7 +170,7 @@ class Pipeline:
         for fraud in out.fraud_alerts:
             pending.append(await self._send("fraud-alerts", fraud.user.encode(), fraud.payload()))
             self.metrics.fraud_alert(fraud)
-            log.warning("FRAUD %s %s user=%s observed=%s", fraud.level, fraud.rule, fraud.user, fraud.observed)
+            log.info("FRAUD %s %s user=%s observed=%s", fraud.level, fraud.rule, fraud.user, fraud.observed)
         for action in out.actions:
             pending.append(await self._send("account-actions", action.user.encode(), action.payload()))
         for topic, key, value, headers in out.sends:
