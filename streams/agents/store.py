@@ -42,32 +42,56 @@ class _DecodeCache(Generic[T]):
 
 class ChangelogWriter:
     """Table writes without Faust's per-write machinery (FutureMessage, producer buffer, sensors):
-    the value goes into the table's store and straight onto the aiokafka producer, to the
-    changelog partition of the input message that produced it. Faust flushes that producer before
-    it commits input offsets, so a committed offset never runs ahead of its state. RocksDB's
-    persisted changelog offset is kept up to date the way Faust's own writes do."""
+    the value goes into the table's store at once and into one record batch per changelog
+    partition, handed to the aiokafka producer under Faust's when the batch of input is done.
+    Faust flushes that producer before it commits input offsets, so a committed offset never runs
+    ahead of its state. RocksDB's persisted changelog offset is kept up to date the way Faust's own
+    writes do."""
 
     def __init__(self, app: Any) -> None:
         self._app = app
+        # (topic, partition) -> [open batch, store, records in it]; full batches wait in _full
+        self._open: dict[tuple[str, int], list[Any]] = {}
+        self._full: list[tuple[str, int, Any, Any, int]] = []
 
-    async def write(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
-        producer = self._app.producer._producer  # the aiokafka producer under Faust's
-        topic = table.changelog_topic.get_topic_name()
+    def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
         if value is None:
             if key in table.data:
                 del table.data[key]
         else:
             table.data[key] = value
-        fut = await producer.send(topic, value=value, key=key, partition=partition)
-        store = table.data
-        if type(store).__module__.endswith("rocksdb"):
-            tp = TP(topic, partition)
+        topic = table.changelog_topic.get_topic_name()
+        entry = self._open.get((topic, partition))
+        if entry is None:
+            entry = self._open[(topic, partition)] = [self._producer().create_batch(), table.data, 0]
+        if entry[0].append(key=key, value=value, timestamp=None) is None:  # full: start another
+            self._full.append((topic, partition, entry[0], entry[1], entry[2]))
+            entry[0], entry[2] = self._producer().create_batch(), 0
+            entry[0].append(key=key, value=value, timestamp=None)
+        entry[2] += 1
 
-            def persisted(done: Any) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    store.set_persisted_offset(tp, done.result().offset)
+    async def send(self) -> None:
+        """Hand every staged batch to the producer (delivery is awaited by Faust's commit)."""
+        batches = self._full + [(t, p, e[0], e[1], e[2]) for (t, p), e in self._open.items() if e[2]]
+        self._open.clear()
+        self._full = []
+        producer = self._producer()
+        for topic, partition, batch, store, count in batches:
+            batch.close()
+            fut = await producer.send_batch(batch, topic, partition=partition)
+            if type(store).__module__.endswith("rocksdb"):
+                fut.add_done_callback(_persisted(store, TP(topic, partition), count))
 
-            fut.add_done_callback(persisted)
+    def _producer(self) -> Any:
+        return self._app.producer._producer  # the aiokafka producer under Faust's
+
+
+def _persisted(store: Any, tp: TP, count: int) -> Any:
+    def done(fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            store.set_persisted_offset(tp, fut.result().offset + count - 1)  # the batch's last record
+
+    return done
 
 
 class TableStore:
@@ -170,34 +194,35 @@ class TableStore:
         """Write every put state once, with ``writer`` (see ChangelogWriter); ``context`` names the
         partition for stores that look at the current event (RocksDB picks its database by it)."""
         try:
-            await self._write_fast(writer, context)
+            self._write_fast(writer, context)
         finally:
             context.leave()
+        await writer.send()
 
-    async def _write_fast(self, writer: ChangelogWriter, context: Any) -> None:
+    def _write_fast(self, writer: ChangelogWriter, context: Any) -> None:
         for key, plan in self._plans.items():
             context.enter(self._sources[b"s:" + key])
-            await writer.write(self._subscribers, key, plan.encode() if plan is not None else None,
-                               self._sources[b"s:" + key].partition)
+            writer.stage(self._subscribers, key, plan.encode() if plan is not None else None,
+                         self._sources[b"s:" + key].partition)
         for key, state in self._put_periods.items():
             context.enter(self._sources[key])
             partition = self._sources[key].partition
             if state is None:
-                await writer.write(self._periods, key, None, partition)
+                writer.stage(self._periods, key, None, partition)
                 self._caches.periods.forget(key)
             else:
                 raw = state.encode()
-                await writer.write(self._periods, key, raw, partition)
+                writer.stage(self._periods, key, raw, partition)
                 self._caches.periods.remember(key, raw, state)
         for key, ustate in self._put_users.items():
             context.enter(self._sources[b"u:" + key])
             raw = ustate.encode()
-            await writer.write(self._users, key, raw, self._sources[b"u:" + key].partition)
+            writer.stage(self._users, key, raw, self._sources[b"u:" + key].partition)
             self._caches.users.remember(key, raw, ustate)
         for key, fstate in self._put_fraud.items():
             context.enter(self._sources[b"f:" + key])
             raw = fstate.encode()
-            await writer.write(self._fraud, key, raw, self._sources[b"f:" + key].partition)
+            writer.stage(self._fraud, key, raw, self._sources[b"f:" + key].partition)
             self._caches.fraud.remember(key, raw, fstate)
         self.discard(keep_written=True)
 
