@@ -131,6 +131,25 @@ def _iso(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
 
 
+def _end_cdr(call_id: str, user: str, customer: str, caller: str, callee: str, direction: str, start: datetime,
+             answer: datetime | None, end: datetime, billsec: int, disposition: str) -> dict[str, Any]:
+    """A ``cdrs`` ``end`` payload, whatever format it came from."""
+    return {
+        "event": "end",
+        "call_id": call_id,
+        "user": user,
+        "customer": customer,
+        "caller": caller,
+        "callee": callee,
+        "direction": direction,
+        "start_time": _iso(start),
+        "answer_time": None if answer is None else _iso(answer),
+        "end_time": _iso(end),
+        "billsec": billsec,
+        "disposition": disposition,
+    }
+
+
 _LOCAL_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?")
 
 
@@ -241,20 +260,8 @@ def convert_asterisk(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[s
         call_id = f["uniqueid"] + (f"-{f['sequence']}" if f.get("sequence") else "")
     else:  # 16 columns: a stable id from the row itself (the same line twice is a duplicate)
         call_id = "ast-" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
-    return {
-        "event": "end",
-        "call_id": call_id,
-        "user": user,
-        "customer": _customer(opts, f, user),
-        "caller": f["src"],
-        "callee": f["dst"],
-        "direction": direction,
-        "start_time": _iso(start),
-        "answer_time": None if answer is None else _iso(answer),
-        "end_time": _iso(end),
-        "billsec": billsec,
-        "disposition": disposition,
-    }
+    return _end_cdr(call_id, user, _customer(opts, f, user), f["src"], f["dst"], direction,
+                    start, answer, end, billsec, disposition)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,20 +368,8 @@ def convert_freeswitch(record: Any, opts: ImportOptions, raw: str) -> dict[str, 
     call_id = v.get("sip_call_id") or v.get("uuid") or v.get("call_uuid")
     if not call_id:
         raise RowError("no sip_call_id or uuid")
-    return {
-        "event": "end",
-        "call_id": call_id,
-        "user": user,
-        "customer": _customer(opts, fields, user),
-        "caller": caller,
-        "callee": dialled,
-        "direction": direction,
-        "start_time": _iso(start),
-        "answer_time": None if answer is None else _iso(answer),
-        "end_time": _iso(end),
-        "billsec": billsec,
-        "disposition": disposition,
-    }
+    return _end_cdr(call_id, user, _customer(opts, fields, user), caller, dialled, direction,
+                    start, answer, end, billsec, disposition)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,20 +458,8 @@ def convert_kamailio(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[s
     call_id = f.get("callid") or f.get("call_id", "")
     if not call_id:
         raise RowError("callid is empty")
-    return {
-        "event": "end",
-        "call_id": call_id,
-        "user": user,
-        "customer": _customer(opts, f, user),
-        "caller": f.get("src_user", ""),
-        "callee": callee,
-        "direction": direction,
-        "start_time": _iso(start),
-        "answer_time": None if answer is None else _iso(answer),
-        "end_time": _iso(end),
-        "billsec": billsec,
-        "disposition": disposition,
-    }
+    return _end_cdr(call_id, user, _customer(opts, f, user), f.get("src_user", ""), callee, direction,
+                    start, answer, end, billsec, disposition)
 
 
 # --------------------------------------------------------------------------------------------
