@@ -94,6 +94,17 @@ def _persisted(store: Any, tp: TP, count: int) -> Any:
     return done
 
 
+class _TableSink:
+    """Writes through the Faust table API (its changelog goes to the current event's partition)."""
+
+    def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
+        if value is None:
+            if key in table:
+                del table[key]
+        else:
+            table[key] = value
+
+
 class TableStore:
     """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
     read (and may have touched) is dropped from the cache so the next read decodes the table."""
@@ -180,80 +191,46 @@ class TableStore:
         self._sources[b"s:" + key] = self.source
 
     def flush(self, context: Any = None) -> None:
-        """Write every put state once, through the tables. ``context`` (a PartitionContext) puts each
-        write under the event context of the message that produced it, so it goes to that
-        partition's changelog."""
-        enter = context.enter if context is not None else (lambda _message: None)
-        try:
-            self._write(enter)
-        finally:
-            if context is not None:
-                context.leave()
+        """Write every put state once, through the tables (Faust's per-event path: the stream's
+        own event context says which changelog partition)."""
+        self._write(_TableSink(), context)
 
     async def flush_fast(self, writer: ChangelogWriter, context: Any) -> None:
         """Write every put state once, with ``writer`` (see ChangelogWriter); ``context`` names the
         partition for stores that look at the current event (RocksDB picks its database by it)."""
-        try:
-            self._write_fast(writer, context)
-        finally:
-            context.leave()
+        self._write(writer, context)
         await writer.send()
 
-    def _write_fast(self, writer: ChangelogWriter, context: Any) -> None:
-        for key, plan in self._plans.items():
-            context.enter(self._sources[b"s:" + key])
-            writer.stage(self._subscribers, key, plan.encode() if plan is not None else None,
-                         self._sources[b"s:" + key].partition)
-        for key, state in self._put_periods.items():
-            context.enter(self._sources[key])
-            partition = self._sources[key].partition
-            if state is None:
-                writer.stage(self._periods, key, None, partition)
-                self._caches.periods.forget(key)
-            else:
-                raw = state.encode()
-                writer.stage(self._periods, key, raw, partition)
-                self._caches.periods.remember(key, raw, state)
-        for key, ustate in self._put_users.items():
-            context.enter(self._sources[b"u:" + key])
-            raw = ustate.encode()
-            writer.stage(self._users, key, raw, self._sources[b"u:" + key].partition)
-            self._caches.users.remember(key, raw, ustate)
-        for key, fstate in self._put_fraud.items():
-            context.enter(self._sources[b"f:" + key])
-            raw = fstate.encode()
-            writer.stage(self._fraud, key, raw, self._sources[b"f:" + key].partition)
-            self._caches.fraud.remember(key, raw, fstate)
-        self.discard(keep_written=True)
-
-    def _write(self, enter: Any) -> None:
-        for key, plan in self._plans.items():
-            enter(self._sources[b"s:" + key])
-            if plan is None:
-                if key in self._subscribers:
-                    del self._subscribers[key]
-            else:
-                self._subscribers[key] = plan.encode()
-        for key, state in self._put_periods.items():
-            enter(self._sources[key])
-            if state is None:
-                if key in self._periods:
-                    del self._periods[key]
-                self._caches.periods.forget(key)
-            else:
-                raw = state.encode()
-                self._periods[key] = raw
-                self._caches.periods.remember(key, raw, state)
-        for key, ustate in self._put_users.items():
-            enter(self._sources[b"u:" + key])
-            raw = ustate.encode()
-            self._users[key] = raw
-            self._caches.users.remember(key, raw, ustate)
-        for key, fstate in self._put_fraud.items():
-            enter(self._sources[b"f:" + key])
-            raw = fstate.encode()
-            self._fraud[key] = raw
-            self._caches.fraud.remember(key, raw, fstate)
+    def _write(self, sink: "_TableSink | ChangelogWriter", context: Any) -> None:
+        enter = context.enter if context is not None else (lambda _message: None)
+        try:
+            for key, plan in self._plans.items():
+                source = self._sources[b"s:" + key]
+                enter(source)
+                sink.stage(self._subscribers, key, plan.encode() if plan is not None else None, source.partition)
+            for key, state in self._put_periods.items():
+                enter(self._sources[key])
+                raw = state.encode() if state is not None else None
+                sink.stage(self._periods, key, raw, self._sources[key].partition)
+                if state is None or raw is None:  # a dropped month (both None together)
+                    self._caches.periods.forget(key)
+                else:
+                    self._caches.periods.remember(key, raw, state)
+            for key, ustate in self._put_users.items():
+                source = self._sources[b"u:" + key]
+                enter(source)
+                raw = ustate.encode()
+                sink.stage(self._users, key, raw, source.partition)
+                self._caches.users.remember(key, raw, ustate)
+            for key, fstate in self._put_fraud.items():
+                source = self._sources[b"f:" + key]
+                enter(source)
+                raw = fstate.encode()
+                sink.stage(self._fraud, key, raw, source.partition)
+                self._caches.fraud.remember(key, raw, fstate)
+        finally:
+            if context is not None:
+                context.leave()
         self.discard(keep_written=True)
 
     def discard(self, keep_written: bool = False) -> None:
