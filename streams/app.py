@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from typing import Any
 
@@ -43,7 +44,22 @@ def _host_address() -> str:
         return "127.0.0.1"
 
 
+# A worker keeps hundreds of thousands of long-lived containers (the decoded states of its users).
+# With CPython's default thresholds (700, 10, 10) it spent about a fifth of its time in full
+# collections that find nothing to free (measured: 12.7 s of GC in a 53 s benchmark run); reference
+# counting frees almost everything here, so young collections can be rarer and full ones much rarer.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collector settings for a worker process; ``gc.freeze()`` parks what exists so far (modules,
+    classes, recovered state) where collections no longer walk it."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+
+
 def create_app(settings: Settings) -> faust.App:
+    tune_gc()
     store, datadir = store_and_datadir(settings)
     extra: dict[str, Any] = {"datadir": datadir} if datadir else {}
     if settings.web_host in {"0.0.0.0", "::", ""}:

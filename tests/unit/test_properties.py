@@ -618,3 +618,70 @@ def test_the_factories_deck_still_loads() -> None:
     """Guards the strategies above: the baseline they mutate is valid."""
     assert isinstance(parse_rate_deck(DECK_CSV), RateDeck)
     assert isinstance(parse_plans(plans_data(), deck()), PlanBook)
+
+
+# -- the hot-path check never accepts what the schema refuses ----------------------------------
+
+_BOUNDARY_VALUES = [None, True, False, -1, 0, 1, 61, 61.0, 604800, 604801, 2678400, 2678401, 1.5, [], {}, "", "end",
+                    "start", "ANSWERED", "FAILED", "outbound", "forwarded", "2026-11-03T10:00:00+01:00"] + [
+    c * n for c in "xé" for n in (1, 2, 19, 20, 40, 41, 45, 46, 128, 129, 256, 257, 512, 513)]
+_QUICK_CASES = [
+    ("cdrs", cdr_payload()),
+    ("cdrs", {k: v for k, v in cdr_payload().items() if k not in ("answer_time", "end_time", "billsec",
+                                                                    "disposition")} | {"event": "start"}),
+    ("sip-registrations", registration_payload()),
+    ("subscribers", {"customer": "acme", "plan": "unlimited"}),
+]
+
+
+@pytest.mark.parametrize("name, payload", _QUICK_CASES)
+def test_the_quick_check_agrees_with_the_schema_on_every_boundary(name: str, payload: dict[str, Any]) -> None:
+    """Each field set to each boundary value, or removed: where the quick check accepts, so does
+    the schema; and the quick check takes the hot path for most of the valid ones."""
+    from streams.core.schemas import quick_check, validator
+
+    accepted = valid = 0
+    for key in sorted(payload) + ["extra"]:
+        for value in [...] + _BOUNDARY_VALUES:
+            mutated = dict(payload)
+            if value is ...:
+                mutated.pop(key, None)
+            else:
+                mutated[key] = value
+            try:
+                validator(name)(copy.deepcopy(mutated))
+            except Exception:
+                assert not quick_check(name)(mutated), (key, value)
+            else:
+                valid += 1
+                accepted += quick_check(name)(mutated)
+    assert accepted >= valid * 0.8, (accepted, valid)
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-10, max_value=3_000_000),
+    st.sampled_from([-1, 0, 1, 604800, 604801, 2678400, 2678401]), st.floats(allow_nan=False),
+    st.sampled_from(["", "end", "start", "ANSWERED", "NO ANSWER", "outbound", "inbound", "x" * 20, "y" * 41,
+                     "2026-11-03T10:00:00+01:00"]),
+    st.builds(lambda c, n: c * n, st.sampled_from("xé"), st.sampled_from([0, 1, 2, 19, 20, 40, 41, 45, 46, 128, 129,
+                                                                          256, 257, 512, 513])),
+    st.text(max_size=300), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.none()),
+)
+
+
+@pytest.mark.parametrize("name, payload", _QUICK_CASES)
+@PROPS
+@given(data=st.data())
+def test_the_quick_check_accepts_only_what_the_schema_accepts(name: str, payload: dict[str, Any],
+                                                              data: st.DataObject) -> None:
+    from streams.core.schemas import quick_check, validator
+
+    assert quick_check(name)(payload), "the common valid shape must take the hot path"
+    mutated = dict(payload)
+    for key in data.draw(st.lists(st.sampled_from(sorted(payload) + ["extra"]), max_size=4, unique=True)):
+        if data.draw(st.booleans()):
+            mutated.pop(key, None)
+        else:
+            mutated[key] = data.draw(_FIELD_VALUES)
+    if quick_check(name)(mutated):
+        validator(name)(copy.deepcopy(mutated))  # raises when the quick check was wrong
