@@ -65,6 +65,7 @@ KEEP_CALLS_MS = 26 * HOUR_MS
 KEEP_WINDOWS_MS = 50 * HOUR_MS
 FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
 SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
+PRUNE_EVERY_MS = 10 * MINUTE_MS  # the state is walked for pruning at most this often (event time)
 EVIDENCE_CALLS = 50  # at most this many calls listed in an alert's evidence
 
 LEVELS = ("critical", "warning")  # critical first: it supersedes the warning of the same window
@@ -102,6 +103,8 @@ class FraudState:
     fired: dict[str, int] = field(default_factory=dict)  # "rule|level|window" -> event time of the alert
     newest_call_ms: int = 0
     newest_registration_ms: int = 0
+    # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
+    prune_due: int = field(default=0, repr=False, compare=False)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -232,6 +235,54 @@ class FraudOutcome:
     actions: list[AccountAction] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Level:
+    name: str  # critical | warning
+    threshold: Decimal
+    count: int  # the threshold as a whole count (count rules)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A rule as the hot path needs it: its levels (critical first) and whether any scope applies."""
+
+    rule: FraudRule
+    levels: tuple[_Level, ...]
+    scoped: bool  # a destination or time scope (or high-risk): _in_scope must be asked
+    least: int  # the smallest count threshold
+
+
+@dataclass(frozen=True)
+class _PlanRules:
+    """One plan's fraud rules, sorted by what triggers them."""
+
+    plan: Plan
+    on_new_call: tuple[_Rule, ...]  # calls_per_minute, total_calls_per_day, sequential_calls, high_risk
+    span_least: int  # the fewest calls any span rule (calls_per_minute, high_risk) needs; 0: none
+    live: tuple[_Rule, ...]  # cost_burst, long_call: every event
+    long_call: tuple[_Rule, ...]
+
+    @classmethod
+    def of(cls, plan: Plan) -> "_PlanRules":
+        def compiled(rule: FraudRule) -> _Rule:
+            levels = tuple(
+                _Level(level, t, int(t)) for level in LEVELS if (t := rule.threshold(level)) is not None
+            )
+            scoped = rule.kind == "high_risk_destination" or rule.destinations is not None or bool(rule.time)
+            return _Rule(rule, levels, scoped, min(level.count for level in levels))
+
+        rules = [compiled(r) for r in plan.fraud.rules if any(r.threshold(level) is not None for level in LEVELS)]
+        counts = tuple(r for r in rules if r.rule.kind in _CALL_COUNT_RULES)
+        spans = [r.least for r in counts if r.rule.kind in ("calls_per_minute", "high_risk_destination")]
+        return cls(
+            plan=plan,
+            on_new_call=counts,
+            span_least=min(spans, default=0),
+            live=tuple(r for r in rules if r.rule.kind in ("cost_burst", "long_call")),
+            long_call=tuple(r for r in rules if r.rule.kind == "long_call"),
+        )
+
+
 @dataclass
 class _Eval:
     """The context of one event's evaluation."""
@@ -314,6 +365,7 @@ class FraudEngine:
             (r.days for c in configs for r in c.rules if r.kind == "new_network"), default=0
         )
         self._rate_cache: dict[str, tuple[str | None, Decimal]] = {}
+        self._rules: dict[str, _PlanRules] = {}
 
     @property
     def enabled(self) -> bool:
@@ -330,9 +382,9 @@ class FraudEngine:
     def on_call(self, store: FraudStore, ev: CallEvent, *, plan: str | None = None) -> FraudOutcome:
         """One ``cdrs`` event. ``plan`` is the user's plan name (None: the default plan)."""
         the_plan = self.plan_for(plan)
-        config = the_plan.fraud
-        if not config:
+        if not the_plan.fraud:
             return FraudOutcome("ok")
+        rules = self._compiled(the_plan)
         now = ev.end_ms if ev.is_end and ev.end_ms is not None else ev.start_ms
         state = store.get(ev.user) or FraudState()
         if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
@@ -342,7 +394,7 @@ class FraudEngine:
             return FraudOutcome("duplicate")
         new = record is None
         if record is None:
-            key, counted = self._classify(ev.callee, ev.direction, config)
+            key, counted = self._classify(ev.callee, ev.direction, the_plan.fraud)
             record = [ev.start_ms, OPEN, 0, key, counted]
             state.calls[ev.call_id] = record
         if ev.is_end:
@@ -352,13 +404,21 @@ class FraudEngine:
         self._prune(state)
 
         ctx = _Eval(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"))
-        if new and record[4]:
-            self._count_rules(ctx, ev.call_id, ev.start_ms, record[3], ev.callee)
-        self._live(ctx)
+        if new and record[4] and rules.on_new_call:
+            self._count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], ev.callee)
+        if rules.live:
+            self._live(ctx, rules.live)
         if ev.is_end and record[4]:
-            self._long_call_end(ctx, ev.call_id, record)
+            for rule in rules.long_call:
+                self._long_call(ctx, rule, ev.call_id, record, record[2], False)
         store.put(ev.user, state)
         return ctx.outcome
+
+    def _compiled(self, plan: Plan) -> _PlanRules:
+        rules = self._rules.get(plan.name)
+        if rules is None or rules.plan is not plan:
+            rules = self._rules[plan.name] = _PlanRules.of(plan)
+        return rules
 
     def _classify(self, callee: str, direction: str, config: FraudConfig) -> tuple[str, int]:
         number = normalise(callee)
@@ -385,14 +445,17 @@ class FraudEngine:
             self._rate_cache[key] = hit
         return hit
 
-    def _in_scope(self, rule: FraudRule, plan: Plan, start_ms: int, key: str) -> bool:
-        if rule.kind == "high_risk_destination" or rule.destinations is not None:
+    def _in_scope(self, rule: _Rule, plan: Plan, start_ms: int, key: str) -> bool:
+        if not rule.scoped:
+            return True
+        kind, destinations, time = rule.rule.kind, rule.rule.destinations, rule.rule.time
+        if kind == "high_risk_destination" or destinations is not None:
             destination = self._rate(key)[0]
-            if rule.kind == "high_risk_destination" and not plan.fraud.high_risk.matches(key, destination):
+            if kind == "high_risk_destination" and not plan.fraud.high_risk.matches(key, destination):
                 return False
-            if rule.destinations is not None and not rule.destinations.matches(key, destination):
+            if destinations is not None and not destinations.matches(key, destination):
                 return False
-        return not rule.time or rule.time.matches(*_local_minute(start_ms // MINUTE_MS, plan.timezone))
+        return not time or time.matches(*_local_minute(start_ms // MINUTE_MS, plan.timezone))
 
     def _callee_hash(self, callee: str) -> int:
         number = normalise(callee)
@@ -401,30 +464,34 @@ class FraudEngine:
 
     # -- rules on a new call ------------------------------------------------------------------
 
-    def _count_rules(self, ctx: _Eval, call_id: str, start: int, key: str, callee: str) -> None:
+    def _count_rules(self, ctx: _Eval, rules: _PlanRules, call_id: str, start: int, key: str, callee: str) -> None:
+        # the span rules need at least `span_least` counted calls near this one: most users have fewer
+        # calls in the whole state, and then the rules cannot fire (the state only grows their count)
+        spans = rules.span_least and len(ctx.state.calls) >= rules.span_least
         near: list[tuple[int, str, str]] | None = None  # counted calls starting within an hour of this one
-        for rule in ctx.plan.fraud.rules:
-            if rule.kind not in _CALL_COUNT_RULES or not self._in_scope(rule, ctx.plan, start, key):
-                continue
-            if rule.kind in ("calls_per_minute", "high_risk_destination"):
+        for rule in rules.on_new_call:
+            kind = rule.rule.kind
+            if kind in ("calls_per_minute", "high_risk_destination"):
+                if not spans or not self._in_scope(rule, ctx.plan, start, key):
+                    continue
                 if near is None:
                     near = [
                         (r[0], cid, r[3]) for cid, r in ctx.state.calls.items() if r[4] and abs(r[0] - start) < HOUR_MS
                     ]
-                span = MINUTE_MS if rule.kind == "calls_per_minute" else HOUR_MS
-                self._span_rule(ctx, rule, start, span, near)
-            elif rule.kind == "total_calls_per_day":
+                self._span_rule(ctx, rule, start, MINUTE_MS if kind == "calls_per_minute" else HOUR_MS, near)
+            elif not self._in_scope(rule, ctx.plan, start, key):
+                continue
+            elif kind == "total_calls_per_day":
                 self._day_rule(ctx, rule, call_id, start)
             else:
                 self._sequence_rule(ctx, rule, call_id, start, callee)
 
     def _span_rule(
-        self, ctx: _Eval, rule: FraudRule, start: int, span: int, near: list[tuple[int, str, str]]
+        self, ctx: _Eval, rule: _Rule, start: int, span: int, near: list[tuple[int, str, str]]
     ) -> None:
         """At least N in-scope calls starting within ``span``: every span ``[first, first + span)`` that
         contains this call and holds N calls alerts in the clock hour of its N-th call (once)."""
-        needs = [int(t) for t in (rule.threshold(level) for level in LEVELS) if t is not None]
-        if not needs or len(near) < min(needs):  # the common case: far fewer calls than any threshold
+        if len(near) < rule.least:  # the common case: far fewer calls than any threshold
             return
         starts = sorted(
             (s, cid)
@@ -432,11 +499,8 @@ class FraudEngine:
             if start - span < s < start + span and self._in_scope(rule, ctx.plan, s, key)
         )
         times = [s for s, _ in starts]
-        for level in LEVELS:
-            threshold = rule.threshold(level)
-            if threshold is None:
-                continue
-            need = int(threshold)
+        for level in rule.levels:
+            need = level.count
             for j, (first, _) in enumerate(starts):
                 if first > start:
                     break
@@ -447,51 +511,48 @@ class FraudEngine:
                     group = starts[j:end]
                     at = group[need - 1][0]
                     window = self._hour(at, ctx.plan)
-                    if _fired(ctx, rule, level, window):
+                    if _fired(ctx, rule.rule, level.name, window):
                         continue
                     evidence = {
                         "window_start": self._fmt(first, ctx.plan),
                         "window_seconds": span // SECOND_MS,
                         "call_ids": [cid for _, cid in group[:EVIDENCE_CALLS]],
                     }
-                    if rule.kind == "high_risk_destination":
+                    if rule.rule.kind == "high_risk_destination":
                         keys = {ctx.state.calls[cid][3] for _, cid in group}
                         evidence["destinations"] = sorted({self._rate(k)[0] or "+" + k for k in keys})
-                    self._fire(ctx, rule, level, window, at, len(group), threshold, evidence)
+                    self._fire(ctx, rule.rule, level.name, window, at, len(group), level.threshold, evidence)
 
-    def _day_rule(self, ctx: _Eval, rule: FraudRule, call_id: str, start: int) -> None:
+    def _day_rule(self, ctx: _Eval, rule: _Rule, call_id: str, start: int) -> None:
         """In-scope calls starting on the local calendar day of this call."""
         day = from_ms(start, ctx.plan.timezone).date().isoformat()
-        counter = ctx.state.days.setdefault(f"{rule.name}|{day}", [0, start])
+        counter = ctx.state.days.setdefault(f"{rule.rule.name}|{day}", [0, start])
         counter[0] += 1
         counter[1] = max(counter[1], start)
-        for level in LEVELS:
-            threshold = rule.threshold(level)
-            if threshold is not None and counter[0] >= threshold:
-                self._fire(ctx, rule, level, day, start, counter[0], threshold, {"day": day, "call_id": call_id})
+        for level in rule.levels:
+            if counter[0] >= level.threshold:
+                self._fire(ctx, rule.rule, level.name, day, start, counter[0], level.threshold,
+                           {"day": day, "call_id": call_id})
 
-    def _sequence_rule(self, ctx: _Eval, rule: FraudRule, call_id: str, start: int, callee: str) -> None:
+    def _sequence_rule(self, ctx: _Eval, rule: _Rule, call_id: str, start: int, callee: str) -> None:
         """In-scope calls to the same callee in a row, each within an hour of the previous one."""
         h = self._callee_hash(callee)
-        run = ctx.state.runs.get(rule.name)
+        name = rule.rule.name
+        run = ctx.state.runs.get(name)
         if run is not None and run[0] == h and abs(start - run[3]) <= SEQUENCE_GAP_MS:
             run[1] += 1
             run[3] = max(run[3], start)
         else:
             run = [h, 1, call_id, start]
-            ctx.state.runs[rule.name] = run
-        for level in LEVELS:
-            threshold = rule.threshold(level)
-            if threshold is not None and run[1] >= threshold:
+            ctx.state.runs[name] = run
+        for level in rule.levels:
+            if run[1] >= level.threshold:
                 evidence = {"first_call_id": run[2], "call_id": call_id, "calls_in_a_row": run[1]}
-                self._fire(ctx, rule, level, run[2], start, run[1], threshold, evidence)
+                self._fire(ctx, rule.rule, level.name, run[2], start, run[1], level.threshold, evidence)
 
     # -- live rules (every event) -------------------------------------------------------------
 
-    def _live(self, ctx: _Eval) -> None:
-        rules = [r for r in ctx.plan.fraud.rules if r.kind in ("cost_burst", "long_call")]
-        if not rules:
-            return
+    def _live(self, ctx: _Eval, rules: tuple[_Rule, ...]) -> None:
         # the counted calls that cost money in the last hour, and all open ones: one pass for all rules
         now, lo = ctx.now, ctx.now - HOUR_MS
         cap = self.max_call_ms
@@ -504,13 +565,17 @@ class FraudEngine:
                 recent.append((call_id, record, start, min(now, start + cap)))
             elif end > lo:  # its answered seconds [end - billsec, end]
                 recent.append((call_id, record, end - record[2], end))
+        if not recent:
+            return
         for rule in rules:
-            if rule.kind == "cost_burst":
+            if rule.rule.kind == "cost_burst":
                 self._cost_burst(ctx, rule, recent)
             else:
-                self._long_call_live(ctx, rule, recent)
+                for call_id, record, a, b in recent:  # long_call: open calls, timed from their start
+                    if record[1] == OPEN:
+                        self._long_call(ctx, rule, call_id, record, b - a, True)
 
-    def _cost_burst(self, ctx: _Eval, rule: FraudRule, recent: list[tuple[str, list[Any], int, int]]) -> None:
+    def _cost_burst(self, ctx: _Eval, rule: _Rule, recent: list[tuple[str, list[Any], int, int]]) -> None:
         """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
         now, lo = ctx.now, ctx.now - HOUR_MS
         total = Decimal(0)  # EUR x ms / min
@@ -528,12 +593,12 @@ class FraudEngine:
         if not total:
             return
         window = ""  # computed only when a threshold is reached: most events cost little
-        for level in LEVELS:
-            threshold = rule.threshold(level)
-            if threshold is None or total < threshold * MINUTE_MS:
+        for level in rule.levels:
+            threshold = level.threshold
+            if total < threshold * MINUTE_MS:
                 continue
             window = window or self._hour(now, ctx.plan)
-            if _fired(ctx, rule, level, window):
+            if _fired(ctx, rule.rule, level.name, window):
                 continue
             parts.sort(key=lambda p: (-p[1], p[0]))
             evidence = {
@@ -552,27 +617,17 @@ class FraudEngine:
                 ],
                 "calls_total": len(parts),
             }
-            self._fire(ctx, rule, level, window, now, _money(total / MINUTE_MS), threshold, evidence)
-
-    def _long_call_live(self, ctx: _Eval, rule: FraudRule, recent: list[tuple[str, list[Any], int, int]]) -> None:
-        """Open calls that have lasted more than N minutes by now (from their start)."""
-        for call_id, record, a, b in recent:
-            if record[1] == OPEN:
-                self._long_call(ctx, rule, call_id, record, b - a, True)
-
-    def _long_call_end(self, ctx: _Eval, call_id: str, record: list[Any]) -> None:
-        for rule in ctx.plan.fraud.rules:
-            if rule.kind == "long_call":
-                self._long_call(ctx, rule, call_id, record, record[2], False)
+            self._fire(ctx, rule.rule, level.name, window, now, _money(total / MINUTE_MS), threshold, evidence)
 
     def _long_call(
-        self, ctx: _Eval, rule: FraudRule, call_id: str, record: list[Any], duration: int, live: bool
+        self, ctx: _Eval, rule: _Rule, call_id: str, record: list[Any], duration: int, live: bool
     ) -> None:
+        """A call that has lasted (live: is lasting) more than N minutes."""
         if duration <= 0 or not self._in_scope(rule, ctx.plan, record[0], record[3]):
             return
-        for level in LEVELS:
-            threshold = rule.threshold(level)
-            if threshold is None or duration <= threshold * MINUTE_MS or _fired(ctx, rule, level, call_id):
+        for level in rule.levels:
+            threshold = level.threshold
+            if duration <= threshold * MINUTE_MS or _fired(ctx, rule.rule, level.name, call_id):
                 continue
             evidence = {
                 "call_id": call_id,
@@ -581,7 +636,7 @@ class FraudEngine:
                 "in_progress": live,
                 "seconds": duration // SECOND_MS,
             }
-            self._fire(ctx, rule, level, call_id, ctx.now, duration // SECOND_MS, threshold, evidence)
+            self._fire(ctx, rule.rule, level.name, call_id, ctx.now, duration // SECOND_MS, threshold, evidence)
 
     # -- registrations ------------------------------------------------------------------------
 
@@ -618,13 +673,16 @@ class FraudEngine:
         state.bindings[identity] = entry
         state.newest_registration_ms = max(state.newest_registration_ms, now)
         self._prune(state)
+        self._prune_networks(state)
 
         ctx = _Eval(reg.user, reg.customer, the_plan, state, now, FraudOutcome("ok"))
         if fresh:
             for rule in config.rules:
                 if rule.kind == "new_network":
                     self._new_network(ctx, rule, reg, identity)
-        self._live(ctx)
+        live = self._compiled(the_plan).live
+        if live:
+            self._live(ctx, live)
         store.put(reg.user, state)
         return ctx.outcome
 
@@ -718,8 +776,16 @@ class FraudEngine:
             )
 
     def _prune(self, state: FraudState) -> None:
-        """Keep the state bounded: drop what no non-stale event can reach any more."""
+        """Keep the state bounded: drop what no non-stale event can reach any more.
+
+        Every horizon below is hours beyond the reach of a non-stale event, so walking the state at
+        most once per ``PRUNE_EVERY_MS`` of event time keeps exactly the same outputs for a
+        fraction of the cost. Networks are the exception — an alert's evidence shows when a
+        network was last used, so they are pruned on every registration (``_prune_networks``)."""
         tc, tr = state.newest_call_ms, state.newest_registration_ms
+        if max(tc, tr) < state.prune_due:
+            return
+        state.prune_due = max(tc, tr) + PRUNE_EVERY_MS
         horizon = tc - KEEP_CALLS_MS
         cap = self.max_call_ms
         for call_id in [c for c, r in state.calls.items() if (r[0] + cap if r[1] == OPEN else r[1]) < horizon]:
@@ -733,10 +799,13 @@ class FraudEngine:
             del state.runs[name]
         for identity in [k for k, b in state.bindings.items() if b[1] < tr - DAY_MS]:
             del state.bindings[identity]
+        state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
+
+    def _prune_networks(self, state: FraudState) -> None:
         memory = max(self._network_days, 1) * DAY_MS
+        tr = state.newest_registration_ms
         for network in [n for n, last in state.networks.items() if last < tr - memory]:
             del state.networks[network]
-        state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
 
     def _hour(self, ms: int, plan: Plan) -> str:
         """The clock hour containing ``ms``, as the local time of its start (offset included)."""

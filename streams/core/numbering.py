@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 # French emergency and social short numbers: never counted, never billed (116xxx: EU hotlines).
 EMERGENCY_NUMBERS = frozenset({"15", "17", "18", "112", "114", "115", "119", "191", "196", "197"})
@@ -32,6 +33,7 @@ def _is_emergency(digits: str) -> bool:
     return digits in EMERGENCY_NUMBERS or bool(_HOTLINE_116.fullmatch(digits))
 
 
+@lru_cache(maxsize=1 << 16)  # callees repeat (address books), and every rule asks again
 def normalise(raw: str) -> Number:
     """Classify and normalise a number as signalled.
 

@@ -61,6 +61,7 @@ def _month_starts(tz: ZoneInfo) -> tuple[list[int], list[str]]:
     return starts, names
 
 
+@lru_cache(maxsize=4096)  # a handful of periods, asked about on every event
 def shift_period(period: str, months: int) -> str:
     year, month = int(period[:4]), int(period[5:7])
     index = year * 12 + (month - 1) + months

@@ -232,6 +232,9 @@ class UsageEngine:
         """The existing period states whose month intersects ``[lo_ms, hi_ms]``."""
         tz = tz_plan.timezone
         first, last = period_of(lo_ms, tz), period_of(hi_ms, tz)
+        if first == last:  # nearly always: the window lies in one month
+            state = store.get_period(user, first)
+            return [(first, state)] if state is not None else []
         found = []
         period = first
         while period <= last:
