@@ -261,6 +261,7 @@ class _PlanRules:
     span_least: int  # the fewest calls any span rule (calls_per_minute, high_risk) needs; 0: none
     live: tuple[_Rule, ...]  # cost_burst, long_call: every event
     long_call: tuple[_Rule, ...]
+    cost_least: Decimal | None  # the lowest cost_burst threshold (EUR); None: no cost_burst rule
 
     @classmethod
     def of(cls, plan: Plan) -> "_PlanRules":
@@ -280,6 +281,8 @@ class _PlanRules:
             span_least=min(spans, default=0),
             live=tuple(r for r in rules if r.rule.kind in ("cost_burst", "long_call")),
             long_call=tuple(r for r in rules if r.rule.kind == "long_call"),
+            cost_least=min((lv.threshold for r in rules if r.rule.kind == "cost_burst" for lv in r.levels),
+                           default=None),
         )
 
 
@@ -323,6 +326,13 @@ def _local_minute(epoch_minute: int, tz: ZoneInfo) -> tuple[int, int]:
     because every live evaluation tests the same recent calls again."""
     local = from_ms(epoch_minute * MINUTE_MS, tz)
     return local.weekday(), local.hour * 60 + local.minute
+
+
+@lru_cache(maxsize=65536)
+def _local_day(epoch_minute: int, tz: ZoneInfo) -> str:
+    """The local date (ISO) of an epoch minute: UTC offsets are whole minutes, so every instant of
+    the minute has it; cached because calls cluster in time."""
+    return from_ms(epoch_minute * MINUTE_MS, tz).date().isoformat()
 
 
 def _money(value: Decimal) -> str:
@@ -407,7 +417,7 @@ class FraudEngine:
         if new and record[4] and rules.on_new_call:
             self._count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], ev.callee)
         if rules.live:
-            self._live(ctx, rules.live)
+            self._live(ctx, rules)
         if ev.is_end and record[4]:
             for rule in rules.long_call:
                 self._long_call(ctx, rule, ev.call_id, record, record[2], False)
@@ -525,7 +535,7 @@ class FraudEngine:
 
     def _day_rule(self, ctx: _Eval, rule: _Rule, call_id: str, start: int) -> None:
         """In-scope calls starting on the local calendar day of this call."""
-        day = from_ms(start, ctx.plan.timezone).date().isoformat()
+        day = _local_day(start // MINUTE_MS, ctx.plan.timezone)
         counter = ctx.state.days.setdefault(f"{rule.rule.name}|{day}", [0, start])
         counter[0] += 1
         counter[1] = max(counter[1], start)
@@ -552,7 +562,7 @@ class FraudEngine:
 
     # -- live rules (every event) -------------------------------------------------------------
 
-    def _live(self, ctx: _Eval, rules: tuple[_Rule, ...]) -> None:
+    def _live(self, ctx: _Eval, rules: _PlanRules) -> None:
         # the counted calls that cost money in the last hour, and all open ones: one pass for all rules
         now, lo = ctx.now, ctx.now - HOUR_MS
         cap = self.max_call_ms
@@ -567,13 +577,25 @@ class FraudEngine:
                 recent.append((call_id, record, end - record[2], end))
         if not recent:
             return
-        for rule in rules:
+        # every cost_burst rule values a subset of these calls: below the lowest threshold, none fires
+        costly = rules.cost_least is not None and self._value(recent, now) >= rules.cost_least * MINUTE_MS
+        for rule in rules.live:
             if rule.rule.kind == "cost_burst":
-                self._cost_burst(ctx, rule, recent)
+                if costly:
+                    self._cost_burst(ctx, rule, recent)
             else:
                 for call_id, record, a, b in recent:  # long_call: open calls, timed from their start
                     if record[1] == OPEN:
                         self._long_call(ctx, rule, call_id, record, b - a, True)
+
+    def _value(self, recent: list[tuple[str, list[Any], int, int]], now: int) -> Decimal:
+        """Tariff value (EUR x ms / min) of ``recent``'s answered time in the 60 minutes up to now."""
+        lo, total = now - HOUR_MS, Decimal(0)
+        for _call_id, record, a, b in recent:
+            overlap = min(b, now) - max(a, lo)
+            if overlap > 0:
+                total += overlap * self._rate(record[3])[1]
+        return total
 
     def _cost_burst(self, ctx: _Eval, rule: _Rule, recent: list[tuple[str, list[Any], int, int]]) -> None:
         """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
@@ -680,9 +702,9 @@ class FraudEngine:
             for rule in config.rules:
                 if rule.kind == "new_network":
                     self._new_network(ctx, rule, reg, identity)
-        live = self._compiled(the_plan).live
-        if live:
-            self._live(ctx, live)
+        rules = self._compiled(the_plan)
+        if rules.live:
+            self._live(ctx, rules)
         store.put(reg.user, state)
         return ctx.outcome
 
@@ -699,7 +721,7 @@ class FraudEngine:
                     networks.setdefault(network, previous)
         if not networks:
             return
-        day = from_ms(now, ctx.plan.timezone).date().isoformat()
+        day = _local_day(now // MINUTE_MS, ctx.plan.timezone)
         others = sorted(k for k, (s, e, _n) in ctx.state.bindings.items() if k != identity and s <= now < e)
         for level in LEVELS:
             threshold = rule.threshold(level)

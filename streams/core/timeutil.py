@@ -40,9 +40,15 @@ def from_ms(ms: int, tz: tzinfo = timezone.utc) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz)
 
 
+_MONTHS: dict[tzinfo, tuple[list[int], list[str]]] = {}
+
+
 def period_of(ms: int, tz: ZoneInfo) -> str:
     """The calendar month ``YYYY-MM`` of an instant, in the given zone."""
-    starts, names = _month_starts(tz)
+    months = _MONTHS.get(tz)
+    if months is None:
+        months = _MONTHS[tz] = _month_starts(tz)
+    starts, names = months
     i = bisect.bisect_right(starts, ms) - 1
     if 0 <= i < len(names) - 1:
         return names[i]

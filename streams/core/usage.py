@@ -325,10 +325,11 @@ class UsageEngine:
         count = 0
         first_breach: dict[str, tuple[int, int]] = {}  # period -> (instant, count): each month decides alone
         peaks: dict[str, int] = {}
+        tz = plan.timezone
         for instant, delta in points:
             count += delta
             if delta > 0:
-                p = period_of(instant, plan.timezone)
+                p = period_of(instant, tz)
                 if count > peaks.get(p, 0):
                     peaks[p] = count
                 if count > plan.max_simultaneous_calls and p not in first_breach:
