@@ -15,11 +15,12 @@ dashboard does not depend on ``CDRWATCH_APP_ID``.
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .core.records import Alert, CallEvent, RebillLine, Registration
@@ -218,6 +219,30 @@ class _ActivityCollector(Collector):
         )
 
 
+class LagHistogram(Collector):
+    """``cdrwatch_event_time_lag_seconds``: a histogram observed once per applied event, kept in
+    plain integers. prometheus_client's Histogram takes a lock three times per observation (~2 µs,
+    a tenth of a worker's time per event); the event loop is the only writer here, and a scrape
+    reads a consistent enough copy."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = list(buckets)  # upper bounds, inclusive (le), +Inf implied
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, count in zip([*self.bounds, float("inf")], list(self.counts)):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+
+
 class ConsumerLagCollector(Collector):
     """``cdrwatch_consumer_lag{topic,partition}``, computed at each scrape for every partition of
     an agent's topic assigned to this worker: the partition's high watermark from the consumer's
@@ -284,12 +309,13 @@ class Metrics:
         self.rebilled_euros = Counter(
             "cdrwatch_rebilled_euros", "Euros on re-bill lines emitted, by rule", ["rule"], registry=self.registry
         )
-        self.event_time_lag = Histogram(
+        self.event_time_lag = LagHistogram(
             "cdrwatch_event_time_lag_seconds",
             "Processing time minus event time (end_time of an end CDR, start_time of a start, time of a "
             "registration) of each applied event; negative lags count as 0",
-            buckets=EVENT_TIME_LAG_BUCKETS, registry=self.registry,
+            EVENT_TIME_LAG_BUCKETS,
         )
+        self.registry.register(self.event_time_lag)
         self.activity = LiveActivity(max_call_duration_s * 1000)
         self.registry.register(_ActivityCollector(self.activity))
         self.consumer_lag = ConsumerLagCollector()

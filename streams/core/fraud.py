@@ -813,15 +813,20 @@ class FraudEngine:
         for call_id in [c for c, r in state.calls.items() if (r[0] + cap if r[1] == OPEN else r[1]) < horizon]:
             del state.calls[call_id]
         windows = max(tc, tr) - KEEP_WINDOWS_MS
-        for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
-            del state.days[key]
-        for key in [k for k, at in state.fired.items() if at < windows]:
-            del state.fired[key]
-        for name in [n for n, run in state.runs.items() if run[3] < tc - KEEP_WINDOWS_MS]:
-            del state.runs[name]
-        for identity in [k for k, b in state.bindings.items() if b[1] < tr - DAY_MS]:
-            del state.bindings[identity]
-        state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
+        if state.days:
+            for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
+                del state.days[key]
+        if state.fired:
+            for key in [k for k, at in state.fired.items() if at < windows]:
+                del state.fired[key]
+        if state.runs:
+            for name in [n for n, run in state.runs.items() if run[3] < tc - KEEP_WINDOWS_MS]:
+                del state.runs[name]
+        if state.bindings:
+            for identity in [k for k, b in state.bindings.items() if b[1] < tr - DAY_MS]:
+                del state.bindings[identity]
+        if state.fresh:
+            state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
 
     def _prune_networks(self, state: FraudState) -> None:
         memory = max(self._network_days, 1) * DAY_MS

@@ -453,3 +453,15 @@ def test_the_cached_faust_sensor_counts_as_faust_does() -> None:
     assert texts[0] == texts[1]
     assert ("faust_table_operations_total", frozenset({("table", "table.periods"), ("operation", "keys_retrieved")}),
             3.0) in texts[1]
+
+
+def test_the_lag_histogram_counts_each_value_in_its_inclusive_bucket() -> None:
+    metrics = Metrics()
+    for lag in (0.0, 0.1, 0.10001, 86400.0, 86400.5):
+        metrics.event_time_lag.observe(lag)
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_bucket", le="0.1") == 2  # le: less or equal
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_bucket", le="0.5") == 3
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_bucket", le="86400.0") == 4
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_bucket", le="+Inf") == 5
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_count") == 5
+    assert value(metrics, "cdrwatch_event_time_lag_seconds_sum") == pytest.approx(172800.60001)
