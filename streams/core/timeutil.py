@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-__all__ = ["parse_rfc3339", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
+__all__ = ["parse_rfc3339", "instant_us", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
@@ -34,6 +34,32 @@ _MS = timedelta(milliseconds=1)
 def to_ms(value: datetime) -> int:
     """Epoch milliseconds, exactly (``timestamp() * 1000`` loses one now and then to floats)."""
     return (value - _EPOCH) // _MS
+
+
+_US = timedelta(microseconds=1)
+_HOURS: dict[str, int] = {}  # "YYYY-MM-DDTHH" + offset -> epoch µs of that local hour
+_DIGITS = frozenset("0123456789")
+
+
+def instant_us(text: str) -> int:
+    """An RFC 3339 timestamp as epoch microseconds (a datetime's own resolution: comparisons and
+    differences are exactly those of the datetimes). Raises ValueError as ``parse_rfc3339`` does.
+
+    The form switches write — whole seconds, ``Z`` or ``±HH:MM`` — is read from a cache of hour
+    starts: two small integers and an addition instead of a regex, a datetime and a subtraction.
+    Anything else takes ``parse_rfc3339``."""
+    if len(text) in (20, 25) and text[13] == ":" and text[16] == ":" and text[19] in "Zz+-":
+        mm, ss = text[14:16], text[17:19]
+        if mm[0] in _DIGITS and mm[1] in _DIGITS and ss[0] in _DIGITS and ss[1] in _DIGITS and mm < "60" and ss < "60":
+            key = text[:13] + text[19:]
+            base = _HOURS.get(key)
+            if base is None:
+                base = (parse_rfc3339(f"{text[:13]}:00:00{text[19:]}") - _EPOCH) // _US  # validates the rest
+                if len(_HOURS) >= 100_000:
+                    _HOURS.clear()
+                _HOURS[key] = base
+            return base + (int(mm) * 60 + int(ss)) * 1_000_000
+    return (parse_rfc3339(text) - _EPOCH) // _US
 
 
 def from_ms(ms: int, tz: tzinfo = timezone.utc) -> datetime:

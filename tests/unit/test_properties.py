@@ -685,3 +685,47 @@ def test_the_quick_check_accepts_only_what_the_schema_accepts(name: str, payload
             mutated[key] = data.draw(_FIELD_VALUES)
     if quick_check(name)(mutated):
         validator(name)(copy.deepcopy(mutated))  # raises when the quick check was wrong
+
+
+# -- the timestamp fast path reads exactly what the full parser reads --------------------------
+
+def _slow_us(text: str) -> int | None:
+    from streams.core.timeutil import parse_rfc3339
+
+    try:
+        return (parse_rfc3339(text) - EPOCH) // timedelta(microseconds=1)
+    except ValueError:
+        return None
+
+
+def _fast_us(text: str) -> int | None:
+    from streams.core.timeutil import instant_us
+
+    try:
+        return instant_us(text)
+    except ValueError:
+        return None
+
+
+_STAMP = st.builds(
+    lambda moment, offset, zulu: moment.replace(tzinfo=timezone(timedelta(minutes=offset))).isoformat()
+    if not zulu else moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    st.datetimes(min_value=datetime(1999, 12, 31), max_value=datetime(2100, 1, 2)).map(
+        lambda d: d.replace(microsecond=0)),
+    st.integers(min_value=-23 * 60, max_value=23 * 60), st.booleans(),
+)
+
+
+@PROPS
+@given(stamp=_STAMP, position=st.integers(min_value=0, max_value=24),
+       char=st.sampled_from(list("0123456789:+-TZz .٣6")), mutate=st.booleans())
+@example(stamp="2026-03-29T02:30:00+01:00", position=0, char="2", mutate=False)
+@example(stamp="2026-11-03T10:59:60+01:00", position=0, char="2", mutate=False)  # leap second: refused
+@example(stamp="2026-11-03T10:5٣:00+01:00", position=0, char="2", mutate=False)  # a non-ASCII digit
+@example(stamp="2026-02-30T10:00:00+01:00", position=0, char="2", mutate=False)
+@example(stamp="2026-11-03T10:61:00+01:00", position=0, char="2", mutate=False)
+@example(stamp="2026-11-03T24:00:00Z", position=0, char="2", mutate=False)
+def test_the_timestamp_fast_path_agrees_with_the_parser(stamp: str, position: int, char: str, mutate: bool) -> None:
+    text = stamp[:position] + char + stamp[position + 1:] if mutate and position < len(stamp) else stamp
+    for _ in range(2):  # the second read comes from the cache of hour starts
+        assert _fast_us(text) == _slow_us(text), text
