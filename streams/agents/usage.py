@@ -27,7 +27,7 @@ from ..core.errors import InvalidRecord
 from ..core.fraud import AccountAction, FraudAlert, FraudEngine
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
-from ..core.records import Alert, RebillLine
+from ..core.records import Alert, CallEvent, RebillLine
 from ..core.usage import UsageEngine
 from ..metrics import Metrics
 from ..settings import Settings
@@ -68,6 +68,9 @@ class Pipeline:
     progress: asyncio.Event | None = None
     failure: BaseException | None = None  # what stopped the worker, if anything did
     started_at: float | None = None
+    # per input partition: the newest event time of a CDR applied from it (the topics are
+    # co-partitioned by user). A REGISTER values its user's open calls no further than this.
+    calls_read_ms: dict[int, int] = field(default_factory=dict)
     writer: ChangelogWriter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,11 +150,15 @@ class Pipeline:
         self.metrics.applied(record, outcome.status, message.tp)  # metrics: event-time lag, live calls/bindings
         out.alerts += outcome.alerts
         out.lines += outcome.lines
+        if isinstance(record, CallEvent):
+            seen = record.end_ms if record.is_end and record.end_ms is not None else record.start_ms
+            if seen > self.calls_read_ms.get(message.partition, 0):
+                self.calls_read_ms[message.partition] = seen
         if self.fraud is not None:
             plan = store.plan_of(record.user)
             try:
                 found = self.fraud.on_call(store, record, plan=plan) if cdr else self.fraud.on_registration(
-                    store, record, plan=plan)
+                    store, record, plan=plan, calls_read_ms=self.calls_read_ms.get(message.partition, 0))
             except Exception:  # the fair-use outcome stands; a fraud bug costs this event's fraud check
                 log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
             else:

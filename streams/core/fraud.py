@@ -662,8 +662,16 @@ class FraudEngine:
 
     # -- registrations ------------------------------------------------------------------------
 
-    def on_registration(self, store: FraudStore, reg: Registration, *, plan: str | None = None) -> FraudOutcome:
-        """One ``sip-registrations`` event. ``plan`` is the user's plan name (None: the default plan)."""
+    def on_registration(self, store: FraudStore, reg: Registration, *, plan: str | None = None,
+                        calls_read_ms: int | None = None) -> FraudOutcome:
+        """One ``sip-registrations`` event. ``plan`` is the user's plan name (None: the default plan).
+
+        ``calls_read_ms``: how far, in event time, the caller has read the ``cdrs`` partition of this
+        user (None: as far as this registration, e.g. events fed in event-time order). The two topics
+        are not read in step — a worker may read a user's REGISTERs days ahead of its CDRs — so calls
+        in progress are valued up to ``min(registration time, max(calls_read_ms, newest call event of
+        the user))`` only: a call whose ``end`` is still unread is not taken for a call lasting until
+        the registration's time."""
         the_plan = self.plan_for(plan)
         config = the_plan.fraud
         if not config:
@@ -704,7 +712,9 @@ class FraudEngine:
                     self._new_network(ctx, rule, reg, identity)
         rules = self._compiled(the_plan)
         if rules.live:
-            self._live(ctx, rules)
+            clock = now if calls_read_ms is None else min(now, max(calls_read_ms, state.newest_call_ms))
+            self._live(ctx if clock == now else _Eval(reg.user, reg.customer, the_plan, state, clock, ctx.outcome),
+                       rules)
         store.put(reg.user, state)
         return ctx.outcome
 

@@ -483,6 +483,24 @@ def test_long_call_live_detection_stops_at_the_maximum_call_duration() -> None:
     assert feed(eng, [start_cdr("c0", B, callee=france()), tick(at(7300))]).alerts == []
 
 
+def test_a_register_read_ahead_of_the_cdrs_values_open_calls_only_as_far_as_they_were_read() -> None:
+    """`cdrs` and `sip-registrations` are separate topics: a worker may read a REGISTER of the next
+    day before a call's `end`. Valued up to the REGISTER's time, the 100-second call would look like a
+    call of hours (a false critical). The worker says how far it has read the CDRs; up to there only."""
+    eng, store = make_engine(LONG), DictFraudStore()
+    call = start_cdr("c0", B, callee=france())
+    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
+    assert eng.on_call(store, call).alerts == []
+    assert eng.on_registration(store, tick(at(86_000)), calls_read_ms=ms(at(50))).alerts == []
+    assert eng.on_registration(store, tick(at(86_010)), calls_read_ms=0).alerts == []  # the user's own newest call
+    assert eng.on_call(store, end_cdr("c0", B, duration=100, callee=france())).alerts == []
+    # read far enough: the call really was in progress that long (a live warning, as without a bound)
+    store = DictFraudStore()
+    eng.on_call(store, call)
+    live = eng.on_registration(store, tick(at(86_000)), calls_read_ms=ms(at(3601)))
+    assert [(a.level, a.observed, a.time) for a in live.alerts] == [("warning", 3601, "2026-03-04T11:00:01+01:00")]
+
+
 @pytest.mark.parametrize(
     ("scope", "callee", "start", "fires"),
     [
