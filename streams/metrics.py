@@ -147,7 +147,7 @@ class LiveActivity:
         if outcome not in ("ok", "late", "duplicate"):
             return
         if isinstance(record, CallEvent):
-            at = record.end_ms if record.end_ms is not None else record.start_ms
+            at = record.event_ms
             key = (record.user, record.call_id)
             if record.is_end:
                 self.calls.pop(key, None)
@@ -338,7 +338,7 @@ class Metrics:
                 now_s: float | None = None) -> None:
         """The engine applied ``record`` from partition ``tp`` (outcome ok, late or duplicate)."""
         if isinstance(record, CallEvent):
-            event_ms = record.end_ms if record.end_ms is not None else record.start_ms
+            event_ms = record.event_ms
         else:
             event_ms = record.time_ms
         now = time.time() if now_s is None else now_s

@@ -151,7 +151,7 @@ class Pipeline:
         out.alerts += outcome.alerts
         out.lines += outcome.lines
         if isinstance(record, CallEvent):
-            seen = record.end_ms if record.is_end and record.end_ms is not None else record.start_ms
+            seen = record.event_ms
             if seen > self.calls_read_ms.get(message.partition, 0):
                 self.calls_read_ms[message.partition] = seen
         if self.fraud is not None:

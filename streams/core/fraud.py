@@ -395,7 +395,7 @@ class FraudEngine:
         if not the_plan.fraud:
             return FraudOutcome("ok")
         rules = self._compiled(the_plan)
-        now = ev.end_ms if ev.is_end and ev.end_ms is not None else ev.start_ms
+        now = ev.event_ms
         state = store.get(ev.user) or FraudState()
         if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
             return FraudOutcome("stale")

@@ -29,6 +29,11 @@ class CallEvent:
     def is_end(self) -> bool:
         return self.event == "end"
 
+    @property
+    def event_ms(self) -> int:
+        """The event's time: an ``end``'s end_time, a ``start``'s start_time."""
+        return self.end_ms if self.end_ms is not None else self.start_ms
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:
