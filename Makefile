@@ -4,14 +4,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean
+.PHONY: install run test test-fast bench soak clean uncompiled
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The install compiles streams/core and streams/codecs.py with mypyc (hatch-mypyc, ~30 s), so it
+# runs again when they change: a stale extension would shadow the new source.
+COMPILED := $(wildcard streams/core/*.py) streams/codecs.py
+
+$(STAMP): pyproject.toml $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The same project without the compiled extensions (pure Python: same behaviour, slower).
+uncompiled:
+	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so
+	$(PYTHON) -m venv $(VENV)
+	HATCH_BUILD_NO_HOOKS=true $(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 run: install
@@ -35,4 +46,5 @@ soak: install
 	$(BIN)/cdrwatch evaluate --labels soak/month/labels.jsonl --alerts soak/replay/alerts.jsonl --strict
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build
+	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so

@@ -30,7 +30,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def validator(name: str) -> Validator:
-    return fastjsonschema.compile(load_schema(name))  # type: ignore[no-any-return]
+    return fastjsonschema.compile(load_schema(name))
 
 
 def explain(exc: fastjsonschema.JsonSchemaValueException) -> str:

@@ -336,10 +336,10 @@ class UsageEngine:
                     first_breach[p] = (instant, count)
         by_period = dict(states)
         for p, peak in peaks.items():
-            state = by_period.get(p)
-            if state is not None and peak > state.peak_simultaneous:
-                state.peak_simultaneous = peak
-                store.put_period(ev.user, p, state)
+            month = by_period.get(p)
+            if month is not None and peak > month.peak_simultaneous:
+                month.peak_simultaneous = peak
+                store.put_period(ev.user, p, month)
         breaches = []
         for period, (at, count) in first_breach.items():
             if self._breached(store, ev.user, period, "simultaneous_calls"):

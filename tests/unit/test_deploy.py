@@ -464,13 +464,19 @@ def test_build_contexts_and_dockerfiles_exist(services: dict[str, dict[str, Any]
 def test_dockerfile_installs_the_project_for_a_non_root_user() -> None:
     instructions = _dockerfile_instructions((DEPLOY / "Dockerfile").read_text())
     args = dict(rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest)
-    base = next(rest for keyword, rest in instructions if keyword == "FROM")
-    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-    assert base == "python:3.11-slim"
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest).split()[0]
+             for keyword, rest in instructions if keyword == "FROM"]
+    assert bases == ["python:3.11-slim", "python:3.11-slim"], "build stage and image on the same Python"
     runs = [rest for keyword, rest in instructions if keyword == "RUN"]
     installs = [run for run in runs if "pip install" in run]
     assert installs and not any(re.search(r"pip install[^&]*\s(-e|--editable)\s", run) for run in installs)
-    assert any(re.search(r'pip install [^&]*"\.', run) for run in installs), "the project itself is pip-installed"
+    wheels = [run for run in runs if re.search(r"pip wheel [^&]*--no-deps [^&]*/src\b", run)]
+    assert wheels, "a build stage makes the project's wheel (compiled with mypyc) from the source"
+    assert any(re.search(r'pip install [^&]*"\$\(echo /tmp/wheels/cdrwatch-\*\.whl\)', run) for run in installs), \
+        "the image installs the project's wheel"
+    stages = [rest for keyword, rest in instructions if keyword == "FROM"]
+    copies = [rest for keyword, rest in instructions if keyword == "COPY"]
+    assert len(stages) == 2 and stages[0].endswith(" AS wheel") and "--from=wheel /wheels /tmp/wheels" in copies
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must run as a non-root user"
     assert not any(keyword == "ENTRYPOINT" for keyword, _ in instructions), "compose gives the whole command line"
@@ -718,3 +724,28 @@ def test_dashboard_uses_the_provisioned_datasource_and_the_metric_contract() -> 
     expressions = {" ".join(t["expr"].split()) for panel in panels for t in panel.get("targets", [])}
     for expected in DASHBOARD_EXPRESSIONS:
         assert expected in expressions, f"dashboard lacks {expected}"
+
+
+# ---------------------------------------------------------------------------------------------
+# mypyc: a compiled module older than its source must not be loaded silently
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_stale_compiled_module_is_refused(tmp_path: Path) -> None:
+    from streams import _check_compiled
+
+    (tmp_path / "pyproject.toml").write_text("")
+    package = tmp_path / "streams"
+    (package / "core").mkdir(parents=True)
+    source = package / "core" / "usage.py"
+    source.write_text("")
+    compiled = package / "core" / "usage.cpython-311-x86_64-linux-gnu.so"
+    compiled.write_bytes(b"")
+    os.utime(source, (1_000, 1_000))
+    os.utime(compiled, (2_000, 2_000))
+    _check_compiled(package)  # compiled after its source: fine
+    os.utime(source, (3_000, 3_000))
+    with pytest.raises(ImportError, match=r"usage\.py changed after it was compiled to .*: run `make install`"):
+        _check_compiled(package)
+    (tmp_path / "pyproject.toml").unlink()  # an installed wheel: not a checkout, not checked
+    _check_compiled(package)
