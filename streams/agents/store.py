@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Generic, TypeVar
 
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from ..core.fraud import FraudState
@@ -105,12 +106,25 @@ class _TableSink:
             table[key] = value
 
 
+def _reader(table: Any) -> Callable[[bytes], bytes | None]:
+    """The fastest ``get`` of a table's store: the memory store's own dict (its ``get`` goes through
+    collections.abc and raises KeyError inside for every missing key), else the store's ``get``."""
+    if table is None:
+        return lambda _key: None
+    store = table.data  # the store itself: no per-read sensor
+    if isinstance(store, MemoryStore) and type(store.data) is dict:
+        return store.data.get
+    return store.get  # type: ignore[no-any-return]
+
+
 class TableStore:
     """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
     read (and may have touched) is dropped from the cache so the next read decodes the table."""
 
     def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches", fraud: Any = None) -> None:
         self._periods, self._users, self._subscribers, self._fraud = periods, users, subscribers, fraud
+        self._read_period_raw, self._read_user_raw = _reader(periods), _reader(users)
+        self._read_plan_raw, self._read_fraud_raw = _reader(subscribers), _reader(fraud)
         self._caches = caches
         self._put_fraud: dict[bytes, FraudState] = {}
         self._read_fraud: set[bytes] = set()
@@ -130,7 +144,7 @@ class TableStore:
         key = self.period_key(user, period)
         if key in self._put_periods:
             return self._put_periods[key]
-        raw = self._periods.data.get(key)  # the store itself: no per-read sensor
+        raw = self._read_period_raw(key)
         if raw is None:
             return None
         self._read_periods.add(key)
@@ -150,7 +164,7 @@ class TableStore:
         key = user.encode()
         if key in self._put_users:
             return self._put_users[key]
-        raw = self._users.data.get(key)
+        raw = self._read_user_raw(key)
         if raw is None:
             return None
         self._read_users.add(key)
@@ -167,7 +181,7 @@ class TableStore:
         key = user.encode()
         if key in self._put_fraud:
             return self._put_fraud[key]
-        raw = self._fraud.data.get(key)
+        raw = self._read_fraud_raw(key)
         if raw is None:
             return None
         self._read_fraud.add(key)
@@ -182,7 +196,7 @@ class TableStore:
         key = user.encode()
         if key in self._plans:
             return self._plans[key]
-        raw = self._subscribers.data.get(key)
+        raw = self._read_plan_raw(key)
         return raw.decode() if raw is not None else None
 
     def set_plan(self, user: str, plan: str | None) -> None:

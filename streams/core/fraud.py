@@ -84,27 +84,42 @@ _CALL_COUNT_RULES = ("calls_per_minute", "total_calls_per_day", "sequential_call
 # --------------------------------------------------------------------------------------- state
 
 
-@dataclass
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class FraudState:
     """One user's fraud state. Encoded compactly (orjson) for the table changelog."""
 
     # call_id -> [start_ms, end_ms | OPEN, talk_ms, key, counted]; key = the longest rate-deck or
     # configured prefix of the callee (enough to find its rate and scope, not the number itself);
     # counted = 1 for a call the rules look at (a configured direction, not an emergency number)
-    calls: dict[str, list[Any]] = field(default_factory=dict)
+    calls: dict[str, list[Any]]
     # rule -> [callee hash, count, first call_id, last start_ms]: the current same-callee run
-    runs: dict[str, list[Any]] = field(default_factory=dict)
-    days: dict[str, list[int]] = field(default_factory=dict)  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
-    networks: dict[str, int] = field(default_factory=dict)  # "203.0.113.0/24" -> last registration ms
-    bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [time_ms, expiry_ms, network]
+    runs: dict[str, list[Any]]
+    days: dict[str, list[int]]  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
+    networks: dict[str, int]  # "203.0.113.0/24" -> last registration ms
+    bindings: dict[str, list[Any]]  # identity -> [time_ms, expiry_ms, network]
     # registrations from a network unused for a while, while another binding was active:
     # [time_ms, network, previous use ms or -1]
-    fresh: list[list[Any]] = field(default_factory=list)
-    fired: dict[str, int] = field(default_factory=dict)  # "rule|level|window" -> event time of the alert
-    newest_call_ms: int = 0
-    newest_registration_ms: int = 0
+    fresh: list[list[Any]]
+    fired: dict[str, int]  # "rule|level|window" -> event time of the alert
+    newest_call_ms: int
+    newest_registration_ms: int
     # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
-    prune_due: int = field(default=0, repr=False, compare=False)
+    prune_due: int = field(repr=False, compare=False)
+
+    def __init__(self, calls: dict[str, list[Any]] | None = None, runs: dict[str, list[Any]] | None = None,
+                 days: dict[str, list[int]] | None = None, networks: dict[str, int] | None = None,
+                 bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
+                 fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
+                 prune_due: int = 0) -> None:
+        self.calls = calls if calls is not None else {}
+        self.runs = runs if runs is not None else {}
+        self.days = days if days is not None else {}
+        self.networks = networks if networks is not None else {}
+        self.bindings = bindings if bindings is not None else {}
+        self.fresh = fresh if fresh is not None else []
+        self.fired = fired if fired is not None else {}
+        self.newest_call_ms, self.newest_registration_ms, self.prune_due = (
+            newest_call_ms, newest_registration_ms, prune_due)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -225,14 +240,20 @@ class AccountAction:
         }
 
 
-@dataclass
+@dataclass(init=False)  # see FraudState
 class FraudOutcome:
     """What one event did: ``ok``; ``duplicate`` (seen before), ``late`` (a REGISTER older than the
     binding held) or ``stale`` (older than the state reaches) change nothing and emit nothing."""
 
     status: str
-    alerts: list[FraudAlert] = field(default_factory=list)
-    actions: list[AccountAction] = field(default_factory=list)
+    alerts: list[FraudAlert]
+    actions: list[AccountAction]
+
+    def __init__(self, status: str, alerts: list[FraudAlert] | None = None,
+                 actions: list[AccountAction] | None = None) -> None:
+        self.status = status
+        self.alerts = alerts if alerts is not None else []
+        self.actions = actions if actions is not None else []
 
 
 @dataclass(frozen=True)
@@ -286,16 +307,13 @@ class _PlanRules:
         )
 
 
-@dataclass
 class _Eval:
     """The context of one event's evaluation."""
 
-    user: str
-    customer: str
-    plan: Plan
-    state: FraudState
-    now: int
-    outcome: FraudOutcome
+    def __init__(self, user: str, customer: str, plan: Plan, state: FraudState, now: int,
+                 outcome: FraudOutcome) -> None:
+        self.user, self.customer, self.plan, self.state, self.now, self.outcome = (
+            user, customer, plan, state, now, outcome)
 
 
 # ------------------------------------------------------------------------------------ helpers

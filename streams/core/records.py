@@ -7,9 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class CallEvent:
-    """A ``cdrs`` message: ``start`` (call setup, live) or ``end`` (the final CDR)."""
+    """A ``cdrs`` message: ``start`` (call setup, live) or ``end`` (the final CDR). Not to be changed."""
 
     event: str  # "start" | "end"
     call_id: str
@@ -20,10 +20,18 @@ class CallEvent:
     direction: str  # "outbound" | "inbound" | "forwarded"
     start_ms: int
     start_time: str  # as sent, for output payloads
-    answer_ms: int | None = None
-    end_ms: int | None = None
-    billsec: int = 0
-    disposition: str | None = None
+    answer_ms: int | None
+    end_ms: int | None
+    billsec: int
+    disposition: str | None
+
+    def __init__(self, event: str, call_id: str, user: str, customer: str, caller: str, callee: str,
+                 direction: str, start_ms: int, start_time: str, answer_ms: int | None = None,
+                 end_ms: int | None = None, billsec: int = 0, disposition: str | None = None) -> None:
+        self.event, self.call_id, self.user, self.customer = event, call_id, user, customer
+        self.caller, self.callee, self.direction = caller, callee, direction
+        self.start_ms, self.start_time, self.answer_ms, self.end_ms = start_ms, start_time, answer_ms, end_ms
+        self.billsec, self.disposition = billsec, disposition
 
     @property
     def is_end(self) -> bool:
@@ -35,9 +43,9 @@ class CallEvent:
         return self.end_ms if self.end_ms is not None else self.start_ms
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False)  # see CallEvent
 class Registration:
-    """A ``sip-registrations`` message: one REGISTER outcome."""
+    """A ``sip-registrations`` message: one REGISTER outcome. Not to be changed."""
 
     user: str
     customer: str
@@ -48,6 +56,12 @@ class Registration:
     expires: int
     time_ms: int
     time: str
+
+    def __init__(self, user: str, customer: str, contact: str, instance_id: str | None, user_agent: str,
+                 source_ip: str, expires: int, time_ms: int, time: str) -> None:
+        self.user, self.customer, self.contact, self.instance_id = user, customer, contact, instance_id
+        self.user_agent, self.source_ip, self.expires, self.time_ms, self.time = (
+            user_agent, source_ip, expires, time_ms, time)
 
     @property
     def binding(self) -> str:

@@ -36,21 +36,33 @@ OPEN = -1  # end of a call whose `end` has not arrived yet
 # --------------------------------------------------------------------------------------- state
 
 
-@dataclass
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class PeriodState:
     """One user's month. Encoded compactly (orjson) for the table changelog."""
 
-    calls: dict[str, list[int]] = field(default_factory=dict)  # call_id -> [start_ms, end_ms|OPEN, outbound]
-    numbers: set[int] = field(default_factory=set)  # keyed hashes of distinct covered callees
-    breaches: dict[str, str] = field(default_factory=dict)  # rule -> multiplier, in breach order
-    breach_ms: dict[str, int] = field(default_factory=dict)  # rule -> event time of the breach
+    calls: dict[str, list[int]]  # call_id -> [start_ms, end_ms|OPEN, outbound]
+    numbers: set[int]  # keyed hashes of distinct covered callees
+    breaches: dict[str, str]  # rule -> multiplier, in breach order
+    breach_ms: dict[str, int]  # rule -> event time of the breach
     # call_id -> [billsec, rate-deck prefix of the callee, multiplier billed so far]; the prefix, not
     # the number, so that the re-billing store holds no called number in clear
-    covered: dict[str, list[Any]] = field(default_factory=dict)
-    peak_simultaneous: int = 0
-    peak_devices: int = 0
-    customer: str = ""
-    plan: str = ""
+    covered: dict[str, list[Any]]
+    peak_simultaneous: int
+    peak_devices: int
+    customer: str
+    plan: str
+
+    def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
+                 breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
+                 covered: dict[str, list[Any]] | None = None, peak_simultaneous: int = 0, peak_devices: int = 0,
+                 customer: str = "", plan: str = "") -> None:
+        self.calls = calls if calls is not None else {}
+        self.numbers = numbers if numbers is not None else set()
+        self.breaches = breaches if breaches is not None else {}
+        self.breach_ms = breach_ms if breach_ms is not None else {}
+        self.covered = covered if covered is not None else {}
+        self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
+            peak_simultaneous, peak_devices, customer, plan)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -86,12 +98,18 @@ class PeriodState:
         return max((Decimal(m) for m in self.breaches.values()), default=Decimal(0))
 
 
-@dataclass
+@dataclass(init=False)  # see PeriodState
 class UserState:
-    bindings: dict[str, list[Any]] = field(default_factory=dict)  # identity -> [registered_ms, expiry_ms, user_agent]
-    watermark: str = ""  # newest period seen for this user
-    newest_ms: int = 0  # newest REGISTER time (binding clean-up horizon)
-    periods: list[str] = field(default_factory=list)  # periods with a PeriodState, oldest first
+    bindings: dict[str, list[Any]]  # identity -> [registered_ms, expiry_ms, user_agent]
+    watermark: str  # newest period seen for this user
+    newest_ms: int  # newest REGISTER time (binding clean-up horizon)
+    periods: list[str]  # periods with a PeriodState, oldest first
+
+    def __init__(self, bindings: dict[str, list[Any]] | None = None, watermark: str = "", newest_ms: int = 0,
+                 periods: list[str] | None = None) -> None:
+        self.bindings = bindings if bindings is not None else {}
+        self.watermark, self.newest_ms = watermark, newest_ms
+        self.periods = periods if periods is not None else []
 
     def encode(self) -> bytes:
         return orjson.dumps({"b": self.bindings, "w": self.watermark, "t": self.newest_ms, "p": self.periods})
@@ -141,15 +159,21 @@ class DictStore:
 # ------------------------------------------------------------------------------------- outcome
 
 
-@dataclass
+@dataclass(init=False)  # see PeriodState
 class Outcome:
     """What one event did: ``ok``, ``late`` (an older, still open period), ``duplicate`` or
     ``too_late`` (its period is closed: it goes to the DLQ with ``reason``)."""
 
     status: str
-    alerts: list[Alert] = field(default_factory=list)
-    lines: list[RebillLine] = field(default_factory=list)
-    reason: str = ""
+    alerts: list[Alert]
+    lines: list[RebillLine]
+    reason: str
+
+    def __init__(self, status: str, alerts: list[Alert] | None = None, lines: list[RebillLine] | None = None,
+                 reason: str = "") -> None:
+        self.status, self.reason = status, reason
+        self.alerts = alerts if alerts is not None else []
+        self.lines = lines if lines is not None else []
 
 
 @dataclass(frozen=True, slots=True)
