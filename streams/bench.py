@@ -21,8 +21,12 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from . import codecs
 from .agents.usage import ALL_TOPICS, build_pipeline
-from .config import load_config
+from .config import build_engine, build_fraud_engine, load_config
+from .core.fraud import DictFraudStore
+from .core.records import CallEvent
+from .core.usage import DictStore
 from .embedded import EmbeddedBroker, create_topics
 from .settings import Settings
 
@@ -165,6 +169,40 @@ async def measure_pipeline(settings: Settings, expected: int) -> tuple[float, di
     return expected / (marks["t1"] - marks["t0"]), info
 
 
+BUSY_CALLS = (100, 4_000)
+
+
+def measure_busy_user(calls: int) -> tuple[float, int]:
+    """One user's month of ``calls`` covered calls, one every 10 minutes, through the fair-use and
+    fraud engines on plain dicts (no broker): µs per CDR over the month, and the bytes of the
+    month's state records at the end — each table write of that user encodes them whole."""
+    settings = Settings()
+    plans, rates = load_config(settings)
+    usage, fraud = build_engine(settings, plans, rates), build_fraud_engine(settings, plans, rates)
+    store, fraud_store = DictStore(), DictFraudStore()
+    start = int(datetime.fromisoformat("2026-11-02T08:00:00+01:00").timestamp() * 1000)
+    events = []
+    for n in range(calls):
+        at = start + n * 600_000
+        stamp = datetime.fromtimestamp(at / 1000).astimezone().isoformat()
+        events.append(CallEvent("end", f"busy-{n}", "busy", "cust", "+33140000000", f"+3314{n * 7919 % 10**8:08d}",
+                                "outbound", at, stamp, at + 5_000, at + 65_000, 60, "ANSWERED"))
+    began = time.perf_counter()
+    for event in events:
+        usage.on_call(store, event)
+        if fraud is not None:
+            fraud.on_call(fraud_store, event)
+    per_event = (time.perf_counter() - began) / calls * 1e6
+    size = sum(len(state.encode()) for state in store.periods.values())
+    size += sum(len(state.encode()) for state in fraud_store.states.values())
+    return per_event, size
+
+
+def compiled() -> bool:
+    """Whether this process runs the mypyc-compiled core (pyproject.toml's build hook)."""
+    return not (codecs.__file__ or "").endswith(".py")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -186,6 +224,10 @@ class BenchResult:
             f"state: {f['bytes_per_user_month']:.0f} bytes per active user-month "
             f"(small run: {f['bytes_per_user_month_small']:.0f})",
             f"peak RSS {f['peak_rss_mib']:.0f} MiB",
+            "busy user (engines alone): " + ", ".join(
+                f"{n:,} calls in the month {f[f'busy_{n}_us_per_cdr']:.0f} µs/CDR, "
+                f"state {f[f'busy_{n}_state_bytes'] / 1024:,.0f} KiB" for n in BUSY_CALLS),
+            f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",
         ])
 
 
@@ -294,6 +336,10 @@ async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[st
         figures["alert_latency_p99_ms"] = (
             statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else float("nan"))
         figures["peak_rss_mib"] = peak_rss_mib()
+        report("busy user: the engines on one user's month of calls")
+        for n in BUSY_CALLS:
+            figures[f"busy_{n}_us_per_cdr"], figures[f"busy_{n}_state_bytes"] = measure_busy_user(n)
+        figures["compiled"] = compiled()
         return BenchResult(figures)
 
 
@@ -302,8 +348,8 @@ def register(sub: Any) -> None:
         "bench", help="throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size",
         description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
         "Faust program (one table write per event), and the full cdrwatch pipeline on the same generated stream; "
-        "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales "
-        "and peak RSS.",
+        "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales, "
+        "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month.",
     )
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--cdrs", type=int, default=300_000)

@@ -51,6 +51,10 @@ class PeriodState:
     peak_devices: int
     customer: str
     plan: str
+    # not encoded, built on the first window query: the calls' (start_ms, call_id) in order and the
+    # longest call, so that a rule looks at the calls near an instant, not at the whole month
+    starts: list[tuple[int, str]] | None = field(repr=False, compare=False)
+    longest_ms: int = field(repr=False, compare=False)
 
     def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
                  breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
@@ -63,6 +67,38 @@ class PeriodState:
         self.covered = covered if covered is not None else {}
         self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
             peak_simultaneous, peak_devices, customer, plan)
+        self.starts, self.longest_ms = None, 0
+
+    def put_call(self, call_id: str, start_ms: int, end_ms: int, outbound: int) -> None:
+        """Record a call (``end_ms`` OPEN while only its ``start`` is known), keeping the index."""
+        old = self.calls.get(call_id)
+        self.calls[call_id] = [start_ms, end_ms, outbound]
+        if self.starts is None:
+            return
+        if old is None or old[0] != start_ms:
+            if old is not None:
+                del self.starts[bisect.bisect_left(self.starts, (old[0], call_id))]
+            bisect.insort(self.starts, (start_ms, call_id))
+        if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
+            self.longest_ms = end_ms - start_ms
+
+    def _index(self) -> list[tuple[int, str]]:
+        if self.starts is None:
+            self.starts = sorted((record[0], call_id) for call_id, record in self.calls.items())
+            self.longest_ms = max((e - s for s, e, _ in self.calls.values() if e != OPEN), default=0)
+        return self.starts
+
+    def longest_call_ms(self) -> int:
+        """At least the longest ended call's duration (a replaced record is not subtracted)."""
+        self._index()
+        return self.longest_ms
+
+    def calls_starting(self, lo_ms: int, hi_ms: int) -> list[tuple[str, list[int]]]:
+        """The calls with ``lo_ms <= start < hi_ms``, in start order."""
+        starts, calls = self._index(), self.calls
+        first = bisect.bisect_left(starts, (lo_ms, ""))
+        last = bisect.bisect_left(starts, (hi_ms, ""), first)
+        return [(call_id, calls[call_id]) for _, call_id in starts[first:last]]
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -292,11 +328,11 @@ class UsageEngine:
             assert ev.end_ms is not None
             if record is not None and record[1] != OPEN:
                 return Outcome("duplicate")
-            state.calls[ev.call_id] = [ev.start_ms, ev.end_ms, outbound]
+            state.put_call(ev.call_id, ev.start_ms, ev.end_ms, outbound)
         else:
             if record is not None:
                 return Outcome("duplicate")
-            state.calls[ev.call_id] = [ev.start_ms, OPEN, outbound]
+            state.put_call(ev.call_id, ev.start_ms, OPEN, outbound)
         state.customer, state.plan = ev.customer, plan.name
         store.put_period(ev.user, period, state)
         if user_changed:  # a new month or a moved watermark; most CDRs leave the user state alone
@@ -319,8 +355,8 @@ class UsageEngine:
                             {"call_id": ev.call_id, "distinct_numbers": len(state.numbers)},
                         )
                     )
-                # a covered call arriving after a breach is billed at once
-                outcome.lines += self._rebill(ev.user, period, state, plan, None)
+                # a covered call arriving after a breach is billed at once (the others already are)
+                outcome.lines += self._rebill(ev.user, period, state, plan, None, only=ev.call_id)
         for breach in breaches:
             self._apply_breach(store, ev.user, ev.customer, plan, breach, outcome)
         return outcome
@@ -338,7 +374,9 @@ class UsageEngine:
         states = self._neighbour_states(store, ev.user, plan, lo, hi)
         intervals: list[tuple[int, int, str]] = []
         for _, state in states:
-            for call_id, (s, e, _outbound) in state.calls.items():
+            # a call overlapping [start, hi) started at most the longest call's length before it
+            reach = max(self.max_call_ms, state.longest_call_ms())
+            for call_id, (s, e, _outbound) in state.calls_starting(start - reach, hi):
                 if e == OPEN:
                     e = s + self.max_call_ms
                 if s < e and s < hi and start < e:
@@ -387,8 +425,8 @@ class UsageEngine:
         lo, hi = ev.start_ms - HOUR_MS, ev.start_ms + HOUR_MS
         starts: list[tuple[int, str]] = []
         for _, state in self._neighbour_states(store, ev.user, plan, lo, hi):
-            for call_id, (s, _e, outbound) in state.calls.items():
-                if outbound and lo < s < hi:
+            for call_id, (s, _e, outbound) in state.calls_starting(lo + 1, hi):
+                if outbound:
                     starts.append((s, call_id))
         if len(starts) <= limit:
             return []
@@ -520,8 +558,11 @@ class UsageEngine:
         outcome.lines += self._rebill(user, breach.period, state, plan, breach.rule)
         store.put_period(user, breach.period, state)
 
-    def _rebill(self, user: str, period: str, state: PeriodState, plan: Plan, rule: str | None) -> list[RebillLine]:
-        """Bring every covered call of the period up to the highest multiplier breached so far.
+    def _rebill(
+        self, user: str, period: str, state: PeriodState, plan: Plan, rule: str | None, only: str | None = None
+    ) -> list[RebillLine]:
+        """Bring every covered call of the period (or just the call ``only``) up to the highest
+        multiplier breached so far.
 
         A call climbs the plan's ladder of multipliers one step per line: the line for step ``m``
         carries ``amount(m) - amount(previous step)``, so the lines of a call always sum to the
@@ -536,7 +577,8 @@ class UsageEngine:
             rule = next(r for r, m in state.breaches.items() if Decimal(m) == target)
         ladder = sorted({m for m in plan.multipliers.values() if m > 0} | {Decimal(m) for m in state.breaches.values()})
         lines = []
-        for call_id, entry in state.covered.items():
+        calls = state.covered.items() if only is None else [(only, state.covered[only])]
+        for call_id, entry in calls:
             billsec, prefix, billed = entry
             already = Decimal(billed)
             if already >= target:

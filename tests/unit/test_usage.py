@@ -189,6 +189,52 @@ def test_simultaneous_calls(spans: list[tuple[int, int]], alerts: int) -> None:
     assert run.rules() == ["simultaneous_calls"] * alerts
 
 
+def test_calls_longer_than_the_live_cap_still_overlap_later_calls() -> None:
+    """Windowed lookups reach back by the longest call: three 10-hour calls (longer than the
+    4-hour cap of a call whose end is not known) overlap a fourth call 9 hours after they began."""
+    hours = 3600
+    run = feed(_calls([(0, 10 * hours), (60, 10 * hours), (120, 10 * hours), (9 * hours, 9 * hours + 60)]))
+    assert run.rules() == ["simultaneous_calls"]
+    assert sorted(run.alerts[0].evidence["call_ids"]) == ["s0", "s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_period_call_index_matches_a_scan_of_every_call(seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    state = PeriodState()
+    for step in range(300):
+        call_id = f"c{rnd.randrange(120)}"
+        start = rnd.randrange(0, 10_000)
+        end = -1 if rnd.random() < 0.3 else start + rnd.randrange(0, 5_000)
+        state.put_call(call_id, start, end, rnd.randrange(2))
+        if step % 7 == 0:  # index built part-way: later puts must keep it in step
+            lo = rnd.randrange(-100, 10_000)
+            hi = lo + rnd.randrange(0, 3_000)
+            expected = sorted((r[0], c) for c, r in state.calls.items() if lo <= r[0] < hi)
+            assert [(r[0], c) for c, r in state.calls_starting(lo, hi)] == expected
+            # a bound (a replaced call is not subtracted): what a window must reach back by
+            assert state.longest_call_ms() >= max((e - s for s, e, _ in state.calls.values() if e != -1), default=0)
+    decoded = PeriodState.decode(state.encode())  # a decoded state builds its index afresh
+    assert decoded.calls_starting(0, 20_000) == state.calls_starting(0, 20_000)
+
+
+def test_a_covered_call_after_a_breach_is_billed_alone() -> None:
+    """2,000 calls in a month: past the breach, each new covered call gets its own line and the
+    month's earlier calls (already billed at the multiplier) none."""
+    calls = covered_calls(2_000, spacing=600)
+    store = DictStore()
+    eng = engine()
+    for ev in calls[:-1]:
+        eng.on_call(store, ev)
+    (state,) = store.periods.values()
+    assert "distinct_numbers" in state.breaches
+    outcome = eng.on_call(store, calls[-1])
+    assert [line.call_id for line in outcome.lines] == [calls[-1].call_id]
+    assert {entry[2] for entry in state.covered.values()} == {state.breaches["distinct_numbers"]}
+
+
 def test_simultaneous_alert_details() -> None:
     run = feed(_calls([(0, 300), (60, 300), (120, 300), (180, 240), (200, 220)]))
     assert [len(o.alerts) for o in run.outcomes] == [0, 0, 0, 1, 0]

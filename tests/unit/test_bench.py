@@ -1,0 +1,35 @@
+"""`cdrwatch bench`'s offline parts (the broker parts run in `make bench`, not in the test suite)."""
+
+from __future__ import annotations
+
+from streams.bench import BUSY_CALLS, BenchResult, compiled, measure_busy_user, synthetic_stream
+
+
+def test_busy_user_state_grows_with_the_month_and_the_cost_is_measured() -> None:
+    small_cost, small_bytes = measure_busy_user(50)
+    big_cost, big_bytes = measure_busy_user(400)
+    assert small_cost > 0 and big_cost > 0
+    assert big_bytes > 4 * small_bytes  # the month's calls are kept for re-billing
+
+
+def test_the_report_names_every_figure() -> None:
+    figures = {
+        "cdrs": 300_000, "users": 20_000, "partitions": 4, "ceiling_cdr_per_s": 180_000.0,
+        "naive_cdr_per_s": 4_000.0, "pipeline_cdr_per_s": 10_000.0, "pipeline_vs_naive": 2.5,
+        "pipeline_vs_ceiling": 0.056, "latency_rate": 5_000.0, "alert_latency_p50_ms": 40.0,
+        "alert_latency_p99_ms": 120.0, "latency_alerts": 1_000, "bytes_per_user_month": 1_400.0,
+        "bytes_per_user_month_small": 1_300.0, "peak_rss_mib": 2_000.0, "compiled": compiled(),
+        **{f"busy_{n}_us_per_cdr": 50.0 for n in BUSY_CALLS},
+        **{f"busy_{n}_state_bytes": 1024 * n for n in BUSY_CALLS},
+    }
+    text = BenchResult(figures).format()
+    assert "pipeline (cdrwatch, all rules)         10,000 CDR/s" in text
+    assert "pipeline/naive 2.50x" in text
+    assert "4,000 calls in the month 50 µs/CDR, state 4,000 KiB" in text
+    assert "core compiled with mypyc: " in text
+
+
+def test_synthetic_stream_is_deterministic_and_keyed_by_user() -> None:
+    a, b = synthetic_stream(50, 500), synthetic_stream(50, 500)
+    assert a.cdrs == b.cdrs and len(a.cdrs) == 500 and len(a.registrations) == 50
+    assert all(value.startswith(b'{"event":"end"') and key.decode() in value.decode() for key, value in a.cdrs)
