@@ -97,6 +97,30 @@ def _cached_prometheus_monitor() -> type:
                     topic=tp.topic, partition=tp.partition)
             partition.set(offset)
 
+        # The batch consumer (streams.agents.batching) reports a partition's messages once per
+        # batch: the same counts as one on_message_in/on_message_out per message.
+        def on_messages_in(self, tp: Any, offset: int, count: int) -> None:
+            self.messages_received_total += count
+            self.messages_active += count
+            self.messages_received_by_topic[tp.topic] += count
+            self.tp_read_offsets[tp] = offset
+            metrics = self._metrics
+            metrics.messages_received.inc(count)
+            metrics.active_messages.inc(count)
+            topic = self._per_topic.get(tp.topic)
+            if topic is None:
+                topic = self._per_topic[tp.topic] = metrics.messages_received_per_topics.labels(topic=tp.topic)
+            topic.inc(count)
+            partition = self._per_tp.get(tp)
+            if partition is None:
+                partition = self._per_tp[tp] = metrics.messages_received_per_topics_partition.labels(
+                    topic=tp.topic, partition=tp.partition)
+            partition.set(offset)
+
+        def on_messages_out(self, tp: Any, offset: int, count: int) -> None:
+            self.messages_active -= count
+            self._metrics.active_messages.dec(count)
+
         def _clear_partition_related_metrics(self) -> None:
             super()._clear_partition_related_metrics()  # removes the per-topic/partition children
             self._per_topic.clear()

@@ -86,7 +86,8 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                         read_offset.pop(message.tp, None)
                     continue
                 for message in batch:
-                    self.track_message(message)
+                    self._unacked_messages.add(message)  # Consumer.track_message, less its sensors
+                _report(self.app.sensors, batch, "in")
                 try:
                     await handler(batch)
                 except Exception as exc:
@@ -101,11 +102,33 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                     return
                 for message in batch:
                     self.ack(message)
+                _report(self.app.sensors, batch, "out")
                 await asyncio.sleep(0)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def _report(sensors: Any, batch: list[Message], direction: str) -> None:
+    """Tell the sensors a batch came in (before the handler) or went out (acked): once per partition
+    to a sensor that takes counts (``on_messages_in/out``), once per message to any other."""
+    per_tp: dict[TP, list[int]] = {}
+    for message in batch:
+        entry = per_tp.get(message.tp)
+        if entry is None:
+            per_tp[message.tp] = [message.offset, 1]
+        else:
+            entry[0], entry[1] = message.offset, entry[1] + 1
+    for sensor in sensors:
+        batched = getattr(sensor, f"on_messages_{direction}", None)
+        if batched is not None:
+            for tp, (offset, count) in per_tp.items():
+                batched(tp, offset, count)
+        else:
+            single = getattr(sensor, f"on_message_{direction}")
+            for message in batch:
+                single(message.tp, message.offset, message)
 
 
 class BatchTransport(driver.Transport):  # type: ignore[misc]

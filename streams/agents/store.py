@@ -47,21 +47,29 @@ class ChangelogWriter:
     partition, handed to the aiokafka producer under Faust's when the batch of input is done.
     Faust flushes that producer before it commits input offsets, so a committed offset never runs
     ahead of its state. RocksDB's persisted changelog offset is kept up to date the way Faust's own
-    writes do."""
+    writes do. A batch the broker refuses (e.g. a record over its size limit) is reported to
+    ``on_error``: the table would no longer match its changelog."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, on_error: Callable[[str, BaseException], None] | None = None) -> None:
         self._app = app
+        self.on_error = on_error
         # (topic, partition) -> [open batch, store, records in it]; full batches wait in _full
         self._open: dict[tuple[str, int], list[Any]] = {}
         self._full: list[tuple[str, int, Any, Any, int]] = []
+        self._targets: dict[str, tuple[Any, str]] = {}  # table name -> (where values go, changelog topic)
 
     def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
+        target = self._targets.get(table.name)
+        if target is None:  # the store's own dict for the memory store (see _reader), its name
+            store = table.data
+            data = store.data if isinstance(store, MemoryStore) and type(store.data) is dict else store
+            target = self._targets[table.name] = (data, table.changelog_topic.get_topic_name())
+        data, topic = target
         if value is None:
-            if key in table.data:
-                del table.data[key]
+            if key in data:
+                del data[key]
         else:
-            table.data[key] = value
-        topic = table.changelog_topic.get_topic_name()
+            data[key] = value
         entry = self._open.get((topic, partition))
         if entry is None:
             entry = self._open[(topic, partition)] = [self._producer().create_batch(), table.data, 0]
@@ -80,19 +88,24 @@ class ChangelogWriter:
         for topic, partition, batch, store, count in batches:
             batch.close()
             fut = await producer.send_batch(batch, topic, partition=partition)
-            if type(store).__module__.endswith("rocksdb"):
-                fut.add_done_callback(_persisted(store, TP(topic, partition), count))
+            rocksdb = type(store).__module__.endswith("rocksdb")
+            fut.add_done_callback(self._delivered(store if rocksdb else None, TP(topic, partition), count))
 
     def _producer(self) -> Any:
         return self._app.producer._producer  # the aiokafka producer under Faust's
 
+    def _delivered(self, store: Any, tp: TP, count: int) -> Callable[[Any], None]:
+        def done(fut: Any) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                if self.on_error is not None:
+                    self.on_error(f"{tp.topic}/{tp.partition}", exc)
+            elif store is not None:
+                store.set_persisted_offset(tp, fut.result().offset + count - 1)  # the batch's last record
 
-def _persisted(store: Any, tp: TP, count: int) -> Any:
-    def done(fut: Any) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            store.set_persisted_offset(tp, fut.result().offset + count - 1)  # the batch's last record
-
-    return done
+        return done
 
 
 class _TableSink:
@@ -211,7 +224,8 @@ class TableStore:
 
     async def flush_fast(self, writer: ChangelogWriter, context: Any) -> None:
         """Write every put state once, with ``writer`` (see ChangelogWriter); ``context`` names the
-        partition for stores that look at the current event (RocksDB picks its database by it)."""
+        partition for stores that look at the current event (RocksDB picks its database by it);
+        None for stores that do not."""
         self._write(writer, context)
         await writer.send()
 

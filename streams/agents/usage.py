@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import faust
+from faust.stores.memory import Store as MemoryStore
 from faust.types import EventT, Message
 
 from ..codecs import (
@@ -72,9 +73,19 @@ class Pipeline:
     # co-partitioned by user). A REGISTER values its user's open calls no further than this.
     calls_read_ms: dict[int, int] = field(default_factory=dict)
     writer: ChangelogWriter = field(init=False)
+    by_partition: bool | None = None  # whether a table's store reads the current event (RocksDB)
 
     def __post_init__(self) -> None:
-        self.writer = ChangelogWriter(self.app)
+        self.writer = ChangelogWriter(self.app, on_error=self._changelog_failed)
+
+    def _changelog_failed(self, where: str, exc: BaseException) -> None:
+        """A changelog batch the broker refused: the tables no longer match their changelogs, and
+        a restart would restore older state under committed offsets. Stop the worker, loudly."""
+        log.error("changelog write to %s failed (%r): stopping the worker", where, exc)
+        self.failure = exc
+        if self.progress is not None:
+            self.progress.set()
+        asyncio.ensure_future(self.app.crash(exc))
 
     def store(self) -> TableStore:
         return TableStore(self.periods, self.users, self.subscribers, self.caches, self.fraud_table)
@@ -92,20 +103,22 @@ class Pipeline:
         if self.started_at is None:
             self.started_at = time.perf_counter()  # the first batch begins (benchmarks time from here)
             gc.freeze()  # the state recovered so far is long-lived: out of the collector's way
+        # stores that pick a database by the current event's partition (RocksDB) need it set
+        by_partition = context if context is not None and self._stores_by_partition() else None
         async with self.lock:
             store = self.store()
             out = _Outputs()
             for message in messages:
                 store.source = message
-                if context is not None:
-                    context.enter(message)  # stores that read by partition (RocksDB) look here
+                if by_partition is not None:
+                    by_partition.enter(message)
                 self._apply(message, store, out)
             try:
                 await self._deliver(out)
                 if context is None:
                     store.flush()  # Faust's per-event path: through the tables
                 else:
-                    await store.flush_fast(self.writer, context)
+                    await store.flush_fast(self.writer, by_partition)
             except BaseException:
                 store.discard()
                 raise
@@ -114,6 +127,12 @@ class Pipeline:
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()
+
+    def _stores_by_partition(self) -> bool:
+        if self.by_partition is None:
+            tables = [t for t in (self.periods, self.users, self.subscribers, self.fraud_table) if t is not None]
+            self.by_partition = not all(isinstance(t.data, MemoryStore) for t in tables)
+        return self.by_partition
 
     def _apply(self, message: Message, store: TableStore, out: "_Outputs") -> None:
         topic = self._base_topic(message.topic)

@@ -455,6 +455,44 @@ def test_the_cached_faust_sensor_counts_as_faust_does() -> None:
             3.0) in texts[1]
 
 
+def test_a_batch_reported_once_per_partition_counts_as_one_call_per_message() -> None:
+    from faust.sensors.prometheus import FaustMetrics
+    from faust.types import TP as FaustTP
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from streams.agents.batching import _report
+    from streams.metrics import _cached_prometheus_monitor
+
+    @dataclass
+    class Message:
+        tp: FaustTP
+        offset: int
+
+    batch = [Message(FaustTP("cdrs", n % 3), 10 + n) for n in range(10)]
+    texts, monitors = [], []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        monitor = _cached_prometheus_monitor()(metrics=FaustMetrics.create(registry, FAUST_PREFIX))
+        if batched:
+            _report([monitor], batch, "in")
+            before = monitor.messages_active
+            _report([monitor], batch, "out")
+        else:
+            for m in batch:
+                monitor.on_message_in(m.tp, m.offset, m)
+            before = monitor.messages_active
+            for m in batch:
+                monitor.on_message_out(m.tp, m.offset, m)
+        monitors.append((before, monitor.messages_active, monitor.messages_received_total,
+                         dict(monitor.messages_received_by_topic), dict(monitor.tp_read_offsets)))
+        texts.append({(s.name, frozenset(s.labels.items()), s.value)
+                      for fam in text_string_to_metric_families(generate_latest(registry).decode())
+                      for s in fam.samples if not s.name.endswith("_created")})
+    assert texts[0] == texts[1]
+    assert monitors[0] == monitors[1] == (10, 0, 10, {"cdrs": 10}, {
+        FaustTP("cdrs", 0): 19, FaustTP("cdrs", 1): 17, FaustTP("cdrs", 2): 18})
+
+
 def test_the_lag_histogram_counts_each_value_in_its_inclusive_bucket() -> None:
     metrics = Metrics()
     for lag in (0.0, 0.1, 0.10001, 86400.0, 86400.5):

@@ -1,0 +1,80 @@
+"""The direct changelog writer: values in the store at once, one record batch per changelog
+partition, a refused batch reported (the table would no longer match its changelog)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+
+from streams.agents.store import ChangelogWriter
+
+
+@dataclass
+class _Topic:
+    name: str
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@dataclass
+class _Table:
+    name: str
+    data: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def changelog_topic(self) -> _Topic:
+        return _Topic(f"app-{self.name}-changelog")
+
+
+class _Producer:
+    """aiokafka's own batches (no connection needed to build them); sends recorded, answered by
+    the test."""
+
+    def __init__(self) -> None:
+        self._real = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+        self.sent: list[tuple[str, int, int, asyncio.Future[Any]]] = []
+
+    def create_batch(self) -> Any:
+        return self._real.create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch.record_count(), fut))
+        return fut
+
+
+class _App:
+    def __init__(self) -> None:
+        self.producer = type("FaustProducer", (), {})()
+        self.producer._producer = _Producer()
+
+
+async def test_one_batch_per_changelog_partition_and_a_refused_one_is_reported() -> None:
+    app = _App()
+    errors: list[tuple[str, BaseException]] = []
+    writer = ChangelogWriter(app, on_error=lambda where, exc: errors.append((where, exc)))
+    periods, fraud = _Table("periods"), _Table("fraud")
+    writer.stage(periods, b"u1|2026-11", b"a", 0)
+    writer.stage(periods, b"u2|2026-11", b"b", 1)
+    writer.stage(periods, b"u3|2026-11", b"c", 1)
+    writer.stage(fraud, b"u1", b"f", 0)
+    writer.stage(periods, b"u2|2026-11", None, 1)  # a delete: gone from the store, a tombstone sent
+    assert periods.data == {b"u1|2026-11": b"a", b"u3|2026-11": b"c"} and fraud.data == {b"u1": b"f"}
+    await writer.send()
+    sent = app.producer._producer.sent
+    assert sorted((t, p, n) for t, p, n, _ in sent) == [
+        ("app-fraud-changelog", 0, 1), ("app-periods-changelog", 0, 1), ("app-periods-changelog", 1, 3)]
+    for topic, partition, _, fut in sent:
+        if (topic, partition) == ("app-periods-changelog", 1):
+            fut.set_exception(MessageSizeTooLargeError())
+        else:
+            fut.set_result(type("Metadata", (), {"offset": 0})())
+    await asyncio.sleep(0)  # done callbacks run
+    assert [(where, type(exc)) for where, exc in errors] == [("app-periods-changelog/1", MessageSizeTooLargeError)]
+    await writer.send()  # nothing staged since: nothing sent
+    assert len(sent) == 3
