@@ -66,16 +66,23 @@ def test_a_hacked_account_is_stopped_before_its_calls_end(broker: EmbeddedBroker
     messages, hacked = scenario()
     seen: list[tuple[str, str, list[str]]] = []  # (event, call_id, fraud levels emitted) in engine order
 
-    def spy(pipeline: Pipeline) -> None:
-        assert pipeline.fraud is not None, "the bundled plans configure fraud rules"
-        original = pipeline.fraud.on_call
+    class Spy:
+        """The fraud engine, its call events recorded (a compiled engine's methods cannot be patched)."""
 
-        def on_call(store: Any, ev: Any, **kwargs: Any) -> Any:
-            found = original(store, ev, **kwargs)
+        def __init__(self, engine: Any) -> None:
+            self.engine = engine
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.engine, name)
+
+        def on_call(self, store: Any, ev: Any, **kwargs: Any) -> Any:
+            found = self.engine.on_call(store, ev, **kwargs)
             seen.append((ev.event, ev.call_id, [a.level for a in found.alerts]))
             return found
 
-        pipeline.fraud.on_call = on_call  # type: ignore[method-assign]
+    def spy(pipeline: Pipeline) -> None:
+        assert pipeline.fraud is not None, "the bundled plans configure fraud rules"
+        pipeline.fraud = Spy(pipeline.fraud)  # type: ignore[assignment]
 
     result = asyncio.run(replay(Settings(web_enabled=False), messages, broker_url=broker.url, timeout_s=180,
                                 on_pipeline=spy))
