@@ -17,7 +17,8 @@ def test_the_report_names_every_figure() -> None:
         "cdrs": 300_000, "users": 20_000, "partitions": 4, "ceiling_cdr_per_s": 180_000.0,
         "naive_cdr_per_s": 4_000.0, "pipeline_cdr_per_s": 10_000.0, "pipeline_vs_naive": 2.5,
         "pipeline_vs_ceiling": 0.056, "latency_rate": 5_000.0, "alert_latency_p50_ms": 40.0,
-        "alert_latency_p99_ms": 120.0, "latency_alerts": 1_000, "bytes_per_user_month": 1_400.0,
+        "alert_latency_p99_ms": 120.0, "latency_alerts": 1_000, "latency_rate_quarter": 2_500.0,
+        "alert_latency_p50_ms_quarter": 20.0, "alert_latency_p99_ms_quarter": 80.0, "latency_alerts_quarter": 500, "bytes_per_user_month": 1_400.0,
         "bytes_per_user_month_small": 1_300.0, "peak_rss_mib": 2_000.0, "compiled": compiled(),
         **{f"busy_{n}_us_per_cdr": 50.0 for n in BUSY_CALLS},
         **{f"busy_{n}_state_bytes": 1024 * n for n in BUSY_CALLS},
@@ -25,6 +26,7 @@ def test_the_report_names_every_figure() -> None:
     text = BenchResult(figures).format()
     assert "pipeline (cdrwatch, all rules)         10,000 CDR/s" in text
     assert "pipeline/naive 2.50x" in text
+    assert "alert latency at 2,500 CDR/s: p50 20 ms, p99 80 ms (500 alerts)" in text
     assert "4,000 calls in the month 50 µs/CDR, state 4,000 KiB" in text
     assert "core compiled with mypyc: " in text
 
