@@ -130,6 +130,9 @@ def _reader(table: Any) -> Callable[[bytes], bytes | None]:
     return store.get  # type: ignore[no-any-return]
 
 
+_UNSEEN = object()
+
+
 class TableStore:
     """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
     read (and may have touched) is dropped from the cache so the next read decodes the table."""
@@ -148,30 +151,42 @@ class TableStore:
         self._put_users: dict[bytes, UserState] = {}
         self._read_periods: set[bytes] = set()
         self._read_users: set[bytes] = set()
+        # what get_period answered, by (user, period): an event asks for its month several times
+        self._seen_periods: dict[tuple[str, str], PeriodState | None] = {}
 
     @staticmethod
     def period_key(user: str, period: str) -> bytes:
         return f"{user}|{period}".encode()
 
     def get_period(self, user: str, period: str) -> PeriodState | None:
+        seen = self._seen_periods.get((user, period), _UNSEEN)
+        if seen is not _UNSEEN:
+            return seen  # type: ignore[return-value]
         key = self.period_key(user, period)
+        state: PeriodState | None
         if key in self._put_periods:
-            return self._put_periods[key]
-        raw = self._read_period_raw(key)
-        if raw is None:
-            return None
-        self._read_periods.add(key)
-        return self._caches.periods.get(key, raw)
+            state = self._put_periods[key]
+        else:
+            raw = self._read_period_raw(key)
+            if raw is None:
+                state = None
+            else:
+                self._read_periods.add(key)
+                state = self._caches.periods.get(key, raw)
+        self._seen_periods[(user, period)] = state
+        return state
 
     def put_period(self, user: str, period: str, state: PeriodState) -> None:
         key = self.period_key(user, period)
         self._put_periods[key] = state
         self._sources[key] = self.source
+        self._seen_periods[(user, period)] = state
 
     def drop_period(self, user: str, period: str) -> None:
         key = self.period_key(user, period)
         self._put_periods[key] = None
         self._sources[key] = self.source
+        self._seen_periods[(user, period)] = None
 
     def get_user(self, user: str) -> UserState | None:
         key = user.encode()
