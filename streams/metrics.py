@@ -84,18 +84,7 @@ def _cached_prometheus_monitor() -> type:
 
         def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
             Monitor.on_message_in(self, tp, offset, message)
-            metrics = self._metrics
-            metrics.messages_received.inc()
-            metrics.active_messages.inc()
-            topic = self._per_topic.get(tp.topic)
-            if topic is None:
-                topic = self._per_topic[tp.topic] = metrics.messages_received_per_topics.labels(topic=tp.topic)
-            topic.inc()
-            partition = self._per_tp.get(tp)
-            if partition is None:
-                partition = self._per_tp[tp] = metrics.messages_received_per_topics_partition.labels(
-                    topic=tp.topic, partition=tp.partition)
-            partition.set(offset)
+            self._received(tp, offset, 1)
 
         # The batch consumer (streams.agents.batching) reports a partition's messages once per
         # batch: the same counts as one on_message_in/on_message_out per message.
@@ -104,6 +93,9 @@ def _cached_prometheus_monitor() -> type:
             self.messages_active += count
             self.messages_received_by_topic[tp.topic] += count
             self.tp_read_offsets[tp] = offset
+            self._received(tp, offset, count)
+
+        def _received(self, tp: Any, offset: int, count: int) -> None:
             metrics = self._metrics
             metrics.messages_received.inc(count)
             metrics.active_messages.inc(count)
