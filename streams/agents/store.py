@@ -3,7 +3,8 @@ event's outputs are delivered, so state never runs ahead of what downstream has 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
+from collections import OrderedDict, deque
 from typing import Any, Callable, Generic, TypeVar
 
 from faust.stores.memory import Store as MemoryStore
@@ -45,14 +46,22 @@ class ChangelogWriter:
     """Table writes without Faust's per-write machinery (FutureMessage, producer buffer, sensors):
     the value goes into the table's store at once and into one record batch per changelog
     partition, handed to the aiokafka producer under Faust's when the batch of input is done.
-    Faust flushes that producer before it commits input offsets, so a committed offset never runs
-    ahead of its state. RocksDB's persisted changelog offset is kept up to date the way Faust's own
-    writes do. A batch the broker refuses (e.g. a record over its size limit) is reported to
-    ``on_error``: the table would no longer match its changelog."""
+    The hand-over runs beside the worker, one queue per changelog partition: aiokafka accepts a
+    partition's next batch only once the previous one has left for the broker, a wait that would
+    otherwise stall the worker for a round trip per batch. Faust flushes the producer before it
+    commits input offsets, and that flush first waits for these queues (``install_flush_hook``),
+    so a committed offset never runs ahead of its state. RocksDB's persisted changelog offset is
+    kept up to date the way Faust's own writes do. A batch the broker refuses (e.g. a record over
+    its size limit) is reported to ``on_error``: the table would no longer match its changelog."""
+
+    MAX_QUEUED = 16  # batches waiting per changelog partition before send() waits for the broker
 
     def __init__(self, app: Any, on_error: Callable[[str, BaseException], None] | None = None) -> None:
         self._app = app
         self.on_error = on_error
+        # (topic, partition) -> batches waiting for the producer, and the task handing them over
+        self._queues: dict[tuple[str, int], deque[tuple[Any, Any, int]]] = {}
+        self._pumps: dict[tuple[str, int], asyncio.Task[None]] = {}
         # (topic, partition) -> [open batch, store, records in it]; full batches wait in _full
         self._open: dict[tuple[str, int], list[Any]] = {}
         self._full: list[tuple[str, int, Any, Any, int]] = []
@@ -80,16 +89,56 @@ class ChangelogWriter:
         entry[2] += 1
 
     async def send(self) -> None:
-        """Hand every staged batch to the producer (delivery is awaited by Faust's commit)."""
+        """Queue every staged batch for the producer, in order per changelog partition (delivery
+        is awaited by Faust's commit, through ``drain``)."""
         batches = self._full + [(t, p, e[0], e[1], e[2]) for (t, p), e in self._open.items() if e[2]]
         self._open.clear()
         self._full = []
-        producer = self._producer()
         for topic, partition, batch, store, count in batches:
             batch.close()
-            fut = await producer.send_batch(batch, topic, partition=partition)
+            queue = self._queues.setdefault((topic, partition), deque())
+            queue.append((batch, store, count))
+            pump = self._pumps.get((topic, partition))
+            if pump is None or pump.done():
+                self._pumps[(topic, partition)] = asyncio.ensure_future(self._pump(topic, partition, queue))
+        for (topic, partition), queue in self._queues.items():
+            if len(queue) > self.MAX_QUEUED:  # the broker is slower than the worker: wait for it
+                await asyncio.wait([self._pumps[(topic, partition)]])
+
+    async def _pump(self, topic: str, partition: int, queue: deque[tuple[Any, Any, int]]) -> None:
+        producer = self._producer()
+        tp = TP(topic, partition)
+        while queue:
+            batch, store, count = queue[0]
+            try:
+                fut = await producer.send_batch(batch, topic, partition=partition)
+            except Exception as exc:  # the producer is closed or broken: nothing more can be sent
+                queue.clear()
+                if self.on_error is not None:
+                    self.on_error(f"{topic}/{partition}", exc)
+                return
+            queue.popleft()
             rocksdb = type(store).__module__.endswith("rocksdb")
-            fut.add_done_callback(self._delivered(store if rocksdb else None, TP(topic, partition), count))
+            fut.add_done_callback(self._delivered(store if rocksdb else None, tp, count))
+
+    async def drain(self) -> None:
+        """Wait until every queued batch is in the producer's hands."""
+        while True:
+            pending = [task for task in self._pumps.values() if not task.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
+    def install_flush_hook(self) -> None:
+        """Make the Faust producer's flush (which Faust's commit awaits) drain these queues first."""
+        producer = self._app.producer
+        flush = producer.flush
+
+        async def flush_changelogs_first() -> None:
+            await self.drain()
+            await flush()
+
+        producer.flush = flush_changelogs_first
 
     def _producer(self) -> Any:
         return self._app.producer._producer  # the aiokafka producer under Faust's

@@ -286,6 +286,7 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
             await pipeline.handle_batch(messages, context)
 
         attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
+        pipeline.writer.install_flush_hook()
 
         def failed(exc: BaseException) -> None:
             pipeline.failure = exc

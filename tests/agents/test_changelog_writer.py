@@ -66,6 +66,7 @@ async def test_one_batch_per_changelog_partition_and_a_refused_one_is_reported()
     writer.stage(periods, b"u2|2026-11", None, 1)  # a delete: gone from the store, a tombstone sent
     assert periods.data == {b"u1|2026-11": b"a", b"u3|2026-11": b"c"} and fraud.data == {b"u1": b"f"}
     await writer.send()
+    await writer.drain()
     sent = app.producer._producer.sent
     assert sorted((t, p, n) for t, p, n, _ in sent) == [
         ("app-fraud-changelog", 0, 1), ("app-periods-changelog", 0, 1), ("app-periods-changelog", 1, 3)]
@@ -77,4 +78,39 @@ async def test_one_batch_per_changelog_partition_and_a_refused_one_is_reported()
     await asyncio.sleep(0)  # done callbacks run
     assert [(where, type(exc)) for where, exc in errors] == [("app-periods-changelog/1", MessageSizeTooLargeError)]
     await writer.send()  # nothing staged since: nothing sent
+    await writer.drain()
     assert len(sent) == 3
+
+
+async def test_the_producer_flush_of_a_commit_waits_for_queued_batches() -> None:
+    """aiokafka takes a partition's next batch only once the previous one has left: the writer
+    queues instead of waiting, and Faust's commit (producer.flush) waits for the queue."""
+    app = _App()
+    flushed: list[int] = []
+
+    async def flush() -> None:
+        flushed.append(len(app.producer._producer.sent))
+
+    app.producer.flush = flush
+    writer = ChangelogWriter(app)
+    writer.install_flush_hook()
+    gate = asyncio.Event()
+    real_send = app.producer._producer.send_batch
+
+    async def slow_send_batch(batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        await gate.wait()  # the previous batch of the partition has not left yet
+        return await real_send(batch, topic, partition=partition)
+
+    app.producer._producer.send_batch = slow_send_batch
+    periods = _Table("periods")
+    for n in range(3):
+        writer.stage(periods, f"u{n}|2026-11".encode(), b"v", 0)
+        await writer.send()  # returns at once: the worker goes on
+    assert app.producer._producer.sent == []
+    commit = asyncio.ensure_future(app.producer.flush())
+    await asyncio.sleep(0.01)
+    assert not commit.done()  # the commit waits for the queued batches...
+    gate.set()
+    await commit
+    assert flushed == [3]  # ...then flushes the producer with all three in its hands
+    assert [p for _, p, _, _ in app.producer._producer.sent] == [0, 0, 0]
