@@ -51,6 +51,12 @@ def _host_address() -> str:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+# A table record holds a user's whole month (≈ 90 bytes per call): Kafka's default 1 MB limit would
+# stop at ≈ 11,000 calls. Changelog topics are created with this limit (max.message.bytes), and the
+# producer may send requests this large: ≈ 180,000 calls per user-month.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
 def tune_gc() -> None:
     """Collector settings for a worker process; ``gc.freeze()`` parks what exists so far (modules,
     classes, recovered state) where collections no longer walk it."""
@@ -84,6 +90,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=MAX_RECORD_BYTES,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
         web_port=settings.web_port,

@@ -239,7 +239,7 @@ class _Outputs:
 
 
 def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: faust.App | None = None) -> Pipeline:
-    from ..app import create_app
+    from ..app import MAX_RECORD_BYTES, create_app
 
     app = app or create_app(settings)
     raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -255,7 +255,8 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     def table(name: str, help: str) -> Any:
         # bytes key and value types give the changelog the raw serializer
         return app.Table(name, help=help, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-                         default=None, on_changelog_event=counter(name))
+                         default=None, on_changelog_event=counter(name),
+                         extra_topic_configs={"max.message.bytes": str(MAX_RECORD_BYTES)})
 
     periods = table("periods", "PeriodState per user|YYYY-MM")
     users = table("users", "UserState (SIP bindings, watermark) per user")

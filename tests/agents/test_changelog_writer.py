@@ -114,3 +114,13 @@ async def test_the_producer_flush_of_a_commit_waits_for_queued_batches() -> None
     await commit
     assert flushed == [3]  # ...then flushes the producer with all three in its hands
     assert [p for _, p, _, _ in app.producer._producer.sent] == [0, 0, 0]
+
+
+async def test_changelog_topics_and_the_producer_allow_records_of_a_busy_month(pipeline: Any) -> None:
+    """Kafka's default 1 MB record limit would stop a user-month at ≈ 11,000 calls."""
+    from streams.app import MAX_RECORD_BYTES
+
+    assert MAX_RECORD_BYTES == 16 * 1024 * 1024
+    assert pipeline.app.conf.producer_max_request_size == MAX_RECORD_BYTES
+    for table in (pipeline.periods, pipeline.users, pipeline.subscribers, pipeline.fraud_table):
+        assert table.changelog_topic.config == {"max.message.bytes": str(MAX_RECORD_BYTES)}
