@@ -308,18 +308,17 @@ class TableStore:
                     self._caches.periods.forget(key)
                 else:
                     self._caches.periods.remember(key, raw, state)
-            for key, ustate in self._put_users.items():
-                source = self._sources[b"u:" + key]
-                enter(source)
-                raw = ustate.encode()
-                sink.stage(self._users, key, raw, source.partition)
-                self._caches.users.remember(key, raw, ustate)
-            for key, fstate in self._put_fraud.items():
-                source = self._sources[b"f:" + key]
-                enter(source)
-                raw = fstate.encode()
-                sink.stage(self._fraud, key, raw, source.partition)
-                self._caches.fraud.remember(key, raw, fstate)
+            per_user: tuple[tuple[dict[bytes, Any], bytes, Any, _DecodeCache[Any]], ...] = (
+                (self._put_users, b"u:", self._users, self._caches.users),
+                (self._put_fraud, b"f:", self._fraud, self._caches.fraud),
+            )
+            for puts, prefix, table, cache in per_user:
+                for key, ustate in puts.items():
+                    source = self._sources[prefix + key]
+                    enter(source)
+                    raw = ustate.encode()
+                    sink.stage(table, key, raw, source.partition)
+                    cache.remember(key, raw, ustate)
         finally:
             if context is not None:
                 context.leave()
