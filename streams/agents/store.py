@@ -69,10 +69,8 @@ class ChangelogWriter:
 
     def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
         target = self._targets.get(table.name)
-        if target is None:  # the store's own dict for the memory store (see _reader), its name
-            store = table.data
-            data = store.data if isinstance(store, MemoryStore) and type(store.data) is dict else store
-            target = self._targets[table.name] = (data, table.changelog_topic.get_topic_name())
+        if target is None:
+            target = self._targets[table.name] = (_backing(table), table.changelog_topic.get_topic_name())
         data, topic = target
         if value is None:
             if key in data:
@@ -168,15 +166,19 @@ class _TableSink:
             table[key] = value
 
 
+def _backing(table: Any) -> Any:
+    """Where a table's values live, for direct reads and writes (no per-operation sensor): the
+    memory store's own dict (the store's mapping methods go through collections.abc, and its
+    ``get`` raises KeyError inside for every missing key), else the store itself (RocksDB)."""
+    store = table.data
+    return store.data if isinstance(store, MemoryStore) and type(store.data) is dict else store
+
+
 def _reader(table: Any) -> Callable[[bytes], bytes | None]:
-    """The fastest ``get`` of a table's store: the memory store's own dict (its ``get`` goes through
-    collections.abc and raises KeyError inside for every missing key), else the store's ``get``."""
+    """The fastest ``get`` of a table's values."""
     if table is None:
         return lambda _key: None
-    store = table.data  # the store itself: no per-read sensor
-    if isinstance(store, MemoryStore) and type(store.data) is dict:
-        return store.data.get
-    return store.get  # type: ignore[no-any-return]
+    return _backing(table).get  # type: ignore[no-any-return]
 
 
 _UNSEEN = object()
