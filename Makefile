@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml $(COMPILED)
 # The same project without the compiled extensions (pure Python: same behaviour, slower).
 uncompiled:
 	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so
+	rm -f $(HOME)/.calfkit/bin/tansu-*  # the broker binary older versions copied out of the environment
 	$(PYTHON) -m venv $(VENV)
 	HATCH_BUILD_NO_HOOKS=true $(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -48,3 +49,4 @@ soak: install
 clean:
 	rm -rf $(VENV) .pytest_cache build
 	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so
+	rm -f $(HOME)/.calfkit/bin/tansu-*  # the broker binary older versions copied out of the environment

@@ -93,6 +93,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=MAX_RECORD_BYTES,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds 0.0.0.0 unless told: listen exactly where asked
         web_port=settings.web_port,
         web_in_thread=False,
     )

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from . import codecs
 from .agents.usage import ALL_TOPICS, build_pipeline
+from .checks import output_file, positive_int
 from .config import build_engine, build_fraud_engine, load_config
 from .core.fraud import DictFraudStore
 from .core.records import CallEvent
@@ -243,8 +244,8 @@ def _latency_cdr(n: int, base: datetime) -> tuple[str, dict[str, Any], bool]:
     """The ``n``-th CDR of the latency stream: the first four of every 50 are one user's overlapping
     calls (the 4th breaches simultaneous_calls), the rest ordinary calls of 20,000 users — as many
     as the throughput stream, so that "half load" means the same per-user work. (With 2,000 users,
-    session 3 found each user's last hours of calls growing by a call every 0.6 s: the engines'
-    per-CDR work grew through the run and the worker fell behind at a third of its rate.)"""
+    each user's last hours of calls grow by a call every 0.6 s: the engines' per-CDR work grows
+    through the run and the worker falls behind at a third of its rate.)"""
     group, k = divmod(n, 50)
     if k < 4:
         user, start = f"lat{group:06d}", base + timedelta(minutes=k)
@@ -396,14 +397,16 @@ def register(sub: Any) -> None:
         "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales, "
         "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month.",
     )
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--cdrs", type=int, default=300_000)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--users", type=positive_int, default=20_000, metavar="N", help="users of the stream (20,000)")
+    parser.add_argument("--cdrs", type=positive_int, default=300_000, metavar="N", help="CDRs of the stream (300,000)")
+    parser.add_argument("--partitions", type=positive_int, default=4, metavar="N", help="partitions per topic (4)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        output_file(args.out, "--out")
     result = asyncio.run(run_bench(args.users, args.cdrs, args.partitions,
                                    lambda line: print(f"... {line}", file=sys.stderr, flush=True)))
     print(result.format())

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import load_config
+from .connect import check_broker, check_port_free
 from .core.errors import ConfigError
 from .core.summary import SummaryRow, summary_rows
 from .replay import (
@@ -28,7 +29,8 @@ from .replay import (
     stderr_report,
 )
 from .reports import write_summary
-from .settings import ENV_VARS, Settings, bundled_file, settings_from_env
+from .checks import output_dir, output_file, period, positive_float, positive_int
+from .settings import Settings, bundled_file, env_help, settings_from_env
 
 EXIT_USAGE = 2
 
@@ -36,39 +38,13 @@ EXIT_USAGE = 2
 # and sets `func` (a function of the parsed args returning the exit code).
 PLUGIN_COMMANDS: tuple[str, ...] = ("streams.bench", "streams.generator", "streams.evaluate", "streams.importers")
 
-ENV_HELP = "environment (flags win):\n" + "\n".join(f"  {var:<30} {name}" for var, name in ENV_VARS.items())
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _period(text: str) -> str:
-    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit() or not 1 <= int(text[5:]) <= 12:
-        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}")
-    return text
+ENV_HELP = env_help()
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plans", type=Path, metavar="FILE", help="plans.toml (default: the bundled sample)")
     parser.add_argument("--rates", type=Path, metavar="FILE", help="rates.csv rate deck (default: the bundled sample)")
-    parser.add_argument("--partitions", type=_positive_int, metavar="N", help="partitions per topic (default 4)")
+    parser.add_argument("--partitions", type=positive_int, metavar="N", help="partitions per topic (default 4)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
 
 
@@ -85,13 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "worker", help="run a Faust worker (production: --broker kafka://…)",
         description="Run one cdrwatch worker: consumes cdrs, sip-registrations and subscribers, writes "
-        "fairuse-alerts and rebilled-calls. Start more workers with the same settings to scale out.",
+        "fairuse-alerts and rebilled-calls, and (with a [fraud] section in the plans) fraud-alerts and "
+        "account-actions; rejected input goes to <topic>-dlq. Serves /metrics, /healthz and the views on "
+        "--web-host:--web-port (loopback unless told; views with personal data need CDRWATCH_WEB_TOKEN beyond "
+        "loopback). Start more workers with the same settings to scale out.",
         epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.add_argument("--broker", metavar="URL", help="kafka://host:port[;kafka://host2:port] (default kafka://127.0.0.1:9092)")
     worker.add_argument("--store", metavar="URL", help="table store: memory:// (default) or rocksdb:///path")
     worker.add_argument("--web-host", metavar="HOST", help="bind address of /metrics and the views (default 127.0.0.1)")
-    worker.add_argument("--web-port", type=_positive_int, metavar="N", help="default 6066")
+    worker.add_argument("--web-port", type=positive_int, metavar="N", help="default 6066")
     worker.add_argument("--standby-replicas", type=int, metavar="N", help="standby copies of each table partition (default 0)")
     _common(worker)
 
@@ -100,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the embedded broker and a worker, replay the bundled sample stream, print alerts "
         "as they happen and serve /metrics, until Ctrl-C.",
     )
-    run.add_argument("--web-port", type=_positive_int, metavar="N", help="default 6066")
+    run.add_argument("--web-port", type=positive_int, metavar="N", help="default 6066")
     run.add_argument("--exit-when-done", action="store_true", help="stop once the sample is processed")
     _common(run)
 
     rp = sub.add_parser(
         "replay", help="run JSONL/Parquet streams through a broker and a worker; write the outputs",
         description="Replay recorded streams through a real broker (embedded unless --broker) and a real "
-        "worker, wait until everything is processed, write DIR/alerts.jsonl, DIR/rebills.jsonl and "
-        "DIR/dlq.jsonl (rejected input with reasons), then exit 0.",
+        "worker, wait until everything is processed, write DIR/alerts.jsonl, DIR/rebills.jsonl, "
+        "DIR/fraud-alerts.jsonl, DIR/account-actions.jsonl, DIR/dlq.jsonl (rejected input with its reason, "
+        "file and line) and DIR/summary.parquet, then exit 0.",
     )
     rp.add_argument("--cdrs", type=Path, required=True, metavar="FILE", help="cdrs stream (.jsonl or .parquet)")
     rp.add_argument("--registrations", type=Path, metavar="FILE", help="sip-registrations stream")
@@ -118,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--external-workers", action="store_true",
                     help="only produce into --broker's topics and collect what the running workers emit: waits until "
                     "their consumer group (CDRWATCH_APP_ID) has no lag and the outputs are quiet")
-    rp.add_argument("--timeout", type=_positive_int, default=600, metavar="S", help="give up after S seconds (600)")
-    rp.add_argument("--speed", type=_positive_float, metavar="X",
+    rp.add_argument("--timeout", type=positive_int, default=600, metavar="S", help="give up after S seconds (600)")
+    rp.add_argument("--speed", type=positive_float, metavar="X",
                     help="play event time X times faster than real time (60: one hour per minute; default: as fast "
                     "as possible); the timeout then counts from the last message sent")
     _common(rp)
@@ -134,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--cdrs", type=Path, required=True, metavar="FILE", help="cdrs stream (.jsonl or .parquet)")
     sm.add_argument("--registrations", type=Path, metavar="FILE", help="sip-registrations stream")
     sm.add_argument("--subscribers", type=Path, metavar="FILE", help="subscribers records ({user, customer, plan})")
-    sm.add_argument("--period", metavar="YYYY-MM", type=_period, help="only this month")
-    sm.add_argument("--out", type=Path, required=True, metavar="FILE", help="summary.parquet or summary.csv")
+    sm.add_argument("--period", metavar="YYYY-MM", type=period, help="only this month")
+    sm.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="summary file: .parquet, or .csv for CSV")
     _common(sm)
 
     br = sub.add_parser(
@@ -143,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the embedded Tansu broker on loopback, create cdrwatch's topics and print the "
         "bootstrap address (host:port) on the first line. Ctrl-C stops it.",
     )
-    br.add_argument("--port", type=_positive_int, metavar="N", help="default: a free port")
-    br.add_argument("--partitions", type=_positive_int, default=4, metavar="N")
+    br.add_argument("--port", type=positive_int, metavar="N", help="default: a free port")
+    br.add_argument("--partitions", type=positive_int, default=4, metavar="N")
     for module in PLUGIN_COMMANDS:
         importlib.import_module(module).register(sub)
     return parser
@@ -232,7 +213,11 @@ def format_fraud(payload: dict[str, Any]) -> str:
     )
 
 
+SUMMARY_SUFFIXES = (".parquet", ".csv")
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
+    output_file(args.out, "--out", SUMMARY_SUFFIXES)
     settings = settings_from_args(args)
     plans, rates = load_config(settings)
     store, counts = run_offline(settings, read_inputs(args))
@@ -245,11 +230,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    output_dir(args.out, "--out")
+    if args.external_workers and not args.broker:
+        raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
     settings = settings_from_args(args)
+    load_config(settings)
     messages = read_inputs(args)
+    if args.broker:
+        asyncio.run(check_broker(settings))
     if args.external_workers:
-        if not args.broker:
-            raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
         result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report,
                                              speed=args.speed))
     else:
@@ -262,6 +251,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    check_port_free(settings.web_host, settings.web_port)
     sample = bundled_file("sample")
     messages = read_stream(sample / "cdrs.jsonl", "cdrs", "start_time") + read_stream(
         sample / "registrations.jsonl", "sip-registrations", "time"
@@ -300,8 +290,10 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
             total = await produce(settings, sorted(messages, key=lambda m: m.time_ms))
             await _wait_processed(pipeline, total, 600, stderr_report)
             counts = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(pipeline.metrics.counts.items()))
-            print(f"sample processed ({counts}); Ctrl-C to stop", flush=True)
-            if not exit_when_done:
+            if exit_when_done:
+                print(f"sample processed ({counts})", flush=True)
+            else:
+                print(f"sample processed ({counts}); Ctrl-C to stop", flush=True)
                 await stop.wait()
         finally:
             await pipeline.app.stop()
@@ -313,10 +305,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from .agents.usage import build_pipeline
 
+    from .web import format_endpoints
+
     settings = settings_from_args(args)
     plans, rates = load_config(settings)
+    if settings.web_enabled:
+        check_port_free(settings.web_host, settings.web_port)
+    asyncio.run(check_broker(settings))
     pipeline = build_pipeline(settings, plans, rates)
+    print(f"cdrwatch worker {settings.app_id} on {settings.broker}", flush=True)
+    if settings.web_enabled:
+        print(format_endpoints(settings.web_host, settings.web_port), flush=True)
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.upper())
+    if not sys.stdout.isatty():
+        worker.spinner = None  # its cursor codes belong on a terminal, not in a log file
     worker.execute_from_commandline()
     return 0
 
@@ -343,8 +345,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
 COMMANDS = {"summary": cmd_summary, "replay": cmd_replay, "run": cmd_run, "worker": cmd_worker, "broker": cmd_broker}
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but an unknown flag is reported with its command's usage."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(
         level=(getattr(args, "log_level", None) or "warning").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

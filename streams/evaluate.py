@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .core.errors import ConfigError
+from .core.plans import RULES
 from .jsonl import iter_jsonl
 
 __all__ = ["EvaluateInputError", "Evaluation", "RuleScore", "evaluate", "format_evaluation", "read_triples", "register"]
@@ -157,7 +158,7 @@ def format_evaluation(ev: Evaluation, *, show: int = 20) -> str:
                 lines.append(f"  … and {len(triples) - show} more")
     if ev.duplicate_alerts:
         lines.append(f"note: {ev.duplicate_alerts} alert line(s) repeated a (user, period, rule) already alerted "
-                     "(DESIGN.md: exactly one alert per triple)")
+                     "(a rule alerts once per user and month)")
     if ev.duplicate_labels:
         lines.append(f"note: {ev.duplicate_labels} label line(s) repeated a triple (counted once)")
     return "\n".join(lines)
@@ -190,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
     labels, dup_labels = read_triples(args.labels, "labels", "labels.jsonl")
     alerts, dup_alerts = read_triples(args.alerts, "alerts", "alerts.jsonl")
     rules = [r.strip() for r in args.rules.split(",") if r.strip()] if args.rules else None
+    unknown = [r for r in rules or () if r not in RULES]
+    if unknown or rules == []:
+        what = f"unknown rule {', '.join(map(repr, unknown))}" if unknown else "no rule given"
+        raise EvaluateInputError(f"--rules: {what} (the rules: {', '.join(RULES)})")
     ev = evaluate(labels, alerts, rules=rules, duplicate_labels=dup_labels, duplicate_alerts=dup_alerts)
     print(format_evaluation(ev, show=max(0, args.show)))
     if args.strict and not ev.perfect:

@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from .core.errors import ConfigError
+from .checks import output_dir
 
 __all__ = [
     "SCENARIOS",
@@ -1086,6 +1087,7 @@ def generate_month(
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"--timezone: unknown time zone {timezone!r}") from None
     year, mon = parse_month(month)
+    output_dir(out_dir, "--out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1155,7 +1157,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "generate", help="write a synthetic, labelled month of CDRs and registrations",
         description="Generate a realistic month of hosted-telephony traffic for N users — business-hours "
-        "and weekly profile, heavy-tailed durations, ~25 %% unanswered, address books, supplied phones "
+        "and weekly profile, heavy-tailed durations, ~25 % unanswered, address books, supplied phones "
         "re-registering — with injected fair-use abuse, and write DIR/cdrs.jsonl, DIR/registrations.jsonl "
         "(or .parquet) and DIR/labels.jsonl ({user, period, rule, scenario}: exactly the alerts the "
         "default plan must raise). Same arguments, same files.",

@@ -42,6 +42,7 @@ import orjson
 
 from .codecs import decode_cdr
 from .core.errors import ConfigError, InvalidRecord
+from .checks import count, input_file, output_file
 
 __all__ = [
     "ASTERISK_COLUMNS",
@@ -121,6 +122,7 @@ class ImportSummary:
     converted: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # reason kind → its first row, values included
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,7 +542,9 @@ def convert_file(fmt: str, source: Path, out: Path, opts: ImportOptions, rejects
                 reject = Reject(src, line, str(exc), raw)
                 rej_handle.write(orjson.dumps(reject.payload()) + b"\n")
                 summary.rejected += 1
-                summary.reasons[_reason_kind(str(exc))] += 1
+                kind = _reason_kind(str(exc))
+                summary.reasons[kind] += 1
+                summary.examples.setdefault(kind, f"{src}:{line}: {exc}")
                 continue
             out_handle.write(encoded + b"\n")
             summary.converted += 1
@@ -559,6 +563,7 @@ def format_import(summary: ImportSummary) -> str:
     ]
     for reason, count in summary.reasons.most_common(10):
         lines.append(f"  {count:>6}  {reason}")
+        lines.append(f"          e.g. {summary.examples[reason][:300]}")
     return "\n".join(lines)
 
 
@@ -571,8 +576,9 @@ def register(sub: Any) -> None:
         "import", help="convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)",
         description="Convert a switch's CDR file into `cdrs` `end` payloads, one JSON object per line, ready "
         "for `cdrwatch replay --cdrs`. Every row is validated as a worker would; rows that cannot be "
-        "converted go to the rejects file with their line number and reason. Exit 0 when the file could be "
-        "read (even if rows were rejected), 2 when it cannot.",
+        "converted go to the rejects file with their line number and reason. Exit 0 when rows were converted "
+        "(even if some were rejected, up to --max-rejects); 2 when the file cannot be read, nothing could be "
+        "converted, or more rows than --max-rejects were rejected (the output is then not written).",
         epilog="formats:\n"
         "  asterisk    Master.csv of cdr_csv: no header, 16 columns (+ uniqueid, userfield, peeraccount, linkedid,\n"
         "              sequence when enabled: 17-21); local times (--timezone). user: accountcode, else src\n"
@@ -600,6 +606,8 @@ def register(sub: Any) -> None:
                         "default: from-trunk, from-pstn, from-did, ext-did, public, …")
     parser.add_argument("--direction", choices=["outbound", "inbound"],
                         help="kamailio: direction of rows without a direction column (default outbound)")
+    parser.add_argument("--max-rejects", type=count, metavar="N",
+                        help="fail (exit 2, no output) when more than N rows are rejected (default: no limit)")
     parser.set_defaults(func=run)
 
 
@@ -617,6 +625,25 @@ def options_from_args(args: argparse.Namespace) -> ImportOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = convert_file(args.format, args.file, args.out, options_from_args(args), args.rejects)
+    input_file(args.file, "FILE", allow_dir=args.format == "freeswitch")
+    output_file(args.out, "--out")
+    rejects = args.rejects or default_rejects_path(args.out)
+    output_file(rejects, "--rejects")
+    if rejects.resolve() == args.out.resolve() or rejects.resolve() == args.file.resolve():
+        raise ImportInputError(f"--rejects {rejects}: must differ from FILE and --out")
+    if args.out.resolve() == args.file.resolve():
+        raise ImportInputError(f"--out {args.out}: would overwrite FILE")
+    opts = options_from_args(args)
+    summary = convert_file(args.format, args.file, args.out, opts, rejects)
     print(format_import(summary))
+    failure = None
+    if summary.read == 0:
+        failure = f"no CDR rows in {args.file}"
+    elif summary.converted == 0:
+        failure = f"nothing converted: {summary.read} rows read, all rejected (reasons in {summary.rejects_path})"
+    elif args.max_rejects is not None and summary.rejected > args.max_rejects:
+        failure = f"{summary.rejected} rows rejected, more than --max-rejects {args.max_rejects}"
+    if failure:
+        args.out.unlink(missing_ok=True)
+        raise ImportInputError(f"{failure}; {args.out} not written")
     return 0

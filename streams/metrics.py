@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import bisect
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .core.rating import CENT
 from .core.records import Alert, CallEvent, RebillLine, Registration
 
 if TYPE_CHECKING:
@@ -235,6 +237,24 @@ class _ActivityCollector(Collector):
         )
 
 
+class MoneyCounter(Collector):
+    """``cdrwatch_rebilled_euros_total{rule}``: sums kept as exact decimals, exposed to the cent
+    (a float counter drifts: 16.530000000000005 after a few lines)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, Decimal] = {}
+
+    def inc(self, rule: str, amount: Decimal) -> None:
+        self.totals[rule] = self.totals.get(rule, Decimal(0)) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("cdrwatch_rebilled_euros", "Euros on re-bill lines emitted, by rule",
+                                     labels=["rule"])
+        for rule, total in sorted(self.totals.items()):
+            family.add_metric([rule], float(total.quantize(CENT)))
+        yield family
+
+
 class LagHistogram(Collector):
     """``cdrwatch_event_time_lag_seconds``: a histogram observed once per applied event, kept in
     plain integers. prometheus_client's Histogram takes a lock three times per observation (~2 µs,
@@ -322,9 +342,8 @@ class Metrics:
             "cdrwatch_fraud_alerts", "Fraud alerts emitted (fraud-alerts), by rule and level",
             ["rule", "level"], registry=self.registry,
         )
-        self.rebilled_euros = Counter(
-            "cdrwatch_rebilled_euros", "Euros on re-bill lines emitted, by rule", ["rule"], registry=self.registry
-        )
+        self.rebilled_euros = MoneyCounter()
+        self.registry.register(self.rebilled_euros)
         self.event_time_lag = LagHistogram(
             "cdrwatch_event_time_lag_seconds",
             "Processing time minus event time (end_time of an end CDR, start_time of a start, time of a "
@@ -368,7 +387,7 @@ class Metrics:
         self.fraud_alerts.labels(alert.rule, alert.level).inc()
 
     def rebill(self, line: RebillLine) -> None:
-        self.rebilled_euros.labels(line.rule).inc(float(line.amount))
+        self.rebilled_euros.inc(line.rule, line.amount)
 
     # -- exposition -----------------------------------------------------------------------------
 

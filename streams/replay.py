@@ -37,6 +37,7 @@ from .core.timeutil import parse_rfc3339, to_ms
 from .core.usage import DictStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics, true_end_offsets
 from .jsonl import iter_jsonl
+from .checks import input_file
 from .reports import write_summary
 from .settings import Settings
 
@@ -53,6 +54,7 @@ class InputMessage:
     key: bytes | None
     value: bytes
     time_ms: float  # for interleaving topics in event-time order; inf when unknown
+    origin: str = ""  # where it was read: ``file:line`` (JSONL) or ``file:row N`` (Parquet)
 
 
 def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
@@ -61,14 +63,16 @@ def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
     A line that is not JSON is a malformed file (error with its line number); a JSON object that
     breaks the topic's schema is sent as is, so that the worker routes it to the DLQ.
     """
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    try:
+        input_file(path, f"--{topic if topic != 'sip-registrations' else 'registrations'}")
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
     if path.suffix == ".parquet":
         return _read_parquet(path, topic, time_field)
     messages = []
     with path.open("rb") as handle:
-        for _line_no, raw, data in iter_jsonl(handle, path, InputError):
-            messages.append(_message(topic, raw, data, time_field))
+        for line_no, raw, data in iter_jsonl(handle, path, InputError):
+            messages.append(_message(topic, raw, data, time_field, f"{path}:{line_no}"))
     return messages
 
 
@@ -80,15 +84,15 @@ def _read_parquet(path: Path, topic: str, time_field: str) -> list[InputMessage]
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     messages = []
-    for row in rows:
+    for n, row in enumerate(rows, start=1):
         if topic == "cdrs" and row.get("event") == "start":
             # one table holds both kinds of event: a `start` has no end-of-call columns
             row = {k: v for k, v in row.items() if v is not None}
-        messages.append(_message(topic, orjson.dumps(row, default=str), row, time_field))
+        messages.append(_message(topic, orjson.dumps(row, default=str), row, time_field, f"{path}:row {n}"))
     return messages
 
 
-def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage:
+def _message(topic: str, raw: bytes, data: Any, time_field: str, origin: str = "") -> InputMessage:
     key = None
     # subscriber records have no event time: they go first, so plans apply from the first event
     when = float("inf") if time_field else float("-inf")
@@ -100,7 +104,7 @@ def _message(topic: str, raw: bytes, data: Any, time_field: str) -> InputMessage
         if isinstance(data.get(time_field), str):
             with contextlib.suppress(ValueError):
                 when = float(to_ms(parse_rfc3339(data[time_field])))
-    return InputMessage(topic, key, raw, when)
+    return InputMessage(topic, key, raw, when, origin)
 
 
 @dataclass
@@ -324,7 +328,7 @@ async def replay(
             await app.stop()
     result = ReplayResult(sent=total, counts=dict(pipeline.metrics.counts), seconds=time.monotonic() - started,
                           summary=summary, timezone=plans.timezone.key)
-    _fill(result, got)
+    _fill(result, got, inputs)
     return result
 
 
@@ -455,12 +459,14 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     result = ReplayResult(sent=total, seconds=time.monotonic() - started)
-    _fill(result, got)
+    _fill(result, got, inputs)
     return result
 
 
-def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]]) -> None:
-    """The collected outputs, in a stable order for files that diff well."""
+def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]],
+          inputs: Iterable[InputMessage] = ()) -> None:
+    """The collected outputs, in a stable order for files that diff well; each DLQ row also says
+    where its message was read (``input``: file and line)."""
     result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
     result.rebills = sorted(
         (p for p, _ in got["rebilled-calls"]), key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"])
@@ -468,3 +474,13 @@ def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]]
     result.fraud_alerts = sorted((p for p, _ in got["fraud-alerts"]), key=lambda a: (a["time"], a["user"], a["alert_id"]))
     result.actions = sorted((p for p, _ in got["account-actions"]), key=lambda a: (a["time"], a["user"], a["action_id"]))
     result.dlq = [row for t in DLQ_TOPICS for row, _ in got[t]]
+    if not result.dlq:
+        return
+    rejected = {(row["topic"], row["value"]) for row in result.dlq}
+    origins: dict[tuple[str, str], list[str]] = {}
+    for msg in inputs:
+        found = (msg.topic, msg.value.decode("utf-8", errors="replace"))
+        if msg.origin and found in rejected:
+            origins.setdefault(found, []).append(msg.origin)
+    for row in result.dlq:
+        row["input"] = ", ".join(origins.get((row["topic"], row["value"]), []))

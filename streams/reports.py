@@ -48,7 +48,7 @@ def summary_table(rows: Iterable[SummaryRow], timezone: str) -> pa.Table:
 def write_summary(rows: Iterable[SummaryRow], path: Path, timezone: str) -> int:
     table = summary_table(rows, timezone)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(table.schema.names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from dataclasses import dataclass, field, replace
@@ -73,8 +74,13 @@ class Settings:
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
     ssl_cafile: Path | None = None
+    # Bearer token of the views that show personal data (/users/{user}/usage, /alerts). Without
+    # one, those views answer only on a loopback bind; /metrics and /healthz are always open.
+    web_token: SecretStr = SecretStr("")
 
     def __post_init__(self) -> None:
+        for part in self.broker_urls():
+            check_broker_url(part)
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise ValueError(
                 f"security protocol {self.security_protocol!r}: expected one of {', '.join(SECURITY_PROTOCOLS)}"
@@ -86,9 +92,17 @@ class Settings:
         if self.ssl_cafile is not None and not Path(self.ssl_cafile).is_file():
             raise ValueError(f"CA file {self.ssl_cafile} does not exist")
 
+    def broker_urls(self) -> list[str]:
+        """``kafka://a:9092;kafka://b:9092`` (or comma-separated) → its parts."""
+        return [part.strip() for part in self.broker.replace(",", ";").split(";") if part.strip()]
+
     def bootstrap_servers(self) -> str:
         """``kafka://a:9092;kafka://b:9092`` → ``a:9092,b:9092`` for aiokafka clients."""
-        return ",".join(part.split("://", 1)[-1] for part in self.broker.replace(",", ";").split(";") if part)
+        return ",".join(part.split("://", 1)[-1] for part in self.broker_urls())
+
+    @property
+    def web_on_loopback(self) -> bool:
+        return is_loopback(self.web_host)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if "SSL" not in self.security_protocol:
@@ -116,30 +130,41 @@ class Settings:
         return f"{self.topic_prefix}{name}"
 
 
-ENV_VARS: Mapping[str, str] = {
-    "CDRWATCH_BROKER": "broker",
-    "CDRWATCH_STORE": "store",
-    "CDRWATCH_DATA_DIR": "data_dir",
-    "CDRWATCH_APP_ID": "app_id",
-    "CDRWATCH_TOPIC_PREFIX": "topic_prefix",
-    "CDRWATCH_PLANS": "plans_path",
-    "CDRWATCH_RATES": "rates_path",
-    "CDRWATCH_PARTITIONS": "partitions",
-    "CDRWATCH_REPLICATION_FACTOR": "replication_factor",
-    "CDRWATCH_STANDBY_REPLICAS": "standby_replicas",
-    "CDRWATCH_WEB_HOST": "web_host",
-    "CDRWATCH_WEB_PORT": "web_port",
-    "CDRWATCH_SESSION_TIMEOUT": "session_timeout_s",
-    "CDRWATCH_MAX_CALL_DURATION": "max_call_duration_s",
-    "CDRWATCH_RETENTION_MONTHS": "retention_months",
-    "CDRWATCH_HASH_SECRET": "hash_secret",
-    "CDRWATCH_LOG_LEVEL": "log_level",
-    "CDRWATCH_SECURITY_PROTOCOL": "security_protocol",
-    "CDRWATCH_SASL_MECHANISM": "sasl_mechanism",
-    "CDRWATCH_SASL_USERNAME": "sasl_username",
-    "CDRWATCH_SASL_PASSWORD": "sasl_password",
-    "CDRWATCH_SSL_CAFILE": "ssl_cafile",
+@dataclass(frozen=True)
+class EnvVar:
+    """A ``CDRWATCH_*`` variable: the setting it fills and what it means."""
+
+    field: str
+    help: str
+
+
+ENV_VARS: Mapping[str, EnvVar] = {
+    "CDRWATCH_BROKER": EnvVar("broker", "Kafka bootstrap, kafka://host:port[;kafka://host2:port]"),
+    "CDRWATCH_STORE": EnvVar("store", "table store: memory:// or rocksdb:///path"),
+    "CDRWATCH_DATA_DIR": EnvVar("data_dir", "directory of the table files (default ./<app id>-data)"),
+    "CDRWATCH_APP_ID": EnvVar("app_id", "consumer group and changelog prefix of the workers"),
+    "CDRWATCH_TOPIC_PREFIX": EnvVar("topic_prefix", "prefix of every topic name"),
+    "CDRWATCH_PLANS": EnvVar("plans_path", "plans.toml (default: the bundled sample)"),
+    "CDRWATCH_RATES": EnvVar("rates_path", "rates.csv rate deck (default: the bundled sample)"),
+    "CDRWATCH_PARTITIONS": EnvVar("partitions", "partitions of the topics cdrwatch creates"),
+    "CDRWATCH_REPLICATION_FACTOR": EnvVar("replication_factor", "replicas of the topics cdrwatch creates"),
+    "CDRWATCH_STANDBY_REPLICAS": EnvVar("standby_replicas", "standby copies of each table partition"),
+    "CDRWATCH_WEB_HOST": EnvVar("web_host", "bind address of /metrics and the views"),
+    "CDRWATCH_WEB_PORT": EnvVar("web_port", "port of /metrics and the views"),
+    "CDRWATCH_WEB_TOKEN": EnvVar("web_token", "bearer token of /users/{user}/usage and /alerts (secret)"),
+    "CDRWATCH_SESSION_TIMEOUT": EnvVar("session_timeout_s", "consumer group session timeout, seconds"),
+    "CDRWATCH_MAX_CALL_DURATION": EnvVar("max_call_duration_s", "seconds a call without its end stays open"),
+    "CDRWATCH_RETENTION_MONTHS": EnvVar("retention_months", "months of state kept open"),
+    "CDRWATCH_HASH_SECRET": EnvVar("hash_secret", "key of the called-number hashes (secret; set your own)"),
+    "CDRWATCH_LOG_LEVEL": EnvVar("log_level", "debug, info, warning or error"),
+    "CDRWATCH_SECURITY_PROTOCOL": EnvVar("security_protocol", ", ".join(("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))),
+    "CDRWATCH_SASL_MECHANISM": EnvVar("sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    "CDRWATCH_SASL_USERNAME": EnvVar("sasl_username", "SASL user"),
+    "CDRWATCH_SASL_PASSWORD": EnvVar("sasl_password", "SASL password (secret)"),
+    "CDRWATCH_SSL_CAFILE": EnvVar("ssl_cafile", "CA certificate file of the brokers"),
 }
+
+SECRET_FIELDS = ("hash_secret", "sasl_password", "web_token")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -150,17 +175,58 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     env = os.environ if environ is None else environ
     base = Settings()
     values: dict[str, object] = {}
-    for var, name in ENV_VARS.items():
+    for var, spec in ENV_VARS.items():
         if var in env and env[var] != "":
-            values[name] = _coerce(name, env[var], getattr(base, name))
+            values[spec.field] = _coerce(var, env[var], getattr(base, spec.field))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("hash_secret", "sasl_password"):
+    for key in SECRET_FIELDS:
         if isinstance(values.get(key), str):
             values[key] = SecretStr(str(values[key]))
     for key in ("plans_path", "rates_path", "data_dir", "ssl_cafile"):
         if isinstance(values.get(key), str):
             values[key] = Path(str(values[key]))
     return replace(base, **values)  # type: ignore[arg-type]
+
+
+def env_help() -> str:
+    """The environment-variable list of ``--help``: name, meaning, default."""
+    base = Settings()
+    lines = ["environment (flags win):"]
+    for var, spec in ENV_VARS.items():
+        default = getattr(base, spec.field)
+        if isinstance(default, SecretStr):
+            shown = "built-in demo value" if default.get_secret_value() else "none"
+        elif isinstance(default, Path):
+            shown = "bundled"
+        elif default in (None, ""):
+            shown = "none"
+        else:
+            shown = str(default)
+        lines.append(f"  {var:<28} {spec.help} [default: {shown}]")
+    return "\n".join(lines)
+
+
+def is_loopback(host: str) -> bool:
+    """A bind address that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_broker_url(url: str) -> None:
+    """``kafka://host:port`` (or ``host:port``); anything else is refused with an example."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "kafka", url
+    host, colon, port = rest.rpartition(":")
+    if scheme != "kafka":
+        raise ValueError(f"broker URL {url!r}: expected kafka://host:port (e.g. kafka://127.0.0.1:9092), "
+                         f"not a {scheme}:// URL")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+        raise ValueError(f"broker URL {url!r}: expected kafka://host:port (e.g. kafka://127.0.0.1:9092)")
 
 
 def _coerce(name: str, raw: str, default: object) -> object:

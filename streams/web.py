@@ -7,6 +7,7 @@ checks are unit-tested without a web server; ``install_views`` wraps them in Fau
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "Response",
     "VIEW_PATHS",
     "alerts_view",
+    "authorize",
     "format_endpoints",
     "health_view",
     "install_views",
@@ -231,6 +233,25 @@ def alerts_view(query: Iterable[tuple[str, str]], ring: AlertRing, worker: str =
     }
 
 
+# ------------------------------------------------------------------------------------ access
+
+
+def authorize(token: str, on_loopback: bool, authorization: str | None) -> Response | None:
+    """Access to a view that shows personal data (user ids, source IPs, contacts, user agents):
+    ``None`` to serve it, else the refusal. With a token configured, ``Authorization: Bearer
+    <token>`` is required wherever the worker listens; without one, only a loopback bind serves
+    these views (a worker reachable from the network refuses them until a token is set)."""
+    if token:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        return 401, {"error": "this view needs Authorization: Bearer <CDRWATCH_WEB_TOKEN>"}
+    if on_loopback:
+        return None
+    return 403, {"error": "this worker listens beyond loopback and has no CDRWATCH_WEB_TOKEN: views with "
+                          "personal data are refused (set CDRWATCH_WEB_TOKEN and send it as a bearer token)"}
+
+
 # ----------------------------------------------------------------------------------- health
 
 
@@ -259,7 +280,9 @@ def _assigned(app: faust.App, topic_names: Mapping[str, str]) -> dict[str, list[
 
 def _json(view: faust.web.View, response: Response) -> faust.web.Response:
     status, body = response
-    return view.bytes(orjson.dumps(body), content_type="application/json", status=status)
+    headers = ({"WWW-Authenticate": 'Bearer realm="cdrwatch"'} if status == 401
+               else {"Retry-After": "5"} if status == 503 else None)
+    return view.bytes(orjson.dumps(body), content_type="application/json", status=status, headers=headers)
 
 
 def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
@@ -274,6 +297,16 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
     def worker() -> str:
         return str(app.conf.canonical_url)
 
+    settings = pipeline.settings
+    token = settings.web_token.get_secret_value()
+
+    def refused(request: faust.web.Request) -> Response | None:
+        return authorize(token, settings.web_on_loopback, request.headers.get("Authorization"))
+
+    if not token and not settings.web_on_loopback:
+        log.warning("web views: listening on %s without CDRWATCH_WEB_TOKEN: /users/{user}/usage and /alerts are "
+                    "refused (403); /metrics and /healthz are served", settings.web_host)
+
     if app.conf.canonical_url.host in ("0.0.0.0", "::", ""):
         # every worker would advertise the same unreachable URL and answer for users it does not hold
         log.warning("web views: this worker advertises %s to the others, which cannot reach it; /users/{user}/usage "
@@ -287,11 +320,20 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
 
     @app.page(USAGE_PATH, name="cdrwatch-usage")
     class UsageView(faust.web.View):
+        async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
+            # checked before the request is forwarded (the owner checks it again: headers go along)
+            denied = refused(request)
+            if denied is not None:
+                return _json(self, denied)
+            if not app.tables.recovery.completed.is_set() or not _assigned(app, inputs):
+                return _json(self, (503, {"error": "this worker is starting (tables not recovered yet): retry"}))
+            return await self.routed(request, user=user)  # type: ignore[no-any-return]
+
         # the users table is keyed by the user's UTF-8 bytes and written from the user's input
         # partition, which the producers chose by murmur2 of that same key: Faust's router hashes
         # the path's user the same way and forwards the request to the worker holding it
         @app.table_route(table=pipeline.users, match_info="user")  # type: ignore[arg-type]  # `user` from the path
-        async def get(self, request: faust.web.Request, user: str) -> faust.web.Response:
+        async def routed(self, request: faust.web.Request, user: str) -> faust.web.Response:
             engine = pipeline.engine
             return _json(self, usage_view(user, request.query.items(), pipeline.users, pipeline.periods,
                                           engine.plans, engine.rates, worker()))
@@ -299,6 +341,7 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
     @app.page(ALERTS_PATH, name="cdrwatch-alerts")
     class AlertsView(faust.web.View):
         async def get(self, request: faust.web.Request) -> faust.web.Response:
-            return _json(self, alerts_view(request.query.items(), ring, worker()))
+            denied = refused(request)
+            return _json(self, denied if denied is not None else alerts_view(request.query.items(), ring, worker()))
 
     return ring

@@ -40,6 +40,9 @@ def explain(exc: fastjsonschema.JsonSchemaValueException) -> str:
     if exc.rule == "required":
         missing = re.findall(r"'([^']+)'", exc.message)
         return f"{where}missing required field(s): {', '.join(missing)}"
+    if path.endswith("time") and exc.rule in ("minLength", "maxLength") and isinstance(exc.value, str):
+        return (f"{path}: expected an RFC 3339 time with its UTC offset, e.g. 2026-11-03T09:15:02+01:00 "
+                f"(got {exc.value[:60]!r}{': the offset is missing' if exc.rule == 'minLength' else ''})")
     message = exc.message
     if exc.name and message.startswith(exc.name):
         message = message[len(exc.name):].strip()

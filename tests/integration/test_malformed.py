@@ -65,11 +65,15 @@ async def test_every_bad_message_lands_in_the_dlq_and_every_good_one_is_processe
     bad = bad_values()
     messages: list[InputMessage] = []
     goods = 0
+    bad_origins = set()
     for i in range(400):
+        origin = f"cdrs.jsonl:{i + 1}"  # as read_stream names a line
         if i % 3 == 0 and bad:
-            messages.append(InputMessage("cdrs", b"user0", bad.pop(), 0.0))
+            messages.append(InputMessage("cdrs", b"user0", bad.pop(), 0.0, origin))
+            bad_origins.add(origin)
         else:
-            messages.append(InputMessage("cdrs", f"user{goods % 7}".encode(), orjson.dumps(good_cdr(goods)), 0.0))
+            messages.append(InputMessage("cdrs", f"user{goods % 7}".encode(), orjson.dumps(good_cdr(goods)), 0.0,
+                                         origin))
             goods += 1
     n_bad = len(bad_values())
     result = await replay(settings, messages, broker_url=broker.url, timeout_s=120)
@@ -77,6 +81,8 @@ async def test_every_bad_message_lands_in_the_dlq_and_every_good_one_is_processe
     assert result.counts.get(("cdrs", "dlq")) == n_bad
     assert len(result.dlq) == n_bad
     assert all(row["reason"] for row in result.dlq)
+    # each rejected message says where it was read, beside its topic/partition/offset
+    assert {row["input"] for row in result.dlq} == bad_origins
     assert result.counts.get(("cdrs", "ok"), 0) + result.counts.get(("cdrs", "late"), 0) == goods
     # the raw bytes of every rejected message are kept as they were sent
     sent_bad = sorted(v.decode("utf-8", errors="replace") for v in bad_values())

@@ -263,11 +263,11 @@ def test_cli_import_prints_counts_and_exits_0(tmp_path: Path, capsys: pytest.Cap
     assert len(read_jsonl(custom)) == 7
 
 
-def test_cli_import_of_a_file_where_every_row_is_bad_still_exits_0(tmp_path: Path) -> None:
+def test_cli_import_of_a_file_where_every_row_is_bad_exits_2(tmp_path: Path) -> None:
     garbage = tmp_path / "Master.csv"
     garbage.write_bytes(b"\x00\x01binary\xff\n" * 3)
-    assert main(["import", "asterisk", str(garbage), "--out", str(tmp_path / "o.jsonl")]) == 0
-    assert len(read_jsonl(tmp_path / "o.rejects.jsonl")) == 3 and read_jsonl(tmp_path / "o.jsonl") == []
+    assert main(["import", "asterisk", str(garbage), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert len(read_jsonl(tmp_path / "o.rejects.jsonl")) == 3 and not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize(

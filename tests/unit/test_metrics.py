@@ -106,6 +106,14 @@ def test_counters_count_exactly() -> None:
     assert value(metrics, "cdrwatch_rebilled_euros_total", rule="distinct_numbers") == pytest.approx(0.08)
 
 
+def test_money_is_exposed_to_the_cent() -> None:
+    metrics = Metrics()
+    for amount in ("5.51", "5.51", "5.51", "0.10", "0.20"):
+        metrics.rebill(line("pbx_or_gateway", amount))
+    text = metrics.exposition().decode()
+    assert 'cdrwatch_rebilled_euros_total{rule="pbx_or_gateway"} 16.83' in text.splitlines()  # float sums: 16.830000000000002
+
+
 def test_two_pipelines_in_one_process_have_their_own_registries() -> None:
     one, two = Metrics(), Metrics()
     one.event("cdrs", "ok")
