@@ -1,10 +1,10 @@
 """A deterministic, labelled sample stream of CDRs and SIP registrations.
 
 ``build_sample()`` returns the payloads of the ``cdrs`` and ``sip-registrations`` topics for one
-calendar month (DESIGN.md formats) and the exact list of fair-use alerts the DESIGN.md rules must
-raise on them, for the default plan of the bundled ``plans.toml`` (``full-illimite``: 150 distinct
-numbers, 3 simultaneous calls, 3 registered devices, 60 calls per hour, operator-supplied
-Yealink/snom/Gigaset/Polycom terminals).
+calendar month (the README's topic payloads) and the exact list of fair-use alerts the README's
+rules must raise on them, for the default plan of the bundled ``plans.toml`` (``full-illimite``:
+150 distinct numbers, 3 simultaneous calls, 3 registered devices, 60 calls per hour,
+operator-supplied Yealink/snom/Gigaset/Polycom terminals).
 
 The stream holds:
 

@@ -1,4 +1,4 @@
-"""Number normalisation: what a signalled number is, as E.164 digits, per DESIGN.md."""
+"""Number normalisation: what a signalled number is, as E.164 digits, per the README's rules."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ _CONTEXT = Context(prec=34)
 
 
 def call_amount(billed_seconds: int, rate_per_minute: Decimal, multiplier: Decimal) -> Decimal:
-    """``billed_seconds / 60 × rate × multiplier``, rounded up to the next cent (seed 004)."""
+    """``billed_seconds / 60 × rate × multiplier``, rounded up to the next cent, as operators' terms price calls."""
     exact = _CONTEXT.divide(_CONTEXT.multiply(Decimal(billed_seconds) * rate_per_minute, multiplier), Decimal(60))
     return exact.quantize(CENT, rounding=ROUND_CEILING)
 

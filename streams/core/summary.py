@@ -1,7 +1,8 @@
 """The monthly fair-use summary: one row per (customer, user, period), from the period state.
 
-The seeds make the monthly summary authoritative in a dispute, so its re-billed amount is computed
-from the same covered-call store and multiplier as the re-bill lines, and equals their sum.
+Operators' terms can make the monthly summary authoritative when a bill is contested, so its
+re-billed amount is computed from the same covered-call store and multiplier as the re-bill lines,
+and equals their sum.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class Breach:
 
 
 class UsageEngine:
-    """Applies DESIGN.md's rules to one event at a time against a ``StateStore``."""
+    """Applies the fair-use rules (README "Rules") to one event at a time against a ``StateStore``."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Bad input in volume (issue 8, part 1): 10,000 malformed messages interleaved with good ones, through
+"""Bad input in volume: 10,000 malformed messages interleaved with good ones, through
 the embedded broker and a real worker. Every bad one must land in its topic's DLQ with a reason,
 every good one must be processed, and the counts must reconcile:
 consumed = ok + late + duplicate + dlq, per topic.

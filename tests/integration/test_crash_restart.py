@@ -1,4 +1,4 @@
-"""Crashes (issue 8, part 3): `kill -9` the only worker at three random points of a replay of a
+"""Crashes: `kill -9` the only worker at three random points of a replay of a
 generated month, restart it each time; the outputs, de-duplicated by id, equal an uninterrupted run."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A hacked account at night, through the embedded broker and a real worker (issue 4): a new network
+"""A hacked account at night, through the embedded broker and a real worker: a new network
 registers, twenty calls to high-cost destinations start within two minutes, costs climb. The
 critical alert and the account action must come from the `start` events — before the first of those
 calls' `end` is consumed — and the normal traffic around it must raise nothing."""

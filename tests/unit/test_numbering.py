@@ -1,4 +1,4 @@
-"""Number normalisation (DESIGN.md "Rule semantics": number normalisation, emergency numbers)."""
+"""Number normalisation (README "Rules": numbers, emergency and short numbers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Privacy and exposure (issue 8, part 5): called numbers never sit in state in clear (keyed hash with
+"""Privacy and exposure: called numbers never sit in state in clear (keyed hash with
 the secret from settings), no full phone number and no secret is logged at INFO, the secret never
 shows in a repr, and the web views bind to loopback by default."""
 

@@ -1,6 +1,6 @@
 """Property-based tests of the boundary: whatever bytes or config arrive, a decoder returns a record
 or raises ``InvalidRecord`` with a reason, and a loader returns its object or raises its
-``ConfigError`` with a message. Any other exception would crash a worker or the CLI (issue 8, part 1).
+``ConfigError`` with a message. Any other exception would crash a worker or the CLI.
 
 Runs are derandomised (the same examples every run, no example database written to the checkout):
 a failure here is reproducible as is. ``CDRWATCH_PROPERTY_EXAMPLES=5000`` explores further.

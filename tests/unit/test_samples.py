@@ -1,9 +1,9 @@
 """Invariants of the labelled sample stream (streams/samples.py) and of the bundled plans/rates.
 
-The rules are re-implemented here by brute force, straight from DESIGN.md, independently of
-streams.core: the sample's `expected` list must be exactly what they raise, and it must stay so
-under both readings of the boundaries DESIGN.md leaves open (is a binding still active at
-time + expires? is a call at t + 60 min in the same window as a call at t?).
+The rules are re-implemented here by brute force, straight from the README's rules,
+independently of streams.core: the sample's `expected` list must be exactly what they raise, and it
+must stay so under both readings of the boundaries that could be read either way (is a binding
+still active at time + expires? is a call at t + 60 min in the same window as a call at t?).
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ REG_KEYS = ["user", "customer", "contact", "instance_id", "user_agent", "source_
 
 
 # ---------------------------------------------------------------------------------------------
-# an independent reading of DESIGN.md
+# an independent reading of the README's rules
 
 
 def normalise(raw: str) -> str | None:
-    """E.164 digits per DESIGN.md, or None for emergency/short numbers."""
+    """E.164 digits per the README's rules, or None for emergency/short numbers."""
     if raw in EMERGENCY or re.fullmatch(r"116\d{3}", raw):
         return None
     if raw.startswith("+"):
@@ -198,7 +198,7 @@ def classify(ua: str, plan: Mapping[str, Any]) -> str | None:
 
 
 def reference_alerts(sample: SampleStream, *, lenient: bool) -> set[tuple[str, str, str]]:
-    """DESIGN.md's rules, by brute force, for users on the default plan.
+    """The README's rules, by brute force, for users on the default plan.
 
     ``lenient`` reads the open boundaries the inclusive way (a binding is still active at
     time + expires; a 60-minute window is closed at both ends): more alerts, never fewer."""

@@ -1,4 +1,4 @@
-"""The usage engine against DESIGN.md "Rule semantics", on a DictStore, with hand-computed expectations.
+"""The usage engine against the README's rules, on a DictStore, with hand-computed expectations.
 
 The plan book (tests/factories.py) has the real limits 150/3/3/60, billing 60/60, France Fixe at
 0.0150 EUR/min and France Mobile at 0.0133 EUR/min, multipliers 1 except third_party_device 2,
