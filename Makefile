@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled
+.PHONY: install run test test-fast bench soak clean uncompiled kafka
 
 install: $(STAMP)
 
@@ -29,7 +29,12 @@ uncompiled:
 run: install
 	$(BIN)/cdrwatch run
 
-test: install
+# Apache Kafka for the integration tests (marker kafka): the broker's jars from Maven Central, once,
+# into a cache outside the checkout (deploy/kafka/kafka.sh; needs a JDK and Maven).
+kafka:
+	bash deploy/kafka/kafka.sh fetch >/dev/null
+
+test: install kafka
 	$(BIN)/python -m pytest
 
 test-fast: install

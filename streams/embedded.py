@@ -20,6 +20,8 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -167,15 +169,41 @@ async def create_topics(client: str | dict[str, Any], names: Iterable[str], part
             await admin.close()
 
 
+# Tansu names its cluster so unless told otherwise (Apache Kafka's cluster ids are random UUIDs).
+TANSU_CLUSTER_ID = "tansu_cluster"
+_is_tansu: dict[str, bool] = {}
+
+
+async def is_tansu(client_kwargs: dict[str, Any]) -> bool:
+    """Whether the broker is Tansu (its Metadata answer names the cluster ``tansu_cluster``):
+    its workarounds apply to it alone. Asked once per bootstrap address."""
+    bootstrap = str(client_kwargs["bootstrap_servers"])
+    known = _is_tansu.get(bootstrap)
+    if known is not None:
+        return known
+    client = AIOKafkaClient(**client_kwargs)
+    try:
+        await client.bootstrap()
+        node = next(iter(client.cluster.brokers())).nodeId
+        metadata = await client.send(node, MetadataRequest([]))
+        found = getattr(metadata, "cluster_id", None) == TANSU_CLUSTER_ID
+    finally:
+        await client.close()
+    _is_tansu[bootstrap] = found
+    return found
+
+
 async def true_end_offsets(client_kwargs: dict[str, Any], reported: Mapping[TopicPartition, int | None]
                            ) -> dict[TopicPartition, int | None]:
-    """End offsets that do not trust ListOffsets.
+    """End offsets that do not trust ListOffsets, on Tansu.
 
     Tansu 0.6 answers ListOffsets with the base offset of a partition's last record batch + 1, so
     after a multi-record batch it under-reports the end. A Fetch from just below the reported end
-    returns the partition's real high watermark; on Apache Kafka both agree and this costs one
-    small fetch per partition.
+    returns the partition's real high watermark. Apache Kafka's ListOffsets is right: there the
+    reported offsets are returned as they are.
     """
+    if not await is_tansu(client_kwargs):
+        return dict(reported)
     wanted = [tp for tp, off in reported.items() if off]  # an empty partition needs no check
     if not wanted:
         return dict(reported)
@@ -204,7 +232,8 @@ async def true_end_offsets(client_kwargs: dict[str, Any], reported: Mapping[Topi
 
 def patch_faust_end_offsets() -> None:
     """Make Faust's table recovery use ``true_end_offsets`` (see there): with Tansu's short answer,
-    recovery would stop early and a restarted or failed-over worker would lose state."""
+    recovery would stop early and a restarted or failed-over worker would lose state. On Apache
+    Kafka it changes nothing."""
     from faust.transport.drivers import aiokafka as driver
 
     thread_cls: Any = driver.AIOKafkaConsumerThread

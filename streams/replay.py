@@ -479,7 +479,7 @@ def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]]
     rejected = {(row["topic"], row["value"]) for row in result.dlq}
     origins: dict[tuple[str, str], list[str]] = {}
     for msg in inputs:
-        found = (msg.topic, msg.value.decode("utf-8", errors="replace"))
+        found = (msg.topic, (msg.value or b"").decode("utf-8", errors="replace"))
         if msg.origin and found in rejected:
             origins.setdefault(found, []).append(msg.origin)
     for row in result.dlq:

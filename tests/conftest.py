@@ -1,4 +1,5 @@
-"""Shared fixtures: settings, config, a pipeline on the memory store, and the embedded broker."""
+"""Shared fixtures: settings, config, a pipeline on the memory store, the embedded broker, and
+Apache Kafka (one broker, or a cluster of three)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from streams.core.rates import RateDeck
 from streams.embedded import EmbeddedBroker
 from streams.config import load_config
 from streams.settings import Settings
+from tests.kafka_cluster import KafkaCluster
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,30 @@ def broker() -> Iterator[EmbeddedBroker]:
     """One embedded Tansu broker for the integration tests of a session; always stopped."""
     with EmbeddedBroker() as embedded:
         yield embedded
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaCluster]:
+    """One Apache Kafka broker (KRaft, deploy/kafka/) for the tests of a session; always stopped.
+    The jars are fetched from Maven Central on first use (deploy/kafka/kafka.sh fetch)."""
+    with KafkaCluster(nodes=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Three Apache Kafka nodes, each broker and controller: replication factor 3,
+    min.insync.replicas 2. Always stopped; a node a test leaves killed or stopped is started
+    again after that test (``_kafka_cluster_whole``)."""
+    with KafkaCluster(nodes=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _kafka_cluster_whole(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The next test gets all three nodes of ``kafka_cluster``, whatever this one did to them."""
+    yield
+    if "kafka_cluster" in request.fixturenames:
+        cluster: KafkaCluster = request.getfixturevalue("kafka_cluster")
+        if cluster.stopped_ids:
+            cluster.start()

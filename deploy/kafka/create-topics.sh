@@ -10,9 +10,13 @@
 # --if-not-exists never changes an existing topic: to change its retention later, use
 # kafka-configs.sh --alter. Its partition count must not change at all (keys -> partitions
 # would move under the workers' state), so a mismatch stops this script, and the workers.
+#
+# KAFKA_TOPICS is the kafka-topics.sh to run: the image's by default, or a command and its first
+# arguments (split on whitespace), such as "deploy/kafka/kafka.sh topics", which runs the same tool
+# from Maven Central's jars without Docker (the test suite lays out its brokers so).
 set -euo pipefail
 
-KAFKA_TOPICS="${KAFKA_TOPICS:-/opt/kafka/bin/kafka-topics.sh}"
+read -r -a KAFKA_TOPICS_COMMAND <<<"${KAFKA_TOPICS:-/opt/kafka/bin/kafka-topics.sh}"
 BOOTSTRAP_SERVER="${BOOTSTRAP_SERVER:-kafka:9092}"
 PARTITIONS="${CDRWATCH_PARTITIONS:-12}"
 REPLICATION_FACTOR="${CDRWATCH_REPLICATION_FACTOR:-1}"
@@ -34,6 +38,7 @@ die() {
     exit 1
 }
 
+[[ ${#KAFKA_TOPICS_COMMAND[@]} -gt 0 ]] || die "KAFKA_TOPICS names no command"
 for value in "$PARTITIONS" "$REPLICATION_FACTOR"; do
     [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "partitions and replication factor must be positive integers, got '$value'"
 done
@@ -42,7 +47,7 @@ create() {
     local topic="$1"
     shift
     echo "create-topics: $topic ($PARTITIONS partitions, replication $REPLICATION_FACTOR) $*"
-    "$KAFKA_TOPICS" --bootstrap-server "$BOOTSTRAP_SERVER" --create --if-not-exists \
+    "${KAFKA_TOPICS_COMMAND[@]}" --bootstrap-server "$BOOTSTRAP_SERVER" --create --if-not-exists \
         --topic "$topic" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR" "$@"
 }
 
@@ -61,7 +66,7 @@ done
 # One --describe for all of them (a JVM start each costs seconds); --topic takes a regex there.
 all_topics=("${INPUT_TOPICS[@]}" "${OUTPUT_TOPICS[@]}" "${DLQ_TOPICS[@]}")
 pattern="$(IFS='|'; echo "${all_topics[*]}")"
-described="$("$KAFKA_TOPICS" --bootstrap-server "$BOOTSTRAP_SERVER" --describe --topic "$pattern")"
+described="$("${KAFKA_TOPICS_COMMAND[@]}" --bootstrap-server "$BOOTSTRAP_SERVER" --describe --topic "$pattern")"
 # Summary lines read "Topic: cdrs<TAB>TopicId: ...<TAB>PartitionCount: 12<TAB>...".
 counts="$(awk '/PartitionCount:/ {
     for (i = 1; i < NF; i++) {

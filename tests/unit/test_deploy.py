@@ -28,6 +28,10 @@ import fastjsonschema
 import pytest
 import yaml
 
+from tests.kafka_cluster import (
+    BROKER_ENV, NODE_PROPERTIES, KafkaCluster, broker_properties, kafka_version, property_name, read_env_file,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy"
@@ -206,6 +210,19 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(raw, list):
         return dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
     return {key: "" if value is None else str(value) for key, value in raw.items()}
+
+
+def env_files(service: Mapping[str, Any]) -> list[str]:
+    raw = service.get("env_file", [])
+    return [raw] if isinstance(raw, str) else [item if isinstance(item, str) else item["path"] for item in raw]
+
+
+def full_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """What the container gets: its env_file files in order, then `environment:` over them."""
+    env: dict[str, str] = {}
+    for path in env_files(service):
+        env |= read_env_file(ROOT / path)
+    return env | environment(service)
 
 
 def command_option(service: Mapping[str, Any], option: str) -> str:
@@ -412,8 +429,7 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
 
 def test_kafka_runs_kraft_without_auto_created_topics(services: dict[str, dict[str, Any]]) -> None:
     kafka = services["kafka"]
-    assert kafka["image"] == "apache/kafka:3.9.1"
-    env = environment(kafka)
+    env = full_environment(kafka)
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
@@ -424,6 +440,70 @@ def test_kafka_runs_kraft_without_auto_created_topics(services: dict[str, dict[s
     assert [m.source for m in mounts(kafka) if m.target == env["KAFKA_LOG_DIRS"]] == ["kafka-data"]
     assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in kafka["healthcheck"]["test"]
     assert kafka.get("restart") == "unless-stopped"
+
+
+# ---------------------------------------------------------------------------------------------
+# One Kafka: docker-compose.yml's broker and the test suite's (tests/kafka_cluster.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kafka_image_is_the_version_the_test_brokers_run(services: dict[str, dict[str, Any]]) -> None:
+    """deploy/kafka/pom.xml's kafka.version is the project's Kafka: the test brokers run its jars."""
+    version = kafka_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    for name in ("kafka", "topics-init"):
+        assert services[name]["image"] == f"apache/kafka:{version}", f"{name} runs another Kafka than the tests"
+
+
+def test_kafka_settings_are_broker_env_plus_the_nodes_own(services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    assert [(ROOT / path).resolve() for path in env_files(kafka)] == [BROKER_ENV]
+    shared, own = read_env_file(BROKER_ENV), environment(kafka)
+    both = sorted(set(shared) & set(own))
+    assert not both, f"set in both deploy/kafka/broker.env and docker-compose.yml: {both}"
+    # every other broker setting belongs in broker.env, where the test brokers read it too
+    assert {property_name(key) for key in own if key.startswith("KAFKA_")} == set(NODE_PROPERTIES)
+    assert set(own) - {key for key in own if key.startswith("KAFKA_")} == {"CLUSTER_ID"}
+
+
+def test_test_brokers_run_broker_env() -> None:
+    shared = broker_properties(read_env_file(BROKER_ENV))
+    assert not set(shared) & set(NODE_PROPERTIES)
+    one, three = KafkaCluster(nodes=1), KafkaCluster(nodes=3)  # not started: their configuration only
+    try:
+        node = one.properties(1)
+        assert {key: node[key] for key in shared} == shared, "one test broker runs broker.env as it is"
+        assert node["controller.quorum.voters"] == f"1@127.0.0.1:{one.nodes[1].controller_port}"
+        raised = {"default.replication.factor": "3", "offsets.topic.replication.factor": "3",
+                  "transaction.state.log.replication.factor": "3", "min.insync.replicas": "2",
+                  "transaction.state.log.min.isr": "2"}
+        for node_id in three.node_ids:
+            node = three.properties(node_id)
+            assert {key: node[key] for key in shared} == shared | raised
+            assert node["node.id"] == str(node_id)
+            assert node["controller.quorum.voters"].count("@") == 3
+    finally:
+        one.close()
+        three.close()
+
+
+@pytest.mark.parametrize(
+    "variable, name",
+    [
+        ("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "auto.create.topics.enable"),
+        ("KAFKA_LOG_DIRS", "log.dirs"),
+        ("KAFKA_LISTENER_NAME_SASL__SSL_SCRAM___SHA___256_SASL_JAAS_CONFIG",
+         "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config"),
+    ],
+)
+def test_broker_env_names_convert_as_the_image_converts_them(variable: str, name: str) -> None:
+    assert property_name(variable) == name
+
+
+@pytest.mark.parametrize("variable", ["KAFKA_HEAP_OPTS", "KAFKA_OPTS", "CLUSTER_ID", "KAFKA_A____B"])
+def test_broker_env_holds_broker_properties_only(variable: str) -> None:
+    with pytest.raises(ValueError):
+        property_name(variable)
 
 
 def test_topics_init_runs_the_mounted_script(services: dict[str, dict[str, Any]]) -> None:
@@ -565,18 +645,21 @@ def describe_output(partitions: Mapping[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_create_topics(tmp_path: Path, described: Mapping[str, int], partitions: int = 7) -> TopicsRun:
+def run_create_topics(tmp_path: Path, described: Mapping[str, int], partitions: int = 7,
+                      as_command: bool = False) -> TopicsRun:
+    """``as_command``: KAFKA_TOPICS is a command with an argument (``bash fake``), as for the test
+    suite's brokers (``deploy/kafka/kafka.sh topics``), instead of the path of a kafka-topics.sh."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash is not installed")
     fake = tmp_path / "kafka-topics.sh"
     fake.write_text(FAKE_KAFKA_TOPICS)
-    fake.chmod(0o755)
+    fake.chmod(0o644 if as_command else 0o755)
     calls, describe = tmp_path / "calls", tmp_path / "describe"
     describe.write_text(describe_output(described))
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "KAFKA_TOPICS": str(fake),
+        "KAFKA_TOPICS": f"{bash} {fake}" if as_command else str(fake),
         "BOOTSTRAP_SERVER": "kafka:9092",
         "CDRWATCH_PARTITIONS": str(partitions),
         "CDRWATCH_REPLICATION_FACTOR": "1",
@@ -612,6 +695,13 @@ def test_create_topics_lays_out_every_topic_idempotently(tmp_path: Path) -> None
     describes = [call for call in run.calls if "--describe" in call]
     assert len(describes) == 1, "one --describe (a JVM start each)"
     assert set(describes[0][describes[0].index("--topic") + 1].split("|")) == ALL_TOPICS
+
+
+def test_create_topics_runs_a_kafka_topics_command_with_arguments(tmp_path: Path) -> None:
+    run = run_create_topics(tmp_path, dict.fromkeys(ALL_TOPICS, 7), as_command=True)
+    assert run.returncode == 0, run.stderr
+    assert set(run.created()) == ALL_TOPICS
+    assert all(call[:2] == ["--bootstrap-server", "kafka:9092"] for call in run.calls), "no argument lost or added"
 
 
 def test_create_topics_refuses_inputs_with_another_partition_count(tmp_path: Path) -> None:
