@@ -15,6 +15,7 @@ from streams.core.rates import RateDeck
 from streams.embedded import EmbeddedBroker
 from streams.config import load_config
 from streams.settings import Settings
+from tests.brokers import Broker
 from tests.kafka_cluster import KafkaCluster
 
 
@@ -48,10 +49,18 @@ async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck], tmp_pa
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
+def tansu() -> Iterator[EmbeddedBroker]:
     """One embedded Tansu broker for the integration tests of a session; always stopped."""
     with EmbeddedBroker() as embedded:
         yield embedded
+
+
+@pytest.fixture(scope="session", params=["tansu", pytest.param("kafka", marks=pytest.mark.kafka)])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """Each integration test that takes ``broker`` runs twice: on the embedded Tansu broker and on
+    Apache Kafka (one node). Tests of one broker's own behaviour take ``tansu`` or ``kafka``."""
+    found: Broker = request.getfixturevalue(request.param)
+    return found
 
 
 @pytest.fixture(scope="session")

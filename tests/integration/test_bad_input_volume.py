@@ -18,9 +18,9 @@ import pytest
 
 from streams.codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from streams.core.errors import InvalidRecord
-from streams.embedded import EmbeddedBroker
 from streams.replay import InputMessage, replay, run_offline
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -258,7 +258,7 @@ def shown(value: bytes | None) -> str:
 
 
 async def test_ten_thousand_bad_messages_land_in_the_dlq_and_the_counts_reconcile(
-    broker: EmbeddedBroker, settings: Settings
+    broker: Broker, settings: Settings
 ) -> None:
     rng = random.Random(SEED)
     bad = bad_messages(rng)

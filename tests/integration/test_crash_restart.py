@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import EmbeddedBroker, create_topics
+from streams.embedded import create_topics
 from streams.replay import end_offsets, read_stream, replay, replay_external
 from streams.settings import Settings
 from tests.integration.test_restart_and_failover import _worker
+from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def generated_month(tmp: Path, users: int) -> list[Any]:
         tmp / "registrations.jsonl", "sip-registrations", "time")
 
 
-def test_three_crashes_and_restarts_lose_and_double_nothing(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_three_crashes_and_restarts_lose_and_double_nothing(broker: Broker, tmp_path: Path) -> None:
     messages = generated_month(tmp_path / "month", users=400)
     reference = asyncio.run(replay(Settings(web_enabled=False), messages, broker_url=broker.url, timeout_s=300))
     assert reference.alerts and reference.rebills

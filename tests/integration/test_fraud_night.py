@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from streams.agents.usage import Pipeline
-from streams.embedded import EmbeddedBroker
 from streams.replay import InputMessage, _message, replay
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def scenario() -> tuple[list[InputMessage], set[str]]:
     return messages, hacked
 
 
-def test_a_hacked_account_is_stopped_before_its_calls_end(broker: EmbeddedBroker) -> None:
+def test_a_hacked_account_is_stopped_before_its_calls_end(broker: Broker) -> None:
     messages, hacked = scenario()
     seen: list[tuple[str, str, list[str]]] = []  # (event, call_id, fraud levels emitted) in engine order
 

@@ -11,17 +11,17 @@ import orjson
 import pytest
 
 from streams.agents.usage import Pipeline
-from streams.embedded import EmbeddedBroker
 from streams.replay import _message, replay
 from streams.settings import Settings
 from tests.factories import cdr_payload
+from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CALLS = 17_000  # every 150 s for 29.5 days: ≈ 1.2 MB of state for the month
 
 
-def test_a_month_over_one_megabyte_is_stored_and_counted(broker: EmbeddedBroker) -> None:
+def test_a_month_over_one_megabyte_is_stored_and_counted(broker: Broker) -> None:
     start = datetime.fromisoformat("2026-11-01T00:00:00+01:00")
     messages = []
     for n in range(CALLS):

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.embedded import EmbeddedBroker
 from streams.replay import InputMessage, replay
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def bad_values() -> list[bytes]:
 
 
 async def test_every_bad_message_lands_in_the_dlq_and_every_good_one_is_processed(
-    broker: EmbeddedBroker, settings: Settings
+    broker: Broker, settings: Settings
 ) -> None:
     bad = bad_values()
     messages: list[InputMessage] = []

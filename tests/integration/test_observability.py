@@ -27,9 +27,10 @@ from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.agents.usage import ALL_TOPICS, Pipeline
-from streams.embedded import EmbeddedBroker, create_topics, free_port
+from streams.embedded import create_topics, free_port
 from streams.replay import InputMessage, produce, replay
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,7 +206,7 @@ def assert_exact_counts(samples: Samples) -> None:
     assert total(samples, "cdrwatch_fraud_alerts_total") == 0
 
 
-def test_a_replay_counts_exactly(broker: EmbeddedBroker, config: Settings) -> None:
+def test_a_replay_counts_exactly(broker: Broker, config: Settings) -> None:
     pipelines: list[Pipeline] = []
     result = asyncio.run(replay(config, stream(), broker_url=broker.url, timeout_s=60, on_pipeline=pipelines.append))
     samples = parse(pipelines[0].metrics.exposition().decode())
@@ -268,7 +269,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(broker: EmbeddedBroker, config: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(broker: Broker, config: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Two `cdrwatch worker` processes (one consumer group), assigned before the stream is sent, so
     that no rebalance redelivers anything; the fixture returns once both have processed it all."""
     tag = uuid.uuid4().hex[:8]

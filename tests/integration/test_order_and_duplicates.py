@@ -31,11 +31,11 @@ from streams.codecs import decode_cdr, decode_registration
 from streams.config import build_engine, load_config
 from streams.core.records import CallEvent, Registration
 from streams.core.usage import DictStore, UsageEngine
-from streams.embedded import EmbeddedBroker
 from streams.replay import InputMessage, replay, run_offline
 from streams.samples import build_sample
 from streams.settings import Settings
 from tests.factories import end_cdr, engine as small_engine, registration, start_cdr
+from tests.brokers import Broker
 
 Alerts = set[tuple[str, str, str]]
 Sums = dict[str, Decimal]
@@ -388,7 +388,7 @@ def test_device_breaches_in_two_months_are_both_raised_whatever_the_order() -> N
 
 
 @pytest.mark.integration
-async def test_duplicated_end_events_through_the_broker_change_nothing(broker: EmbeddedBroker) -> None:
+async def test_duplicated_end_events_through_the_broker_change_nothing(broker: Broker) -> None:
     """5 % of the `end` events sent twice, at random later positions, through the embedded broker and
     a real worker: same alert set and per-call re-bill sums as the engine in event-time order, no
     line or alert emitted twice, and every duplicate counted as one."""

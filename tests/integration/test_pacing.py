@@ -8,19 +8,20 @@ import time
 import pytest
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import EmbeddedBroker, create_topics
+from streams.embedded import create_topics
 from streams.replay import InputMessage, produce
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(("speed", "at_least", "at_most"), [(4.0, 1.4, 4.0), (None, 0.0, 1.3)])
 def test_messages_are_sent_at_the_pace_of_their_event_time(
-    broker: EmbeddedBroker, speed: float | None, at_least: float, at_most: float
+    tansu: Broker, speed: float | None, at_least: float, at_most: float
 ) -> None:
-    settings = Settings(broker=broker.url, topic_prefix=f"pace-{speed}-")
-    asyncio.run(create_topics(broker.bootstrap, [settings.topic(t) for t in ALL_TOPICS], 1))
+    settings = Settings(broker=tansu.url, topic_prefix=f"pace-{speed}-")
+    asyncio.run(create_topics(tansu.bootstrap, [settings.topic(t) for t in ALL_TOPICS], 1))
     # 7 messages over 6 s of event time: 1.5 s of sending at 4x, no wait without --speed (the
     # bound, 1.3 s, leaves a slow machine time to start a producer and stays below the paced 1.4 s)
     messages = [InputMessage("cdrs", b"u", b"{}", 1_000_000.0 + 1000 * k) for k in range(7)]

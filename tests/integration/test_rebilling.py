@@ -13,11 +13,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from streams.embedded import EmbeddedBroker
 from streams.replay import InputMessage, _message, replay, run_offline
 from streams.config import load_config
 from streams.core.summary import summary_rows
 from streams.settings import Settings
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ EXPECTED_PER_CALL = {
 
 
 @pytest.fixture(scope="module")
-def replayed(broker: EmbeddedBroker, rebill_settings: Settings) -> tuple[Any, Any]:
+def replayed(broker: Broker, rebill_settings: Settings) -> tuple[Any, Any]:
     first = asyncio.run(replay(rebill_settings, scenario(), broker_url=broker.url, timeout_s=120))
     second = asyncio.run(replay(rebill_settings, scenario(), broker_url=broker.url, timeout_s=120))
     return first, second

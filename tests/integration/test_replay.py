@@ -1,4 +1,5 @@
-"""`cdrwatch replay` and `cdrwatch run` end to end: real embedded broker, real worker, files out."""
+"""`cdrwatch replay` and `cdrwatch run` end to end: a real broker (embedded, or Apache Kafka), a real
+worker, files out."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ def cdrwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def sample_replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+def sample_replay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample replayed by the command: through its own embedded broker, and through Apache Kafka
+    (``--broker``, topics prefixed for the run)."""
     out = tmp_path_factory.mktemp("replay")
+    where = ["--broker", request.getfixturevalue("kafka").url] if request.param == "kafka" else []
     done = cdrwatch("replay", "--cdrs", str(SAMPLE / "cdrs.jsonl"),
-                    "--registrations", str(SAMPLE / "registrations.jsonl"), "--out", str(out))
+                    "--registrations", str(SAMPLE / "registrations.jsonl"), "--out", str(out), *where)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 

@@ -22,10 +22,11 @@ from aiokafka.partitioner import murmur2
 from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import build_engine, load_config
 from streams.core.usage import PeriodState
-from streams.embedded import EmbeddedBroker, create_topics, free_port
+from streams.embedded import create_topics, free_port, is_tansu
 from streams.replay import (InputMessage, _message, _wait_processed, end_offsets, produce, read_stream,
                             replay, replay_external)
 from streams.settings import Settings, bundled_file
+from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,7 +68,7 @@ async def run_worker(settings: Settings, messages: list[InputMessage]) -> tuple[
 
 
 @pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
-def test_a_restarted_worker_keeps_its_state(broker: EmbeddedBroker, tmp_path: Path, store: str) -> None:
+def test_a_restarted_worker_keeps_its_state(broker: Broker, tmp_path: Path, store: str) -> None:
     tag = uuid.uuid4().hex[:8]
     settings = Settings(broker=broker.url, store=store, data_dir=tmp_path, app_id=f"restart-{tag}",
                         topic_prefix=f"restart-{tag}-", web_enabled=False, partitions=2)
@@ -92,9 +93,11 @@ def test_a_restarted_worker_keeps_its_state(broker: EmbeddedBroker, tmp_path: Pa
         assert second.restored == written, (second.restored, written)
 
 
-def test_recovery_reads_a_changelog_to_its_real_end(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_recovery_reads_a_changelog_to_its_real_end(broker: Broker, tmp_path: Path) -> None:
     """Tansu reports the end of a partition as its last batch's base offset + 1. Here the state that
-    matters is the last record of a 20-record batch: recovery must still read it."""
+    matters is the last record of a 20-record batch: recovery must still read it. On Apache Kafka
+    the reported end is right, cdrwatch applies no workaround, and recovery reads it all the same."""
+    on_tansu = asyncio.run(is_tansu({"bootstrap_servers": broker.bootstrap}))
     tag = uuid.uuid4().hex[:8]
     settings = Settings(broker=broker.url, store="memory://", data_dir=tmp_path, app_id=f"recover-{tag}",
                         topic_prefix=f"recover-{tag}-", web_enabled=False, partitions=2)
@@ -122,7 +125,10 @@ def test_recovery_reads_a_changelog_to_its_real_end(broker: EmbeddedBroker, tmp_
         tp = TopicPartition(f"{settings.app_id}-periods-changelog", partition)
         reported = (await consumer.end_offsets([tp]))[tp]
         await consumer.stop()
-        assert reported < 20, "Tansu no longer under-reports: this test needs a new way to provoke it"
+        if on_tansu:
+            assert reported < 20, "Tansu no longer under-reports: this test needs a new way to provoke it"
+        else:
+            assert reported == 20  # Apache Kafka: ListOffsets is the real end
 
     asyncio.run(create_topics(broker.bootstrap, [f"{settings.app_id}-periods-changelog"], 2))
     asyncio.run(write_changelog())
@@ -152,7 +158,7 @@ def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_killing_a_worker_mid_replay_loses_and_doubles_nothing(
-    broker: EmbeddedBroker, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
+    broker: Broker, tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:
     messages = read_stream(SAMPLE / "cdrs.jsonl", "cdrs", "start_time") + read_stream(
         SAMPLE / "registrations.jsonl", "sip-registrations", "time")

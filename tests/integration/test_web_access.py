@@ -17,7 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from streams.embedded import EmbeddedBroker, free_port
+from streams.embedded import free_port
+from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,13 +61,13 @@ def refused(host: str, port: int) -> bool:
 
 
 @pytest.fixture()
-def start_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[object]:
+def start_worker(tansu: Broker, tmp_path: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(host: str, token: str | None = None) -> int:
         port = free_port()
         tag = uuid.uuid4().hex[:8]
-        env = dict(os.environ, CDRWATCH_BROKER=broker.url, CDRWATCH_APP_ID=f"web-{tag}",
+        env = dict(os.environ, CDRWATCH_BROKER=tansu.url, CDRWATCH_APP_ID=f"web-{tag}",
                    CDRWATCH_TOPIC_PREFIX=f"web-{tag}-", CDRWATCH_DATA_DIR=str(tmp_path / tag))
         env.pop("CDRWATCH_WEB_TOKEN", None)
         if token:
