@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, Awaitable, Callable, Protocol, cast
+from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 import faust
 from faust.events import Event
@@ -27,6 +27,14 @@ class BatchHandler(Protocol):
     def __call__(self, messages: list[Message]) -> Awaitable[None]: ...
 
 
+class _Fetched(dict[Any, Any]):
+    """The records of one fetch (TP → records), with the assignment they came from and where the
+    fetch left each partition's position: what ``_ConsumerThread.put_back`` needs to undo it."""
+
+    assignment: Any = None
+    positions: dict[TP, int]
+
+
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -34,6 +42,38 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
         # records are waiting, which is what an alert's latency then costs. 100 ms is plenty.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if not records:
+            return records
+        # In the consumer's thread, right after the fetch: nothing has moved the positions yet.
+        fetched = _Fetched(records)
+        fetched.assignment = assignment = consumer._subscription.subscription.assignment
+        fetched.positions = {}
+        for tp in records:
+            state = assignment.state_value(tp)
+            if state is not None and state.has_valid_position:
+                fetched.positions[tp] = state.position
+        return fetched
+
+    async def put_back(self, fetched: Any, firsts: Mapping[TP, int]) -> None:
+        """Seek each partition of ``firsts`` back to its offset (the first record of ``fetched``
+        that was not handled), unless something moved the partition since that fetch: a new
+        assignment, or a seek of Faust's — those know where to read from."""
+        if firsts and isinstance(fetched, _Fetched):
+            await self.call_thread(self._put_back, fetched, firsts)
+
+    async def _put_back(self, fetched: _Fetched, firsts: Mapping[TP, int]) -> None:
+        assignment = fetched.assignment
+        if assignment is None or not assignment.active:
+            return  # replaced by a rebalance: the new assignment starts from the committed offsets
+        consumer = self._ensure_consumer()
+        for tp, offset in firsts.items():
+            state = assignment.state_value(tp)
+            if state is not None and state.has_valid_position and state.position == fetched.positions.get(tp):
+                consumer.seek(tp, offset)
 
 
 FETCH_MAX_WAIT_MS = 100
@@ -54,37 +94,68 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         to_message = self._to_message
+        acks_enabled_for = self.app.topics.acks_enabled_for
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 records, active = await self._wait_next_records(1.0)
                 if records is None or self.should_stop:
                     continue
+                # Records this loop does not hand over go back (``put_back``): the fetch has already
+                # moved the partitions' positions past them. Faust's seek to the committed offsets
+                # would not undo that for a partition that has no committed offset yet: it would
+                # never read them.
                 if not self.flow_active:
+                    # a rebalance is under way: typically a fetch begun before it, returning the
+                    # new assignment's first records while every partition is paused
+                    await self._thread.put_back(records, {tp: recs[0].offset for tp, recs in records.items() if recs})
                     await self.perform_seek()
                     continue
                 generation = self.app.consumer_generation_id
                 batch: list[Message] = []
+                gaps: list[tuple[TP, int, int]] = []
+                paused: dict[TP, int] = {}
                 for tp, recs in records.items():
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        if recs:
+                            paused[tp] = recs[0].offset  # read again once resumed
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    start = read_offset[tp]
+                    start = last = read_offset[tp]
+                    batched, acked = tp.topic in batch_topics, acks_enabled_for(tp.topic)
                     for record in recs:
-                        if start is not None and record.offset < start:
+                        offset = record.offset
+                        if start is not None and offset < start:
                             continue  # already read (a seek back after a rebalance)
+                        if acked and last and offset - last > 1:
+                            # Offsets without a record (compaction, transaction markers): as in
+                            # Faust's own loop, so that its commit goes past them. The batch's are
+                            # recorded once the batch is handed over.
+                            if batched:
+                                gaps.append((tp, last + 1, offset))
+                            else:
+                                await self._add_gap(tp, last + 1, offset)
                         message = to_message(tp, record)
-                        if tp.topic in batch_topics:
+                        if batched:
                             batch.append(message)
                         else:
                             await callback(message)
-                        read_offset[tp] = record.offset
+                        read_offset[tp] = last = offset
+                if paused:
+                    await self._thread.put_back(records, paused)
                 if not batch:
                     continue
                 if self.app.consumer_generation_id != generation:
-                    # a rebalance happened while fetching: the new owner reads these again
+                    # a rebalance happened while fetching: the new owner reads these again (the
+                    # assignment they came from is gone, and with it their positions; put_back
+                    # only acts if it is not)
+                    firsts: dict[TP, int] = {}
                     for message in batch:
                         read_offset.pop(message.tp, None)
+                        firsts.setdefault(message.tp, message.offset)
+                    await self._thread.put_back(records, firsts)
                     continue
+                for tp, first, until in gaps:
+                    await self._add_gap(tp, first, until)
                 for message in batch:
                     self._unacked_messages.add(message)  # Consumer.track_message, less its sensors
                 _report(self.app.sensors, batch, "in")
