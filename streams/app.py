@@ -10,7 +10,6 @@ import faust
 import faust.types.auth
 
 from .agents.batching import App as BatchApp
-from .embedded import patch_faust_end_offsets
 from .settings import Settings
 
 
@@ -25,7 +24,12 @@ def store_and_datadir(settings: Settings) -> tuple[str, str | None]:
 
 
 def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's broker credentials from the security settings (the same as ``client_kwargs()``'s):
+    SASL with TLS for SASL_SSL, TLS alone for SSL, none for PLAINTEXT."""
     if settings.security_protocol.startswith("SASL"):
+        from .connect import redact_sasl_payloads
+
+        redact_sasl_payloads()  # the workers' clients log their requests at debug level
         return faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password.get_secret_value(),
@@ -97,7 +101,6 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
-    # read by embedded.patch_faust_end_offsets for its own fetches (same broker, same credentials)
+    # read by the consumer's end-offset check (agents/batching.py) for its own fetches (same broker, same credentials)
     app.cdrwatch_client_kwargs = settings.client_kwargs()  # type: ignore[attr-defined]
-    patch_faust_end_offsets()
     return app

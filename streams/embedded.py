@@ -228,25 +228,3 @@ async def true_end_offsets(client_kwargs: dict[str, Any], reported: Mapping[Topi
     finally:
         await consumer.stop()
     return fixed
-
-
-def patch_faust_end_offsets() -> None:
-    """Make Faust's table recovery use ``true_end_offsets`` (see there): with Tansu's short answer,
-    recovery would stop early and a restarted or failed-over worker would lose state. On Apache
-    Kafka it changes nothing."""
-    from faust.transport.drivers import aiokafka as driver
-
-    thread_cls: Any = driver.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_cdrwatch_true_end_offsets", False):
-        return
-    original = thread_cls._highwaters
-
-    async def _highwaters(self: Any, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int | None]:
-        reported = await original(self, partitions)
-        client_kwargs = getattr(self.consumer.app, "cdrwatch_client_kwargs", None)
-        if client_kwargs is None or self.consumer.in_transaction:
-            return reported  # type: ignore[no-any-return]
-        return await true_end_offsets(client_kwargs, reported)
-
-    thread_cls._highwaters = _highwaters
-    thread_cls._cdrwatch_true_end_offsets = True

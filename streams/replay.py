@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from .agents.batching import refresh_metadata
 from .agents.usage import (
     ALL_TOPICS,
     DLQ_TOPICS,
@@ -386,7 +387,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[Top
     for topic in topics:
         found = consumer.partitions_for_topic(topic)
         if not found:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             found = consumer.partitions_for_topic(topic) or {0}
         parts += [TopicPartition(topic, p) for p in sorted(found)]
     return parts

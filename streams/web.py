@@ -19,6 +19,7 @@ import faust
 import faust.web
 import orjson
 
+from .agents.batching import consumer_of
 from .core.plans import PlanBook
 from .core.rates import RateDeck
 from .core.rating import CENT
@@ -261,7 +262,7 @@ def health_view(worker: str, assigned: Mapping[str, list[int]], processed: int) 
 
 def _assigned(app: faust.App, topic_names: Mapping[str, str]) -> dict[str, list[int]]:
     """This worker's partitions of the input topics, by topic name without the prefix."""
-    consumer = getattr(app, "_consumer", None)
+    consumer = consumer_of(app)
     if consumer is None:
         return {}
     try:

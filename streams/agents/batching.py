@@ -1,4 +1,5 @@
-"""Batch consumption for cdrwatch's input topics, inside Faust.
+"""Batch consumption for cdrwatch's input topics, inside Faust — and every use of Faust's and
+aiokafka's private API, in this one module, refused at import on versions never tested with it.
 
 Faust delivers each message through its conductor and a Stream: a few futures and a context
 switch per message, which caps a worker near 10,000 messages/s whatever the agent does. For the
@@ -11,7 +12,10 @@ partition's event context, so changelogs stay co-partitioned). Other topics take
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import weakref
+from importlib import metadata
 from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 import faust
@@ -19,6 +23,54 @@ from faust.events import Event
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
+
+from ..embedded import true_end_offsets
+
+log = logging.getLogger(__name__)
+
+# The private attributes and methods used below were read in these releases, and the test suite
+# ran on them. Another release may rename or change them silently: refuse to run on it.
+TESTED_VERSIONS = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
+ALLOW_UNTESTED_ENV = "CDRWATCH_ALLOW_UNTESTED_VERSIONS"
+
+
+def check_versions(version: Callable[[str], str] = metadata.version) -> None:
+    """Raise ImportError naming the package when an installed release was never tested here
+    (``CDRWATCH_ALLOW_UNTESTED_VERSIONS=1`` runs anyway, with a warning)."""
+    for package, tested in TESTED_VERSIONS.items():
+        installed = version(package)
+        if installed in tested:
+            continue
+        message = (f"cdrwatch uses private API of {package} and was tested with {', '.join(tested)}, not "
+                   f"{installed}: install the pinned versions (pip install -e .), or set "
+                   f"{ALLOW_UNTESTED_ENV}=1 to run untested")
+        if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
+            log.warning("%s", message)
+        else:
+            raise ImportError(message)
+
+
+check_versions()
+
+
+def aiokafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer under Faust's (its record batches, ``send_batch``)."""
+    return app.producer._producer
+
+
+def consumer_of(app: faust.App) -> Any:
+    """The app's consumer if it has one yet (the ``consumer`` property would create one)."""
+    return getattr(app, "_consumer", None)
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Ask an aiokafka consumer's client for fresh cluster metadata now."""
+    await consumer._client.force_metadata_update()
+
+
+def prometheus_metrics(monitor: Any) -> Any:
+    """The metric objects of Faust's Prometheus monitor."""
+    return monitor._metrics
 
 
 class BatchHandler(Protocol):
@@ -42,6 +94,15 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
         # records are waiting, which is what an alert's latency then costs. 100 ms is plenty.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int | None]:
+        """End offsets for table recovery, not trusting Tansu's ListOffsets (see
+        ``embedded.true_end_offsets``; on Apache Kafka the reported ones are kept)."""
+        reported = await super()._highwaters(partitions)
+        client_kwargs = getattr(self.consumer.app, "cdrwatch_client_kwargs", None)
+        if client_kwargs is None or self.consumer.in_transaction:
+            return reported  # type: ignore[no-any-return]
+        return await true_end_offsets(client_kwargs, reported)
 
     async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
                              max_records: int | None = None) -> Any:
@@ -82,6 +143,26 @@ FETCH_MAX_WAIT_MS = 100
 class BatchConsumer(driver.Consumer):  # type: ignore[misc]
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        """Faust's commit with its flush-then-commit replaced by the app's ``Checkpoint``
+        (outputs → changelogs → offsets); the rest as Faust does it."""
+        checkpoint = getattr(self.app, "cdrwatch_checkpoint", None)
+        if checkpoint is None or self.in_transaction:
+            return await super()._commit_offsets(offsets, start_new_transaction)  # type: ignore[no-any-return]
+        assignment = self.assignment()
+        committable = {tp: offset for tp, offset in offsets.items() if tp in assignment}
+        if len(committable) < len(offsets):
+            self.log.info("Discarded commit for revoked partitions that will be eventually processed again: %r",
+                          {tp: o for tp, o in offsets.items() if tp not in committable})
+        if not committable:
+            return False
+        did_commit = bool(await checkpoint.commit(committable, self._commit))
+        if did_commit:
+            self.app.tables.on_commit(committable)
+        self._committed_offset.update(committable)
+        self.app.monitor.on_tp_commit(committable)
+        return did_commit
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
         handler: BatchHandler | None = getattr(self.app, "cdrwatch_batch_handler", None)
@@ -200,6 +281,78 @@ def _report(sensors: Any, batch: list[Message], direction: str) -> None:
             single = getattr(sensor, f"on_message_{direction}")
             for message in batch:
                 single(message.tp, message.offset, message)
+
+
+def cached_prometheus_monitor() -> type:
+    """Faust's Prometheus sensor with the label children of its per-message and per-table-operation
+    metrics cached: ``labels()`` costs ~4 µs a call (a lock and a dict lookup on formatted strings),
+    and a worker reads its tables several times per event. Same metrics, same values."""
+    from faust.sensors.monitor import Monitor
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    class CachedPrometheusMonitor(PrometheusMonitor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._table_ops: dict[tuple[str, str], Any] = {}
+            self._per_topic: dict[str, Any] = {}
+            self._per_tp: dict[Any, Any] = {}
+
+        def _table_op(self, table: Any, operation: str) -> None:
+            child = self._table_ops.get((table.name, operation))
+            if child is None:
+                child = self._metrics.table_operations.labels(table=f"table.{table.name}", operation=operation)
+                self._table_ops[(table.name, operation)] = child
+            child.inc()
+
+        def on_table_get(self, table: Any, key: Any) -> None:
+            Monitor.on_table_get(self, table, key)
+            self._table_op(table, self.KEYS_RETRIEVED)
+
+        def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+            Monitor.on_table_set(self, table, key, value)
+            self._table_op(table, self.KEYS_UPDATED)
+
+        def on_table_del(self, table: Any, key: Any) -> None:
+            Monitor.on_table_del(self, table, key)
+            self._table_op(table, self.KEYS_DELETED)
+
+        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+            Monitor.on_message_in(self, tp, offset, message)
+            self._received(tp, offset, 1)
+
+        # The batch consumer (streams.agents.batching) reports a partition's messages once per
+        # batch: the same counts as one on_message_in/on_message_out per message.
+        def on_messages_in(self, tp: Any, offset: int, count: int) -> None:
+            self.messages_received_total += count
+            self.messages_active += count
+            self.messages_received_by_topic[tp.topic] += count
+            self.tp_read_offsets[tp] = offset
+            self._received(tp, offset, count)
+
+        def _received(self, tp: Any, offset: int, count: int) -> None:
+            metrics = self._metrics
+            metrics.messages_received.inc(count)
+            metrics.active_messages.inc(count)
+            topic = self._per_topic.get(tp.topic)
+            if topic is None:
+                topic = self._per_topic[tp.topic] = metrics.messages_received_per_topics.labels(topic=tp.topic)
+            topic.inc(count)
+            partition = self._per_tp.get(tp)
+            if partition is None:
+                partition = self._per_tp[tp] = metrics.messages_received_per_topics_partition.labels(
+                    topic=tp.topic, partition=tp.partition)
+            partition.set(offset)
+
+        def on_messages_out(self, tp: Any, offset: int, count: int) -> None:
+            self.messages_active -= count
+            self._metrics.active_messages.dec(count)
+
+        def _clear_partition_related_metrics(self) -> None:
+            super()._clear_partition_related_metrics()  # removes the per-topic/partition children
+            self._per_topic.clear()
+            self._per_tp.clear()
+
+    return CachedPrometheusMonitor
 
 
 class BatchTransport(driver.Transport):  # type: ignore[misc]

@@ -11,6 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from ..core.fraud import FraudState
+from .batching import aiokafka_producer
 from ..core.usage import PeriodState, UserState
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
@@ -48,8 +49,8 @@ class ChangelogWriter:
     partition, handed to the aiokafka producer under Faust's when the batch of input is done.
     The hand-over runs beside the worker, one queue per changelog partition: aiokafka accepts a
     partition's next batch only once the previous one has left for the broker, a wait that would
-    otherwise stall the worker for a round trip per batch. Faust flushes the producer before it
-    commits input offsets, and that flush first waits for these queues (``install_flush_hook``),
+    otherwise stall the worker for a round trip per batch. The worker's checkpoint drains these
+    queues and flushes the producer before it commits input offsets (``checkpoint.Checkpoint``),
     so a committed offset never runs ahead of its state. RocksDB's persisted changelog offset is
     kept up to date the way Faust's own writes do. A batch the broker refuses (e.g. a record over
     its size limit) is reported to ``on_error``: the table would no longer match its changelog."""
@@ -127,19 +128,8 @@ class ChangelogWriter:
                 return
             await asyncio.wait(pending)
 
-    def install_flush_hook(self) -> None:
-        """Make the Faust producer's flush (which Faust's commit awaits) drain these queues first."""
-        producer = self._app.producer
-        flush = producer.flush
-
-        async def flush_changelogs_first() -> None:
-            await self.drain()
-            await flush()
-
-        producer.flush = flush_changelogs_first
-
     def _producer(self) -> Any:
-        return self._app.producer._producer  # the aiokafka producer under Faust's
+        return aiokafka_producer(self._app)
 
     def _delivered(self, store: Any, tp: TP, count: int) -> Callable[[Any], None]:
         def done(fut: Any) -> None:

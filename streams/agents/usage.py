@@ -34,6 +34,7 @@ from ..metrics import Metrics
 from ..settings import Settings
 from .batching import App as BatchApp
 from .batching import PartitionContext, attach
+from .checkpoint import Checkpoint
 from .store import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
             await pipeline.handle_batch(messages, context)
 
         attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
-        pipeline.writer.install_flush_hook()
+        app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
 
         def failed(exc: BaseException) -> None:
             pipeline.failure = exc

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
+from streams.agents.checkpoint import Checkpoint
 from streams.agents.store import ChangelogWriter
 
 
@@ -82,18 +83,23 @@ async def test_one_batch_per_changelog_partition_and_a_refused_one_is_reported()
     assert len(sent) == 3
 
 
-async def test_the_producer_flush_of_a_commit_waits_for_queued_batches() -> None:
+async def test_the_checkpoint_commits_offsets_only_after_the_queued_batches() -> None:
     """aiokafka takes a partition's next batch only once the previous one has left: the writer
-    queues instead of waiting, and Faust's commit (producer.flush) waits for the queue."""
+    queues instead of waiting, and the commit (outputs → changelogs → offsets) waits for the queue."""
     app = _App()
     flushed: list[int] = []
+    steps: list[str] = []
 
     async def flush() -> None:
         flushed.append(len(app.producer._producer.sent))
+        steps.append("flush")
 
-    app.producer.flush = flush
+    async def commit_offsets(offsets: Any) -> bool:
+        steps.append(f"offsets {dict(offsets)}")
+        return True
+
     writer = ChangelogWriter(app)
-    writer.install_flush_hook()
+    checkpoint = Checkpoint(flush, writer.drain)
     gate = asyncio.Event()
     real_send = app.producer._producer.send_batch
 
@@ -107,12 +113,14 @@ async def test_the_producer_flush_of_a_commit_waits_for_queued_batches() -> None
         writer.stage(periods, f"u{n}|2026-11".encode(), b"v", 0)
         await writer.send()  # returns at once: the worker goes on
     assert app.producer._producer.sent == []
-    commit = asyncio.ensure_future(app.producer.flush())
+    commit = asyncio.ensure_future(checkpoint.commit({"cdrs/0": 42}, commit_offsets))
     await asyncio.sleep(0.01)
     assert not commit.done()  # the commit waits for the queued batches...
+    assert steps == ["flush"]  # (outputs: flushed; changelogs: still queued)
     gate.set()
-    await commit
-    assert flushed == [3]  # ...then flushes the producer with all three in its hands
+    assert await commit
+    assert flushed == [0, 3]  # ...then flushes the producer with all three in its hands
+    assert steps == ["flush", "flush", "offsets {'cdrs/0': 42}"]  # and only then commits the offsets
     assert [p for _, p, _, _ in app.producer._producer.sent] == [0, 0, 0]
 
 

@@ -430,7 +430,7 @@ def test_the_cached_faust_sensor_counts_as_faust_does() -> None:
     from faust.types import TP as FaustTP
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from streams.metrics import _cached_prometheus_monitor
+    from streams.agents.batching import cached_prometheus_monitor as _cached_prometheus_monitor
 
     @dataclass
     class Table:
@@ -469,7 +469,7 @@ def test_a_batch_reported_once_per_partition_counts_as_one_call_per_message() ->
     from prometheus_client import CollectorRegistry, generate_latest
 
     from streams.agents.batching import _report
-    from streams.metrics import _cached_prometheus_monitor
+    from streams.agents.batching import cached_prometheus_monitor as _cached_prometheus_monitor
 
     @dataclass
     class Message:
