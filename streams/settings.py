@@ -87,10 +87,13 @@ class Settings:
             )
         if self.sasl_mechanism not in SASL_MECHANISMS:
             raise ValueError(f"SASL mechanism {self.sasl_mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}")
-        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password.get_secret_value()
+        ):
             raise ValueError(f"{self.security_protocol} needs CDRWATCH_SASL_USERNAME and CDRWATCH_SASL_PASSWORD")
         if self.ssl_cafile is not None and not Path(self.ssl_cafile).is_file():
             raise ValueError(f"CA file {self.ssl_cafile} does not exist")
+        self.ssl_context()  # a CA file that holds no certificate fails here, not at the first connection
 
     def broker_urls(self) -> list[str]:
         """``kafka://a:9092;kafka://b:9092`` (or comma-separated) → its parts."""
@@ -105,9 +108,15 @@ class Settings:
         return is_loopback(self.web_host)
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS for SSL and SASL_SSL: the broker's certificate must be signed by CDRWATCH_SSL_CAFILE's
+        CA (this machine's CA certificates without it) and name the host connected to."""
         if "SSL" not in self.security_protocol:
             return None
-        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        try:
+            return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        except ssl.SSLError as exc:
+            raise ValueError(f"CDRWATCH_SSL_CAFILE {self.ssl_cafile}: no PEM CA certificate there "
+                             f"({exc.reason or exc})") from None
 
     def client_kwargs(self) -> dict[str, Any]:
         """Connection settings for aiokafka producers, consumers and admin clients."""

@@ -13,6 +13,12 @@ controller in one JVM.
         cluster.kill(leader)               # SIGKILL
         cluster.start(leader)              # back on its ports and its data
 
+A cluster made with ``sasl_ssl=SaslSsl(secrets_dir, users)`` also has a SASL_SSL listener on each
+node, configured by deploy/kafka/sasl-ssl.env (the compose broker's file, read the way the
+apache/kafka image reads it), with certificates from deploy/kafka/certs.sh (``make_certificates``)
+and SCRAM-SHA-512 users created when the storage is formatted; ``sasl_ssl_url`` and
+``client_env(user)`` are what cdrwatch connects with.
+
 No broker outlives this process: the kernel sends each one SIGKILL when we die (even by SIGKILL),
 and ``close()``, run on every exit path of the ``with`` block, kills them all and removes their
 data. They run in their own session, so a terminal's Ctrl-C reaches pytest only, which then closes
@@ -50,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KAFKA_DIR = ROOT / "deploy" / "kafka"
 KAFKA_SH = KAFKA_DIR / "kafka.sh"
 BROKER_ENV = KAFKA_DIR / "broker.env"
+SASL_SSL_ENV = KAFKA_DIR / "sasl-ssl.env"
+CERTS_SH = KAFKA_DIR / "certs.sh"
 POM = KAFKA_DIR / "pom.xml"
 
 # Variables of the apache/kafka image that are JVM options, not broker properties: they have no
@@ -62,6 +70,22 @@ NOT_PROPERTIES = frozenset({
 # What is each node's own, set by the test brokers per node and by docker-compose.yml for its one
 # node: never in broker.env.
 NODE_PROPERTIES = ("node.id", "listeners", "advertised.listeners", "controller.quorum.voters", "log.dirs")
+
+# The apache/kafka image's indirection for the keystore (its configure script, when a listener is
+# SSL): a file name in /etc/kafka/secrets, and files there holding the passwords. Variables of
+# the image, not broker properties: sasl_ssl_properties() resolves them as the image does.
+SECRET_FILE_VARIABLES: Mapping[str, tuple[str, str]] = {
+    # variable: (the property it sets, "path" of the named file or its "content")
+    "KAFKA_SSL_KEYSTORE_FILENAME": ("ssl.keystore.location", "path"),
+    "KAFKA_SSL_KEYSTORE_CREDENTIALS": ("ssl.keystore.password", "content"),
+    "KAFKA_SSL_KEY_CREDENTIALS": ("ssl.key.password", "content"),
+    "KAFKA_SSL_TRUSTSTORE_FILENAME": ("ssl.truststore.location", "path"),
+    "KAFKA_SSL_TRUSTSTORE_CREDENTIALS": ("ssl.truststore.password", "content"),
+}
+
+# The SASL mechanism of sasl-ssl.env's listener, and its listener name.
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SASL_SSL_LISTENER = "SASL_SSL"
 
 # Settings only the test brokers have, all about time: a killed broker is fenced, and its
 # partitions get a new leader, after 3 s without a heartbeat instead of 9 s. The log cleaner's
@@ -116,6 +140,48 @@ def property_name(variable: str) -> str:
 def broker_properties(env: Mapping[str, str]) -> dict[str, str]:
     """broker.env's variables as server.properties entries."""
     return {property_name(key): value for key, value in env.items()}
+
+
+def sasl_ssl_properties(env: Mapping[str, str], secrets_dir: Path) -> dict[str, str]:
+    """sasl-ssl.env's variables as server.properties entries, with the image's secret files
+    (``SECRET_FILE_VARIABLES``) looked up in ``secrets_dir``, its /etc/kafka/secrets."""
+    properties = {}
+    for key, value in env.items():
+        if key not in SECRET_FILE_VARIABLES:
+            properties[property_name(key)] = value
+            continue
+        name, kind = SECRET_FILE_VARIABLES[key]
+        path = secrets_dir / value
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}={value}: no {path} (deploy/kafka/certs.sh makes it)")
+        # the image reads a password with $(cat FILE): trailing newlines dropped
+        properties[name] = str(path) if kind == "path" else path.read_text(encoding="utf-8").rstrip("\n")
+    return properties
+
+
+def make_certificates(directory: Path, *names: str, timeout_s: float = 120.0) -> Path:
+    """A CA and a broker certificate for ``names`` (the CA only without names) in ``directory``,
+    by deploy/kafka/certs.sh (keytool); ``directory``."""
+    done = subprocess.run(["bash", str(CERTS_SH), str(directory), *names], capture_output=True, text=True,
+                          timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"deploy/kafka/certs.sh failed:\n{done.stdout}{done.stderr}")
+    return directory
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener on every node, configured by deploy/kafka/sasl-ssl.env: the keystore
+    and password files it names are in ``secrets_dir`` (``make_certificates`` makes them, with the
+    CA clients trust in ``secrets_dir/ca.pem``), and the SCRAM-SHA-512 ``users`` (name: password)
+    are created when the storage is formatted."""
+
+    secrets_dir: Path
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def cafile(self) -> Path:
+        return self.secrets_dir / "ca.pem"
 
 
 def replication_properties(nodes: int) -> dict[str, str]:
@@ -213,10 +279,17 @@ class KafkaNode:
     controller_port: int  # the KRaft controller listener
     directory: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    sasl_ssl_port: int | None = None  # the SASL_SSL listener, on a cluster made with sasl_ssl=
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_address(self) -> str:
+        if self.sasl_ssl_port is None:
+            raise RuntimeError(f"node {self.node_id} has no SASL_SSL listener")
+        return f"{self.host}:{self.sasl_ssl_port}"
 
     @property
     def config_path(self) -> Path:
@@ -250,6 +323,12 @@ class PartitionState:
     leader: int  # -1 while the partition has none
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GroupState:
+    state: str  # "Stable", "PreparingRebalance", "CompletingRebalance", "Empty", "Dead"
+    members: int
 
 
 def _kill_all(nodes: Iterable[KafkaNode]) -> None:
@@ -291,10 +370,14 @@ class KafkaCluster:
     A cluster of 3 or more replicates 3 times with min.insync.replicas=2 (``replication_factor``,
     ``min_insync_replicas``); one node replicates once. Lifecycle methods block until the brokers
     answer; metadata methods ask the running brokers with aiokafka's admin client.
+
+    With ``sasl_ssl``, each node also has a SASL_SSL listener (deploy/kafka/sasl-ssl.env, as the
+    compose broker with KAFKA_SASL_SSL set): ``sasl_ssl_url`` and ``client_env`` are what cdrwatch
+    connects with. ``bootstrap`` and ``url`` stay the PLAINTEXT listener, the broker's own.
     """
 
     def __init__(self, nodes: int = 1, *, host: str = "127.0.0.1", properties: Mapping[str, str] | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, sasl_ssl: SaslSsl | None = None) -> None:
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         if host not in {"127.0.0.1", "localhost", "::1"}:
@@ -307,15 +390,18 @@ class KafkaCluster:
         self.replication_factor = min(3, nodes)
         self.min_insync_replicas = min(2, nodes)
         self.extra_properties = dict(properties or {})
+        self.sasl_ssl = sasl_ssl
         self._dir = tempfile.TemporaryDirectory(prefix="cdrwatch-kafka-")
         (Path(self._dir.name) / "owner").write_text(str(os.getpid()))
+        per_node = 3 if sasl_ssl is not None else 2
         ports: set[int] = set()
-        while len(ports) < 2 * nodes:
+        while len(ports) < per_node * nodes:
             ports.add(free_port(host))
         port_list = sorted(ports)
         self.nodes: dict[int, KafkaNode] = {
-            node_id: KafkaNode(node_id, host, port_list[2 * i], port_list[2 * i + 1],
-                               Path(self._dir.name) / f"node-{node_id}")
+            node_id: KafkaNode(node_id, host, port_list[per_node * i], port_list[per_node * i + 1],
+                               Path(self._dir.name) / f"node-{node_id}",
+                               sasl_ssl_port=port_list[per_node * i + 2] if sasl_ssl is not None else None)
             for i, node_id in enumerate(range(1, nodes + 1))
         }
         self._formatted = False
@@ -343,22 +429,47 @@ class KafkaCluster:
         """cdrwatch settings for this cluster: its URL and replication factor, no web server."""
         return Settings(broker=self.url, replication_factor=self.replication_factor, web_enabled=False).with_(**changes)
 
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """Every node's SASL_SSL address, ``127.0.0.1:S1,127.0.0.1:S2``."""
+        return ",".join(node.sasl_ssl_address for node in self.nodes.values())
+
+    @property
+    def sasl_ssl_url(self) -> str:
+        """``kafka://127.0.0.1:S1;kafka://...``: the SASL_SSL listeners, as --broker takes them."""
+        return ";".join(f"kafka://{node.sasl_ssl_address}" for node in self.nodes.values())
+
+    def client_env(self, user: str, *, password: str | None = None, cafile: Path | None = None) -> dict[str, str]:
+        """The CDRWATCH_* security variables (docker-compose.yml passes the same) of ``user`` on
+        the SASL_SSL listener: its own password and the cluster's CA unless told otherwise."""
+        if self.sasl_ssl is None:
+            raise RuntimeError("this cluster has no SASL_SSL listener (KafkaCluster(sasl_ssl=...))")
+        return {
+            "CDRWATCH_SECURITY_PROTOCOL": SASL_SSL_LISTENER,
+            "CDRWATCH_SASL_MECHANISM": SCRAM_MECHANISM,
+            "CDRWATCH_SASL_USERNAME": user,
+            "CDRWATCH_SASL_PASSWORD": self.sasl_ssl.users[user] if password is None else password,
+            "CDRWATCH_SSL_CAFILE": str(self.sasl_ssl.cafile if cafile is None else cafile),
+        }
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def properties(self, node_id: int) -> dict[str, str]:
-        """A node's server.properties: broker.env, the cluster's replication, the test settings,
-        the caller's ``properties``, then the node's own identity and addresses."""
+        """A node's server.properties: broker.env (and sasl-ssl.env, with ``sasl_ssl``), the
+        cluster's replication, the test settings, the caller's ``properties``, then the node's own
+        identity and addresses."""
         node = self.nodes[node_id]
         voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes.values())
-        own = dict(zip(NODE_PROPERTIES, (
-            str(node_id),
-            f"PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}",
-            f"PLAINTEXT://{node.address}",
-            voters,
-            str(node.data_dir),
-        ), strict=True))
+        listeners = f"PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}"
+        advertised = f"PLAINTEXT://{node.address}"
+        shared = broker_properties(read_env_file())
+        if self.sasl_ssl is not None:
+            listeners += f",{SASL_SSL_LISTENER}://{node.sasl_ssl_address}"
+            advertised += f",{SASL_SSL_LISTENER}://{node.sasl_ssl_address}"
+            shared |= sasl_ssl_properties(read_env_file(SASL_SSL_ENV), self.sasl_ssl.secrets_dir)
+        own = dict(zip(NODE_PROPERTIES, (str(node_id), listeners, advertised, voters, str(node.data_dir)), strict=True))
         return {
-            **broker_properties(read_env_file()),
+            **shared,
             **replication_properties(len(self.nodes)),
             **TEST_PROPERTIES,
             **self.extra_properties,
@@ -373,9 +484,16 @@ class KafkaCluster:
             lines = [f"# node {node_id} of cluster {self.cluster_id} (tests/kafka_cluster.py)"]
             lines += [f"{key}={value}" for key, value in self.properties(node_id).items()]
             node.config_path.write_text("\n".join(lines) + "\n")
+            command = ["bash", str(KAFKA_SH), "format", str(node.config_path), self.cluster_id]
+            if self.sasl_ssl is not None and self.sasl_ssl.users:
+                # SCRAM users, the KRaft way: in the metadata the storage starts with (kafka.sh's
+                # format, plus --add-scram). Passwords of test users only, on a command line.
+                command = ["bash", str(KAFKA_SH), "run", "kafka.tools.StorageTool", "format",
+                           "--config", str(node.config_path), "--cluster-id", self.cluster_id, "--ignore-formatted"]
+                for user, password in self.sasl_ssl.users.items():
+                    command += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
             formats.append(subprocess.Popen(
-                ["bash", str(KAFKA_SH), "format", str(node.config_path), self.cluster_id],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
             ))
         for node, proc in zip(self.nodes.values(), formats):
             output, _ = proc.communicate(timeout=120)
@@ -558,6 +676,47 @@ class KafkaCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"replicas not in sync after {timeout_s:.0f} s: {last!r}")
             time.sleep(0.2)
+
+    def topics(self) -> list[str]:
+        """Every topic's name (Kafka's internal ones included)."""
+        async def names() -> list[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
+            try:
+                await admin.start()
+                return sorted(await admin.list_topics())
+            finally:
+                await admin.close()
+
+        return _run(names())
+
+    def coordinator(self, group_id: str) -> int:
+        """The node id coordinating consumer group ``group_id`` (its commits and rebalances)."""
+        async def find() -> int:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
+            try:
+                await admin.start()
+                return int(await admin.find_coordinator(group_id))
+            finally:
+                await admin.close()
+
+        return _run(find())
+
+    def group(self, group_id: str) -> GroupState:
+        """Consumer group ``group_id`` as its coordinator describes it: state and members."""
+        async def describe() -> GroupState:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
+            try:
+                await admin.start()
+                [response] = await admin.describe_consumer_groups([group_id])
+            finally:
+                await admin.close()
+            [described] = response.groups
+            error_code, _group, state, _protocol_type, _protocol, members = described[:6]
+            if error_code:
+                raise KeyError(f"group {group_id}: error code {error_code}")
+            return GroupState(state, len(members))
+
+        return _run(describe())
 
     # -- diagnostics ----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from streams.embedded import create_topics, free_port
 from streams.replay import end_offsets, read_stream
 from streams.settings import Settings, bundled_file
 from tests.brokers import Broker
+from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,24 +77,10 @@ def steady_cdr(user: str, n: int) -> bytes:
     })
 
 
-def start_worker(settings: Settings, data_dir: Path, web_port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CDRWATCH_BROKER=settings.broker, CDRWATCH_APP_ID=settings.app_id,
-               CDRWATCH_TOPIC_PREFIX=settings.topic_prefix, CDRWATCH_DATA_DIR=str(data_dir),
-               CDRWATCH_PARTITIONS=str(PARTITIONS), CDRWATCH_SESSION_TIMEOUT=str(SESSION_TIMEOUT_S),
-               STREAM_RECOVERY_DELAY=str(RECOVERY_DELAY_S))
-    log = open(data_dir.with_suffix(".log"), "wb")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(web_port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture()
-def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+def _worker(settings: Settings, data_dir: Path, web_port: int) -> subprocess.Popen[bytes]:
+    return start_worker(settings, data_dir, web_port=web_port,
+                        env={"CDRWATCH_SESSION_TIMEOUT": str(SESSION_TIMEOUT_S),
+                             "STREAM_RECOVERY_DELAY": str(RECOVERY_DELAY_S)})
 
 
 async def health(port: int) -> dict[str, Any]:
@@ -130,7 +117,7 @@ async def failover_onto_an_uncommitted_partition(broker: Broker, tmp_path: Path,
     await create_topics(broker.bootstrap, [settings.topic(t) for t in ALL_TOPICS], PARTITIONS)
     ports = [free_port(), free_port()]
     for name, port in zip("ab", ports):
-        workers.append(start_worker(settings, tmp_path / name, port))
+        workers.append(_worker(settings, tmp_path / name, port))
     survivor, victim = 0, 1
     cdrs, registrations = settings.topic("cdrs"), settings.topic("sip-registrations")
 

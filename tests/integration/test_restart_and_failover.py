@@ -27,6 +27,7 @@ from streams.replay import (InputMessage, _message, _wait_processed, end_offsets
                             replay, replay_external)
 from streams.settings import Settings, bundled_file
 from tests.brokers import Broker
+from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -139,22 +140,7 @@ def test_recovery_reads_a_changelog_to_its_real_end(broker: Broker, tmp_path: Pa
 
 
 def _worker(settings: Settings, data_dir: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CDRWATCH_BROKER=settings.broker, CDRWATCH_APP_ID=settings.app_id,
-               CDRWATCH_TOPIC_PREFIX=settings.topic_prefix, CDRWATCH_DATA_DIR=str(data_dir),
-               CDRWATCH_PARTITIONS=str(settings.partitions))
-    log = open(data_dir.with_suffix(".log"), "wb")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(free_port())],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture()
-def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+    return start_worker(settings, data_dir)
 
 
 def test_killing_a_worker_mid_replay_loses_and_doubles_nothing(

@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 from tests.kafka_cluster import (
-    BROKER_ENV, NODE_PROPERTIES, KafkaCluster, broker_properties, kafka_version, property_name, read_env_file,
+    BROKER_ENV, NODE_PROPERTIES, NOT_PROPERTIES, SASL_SSL_ENV, KafkaCluster, broker_properties, kafka_version,
+    property_name, read_env_file,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +151,32 @@ def compose_validator(compose_spec_schema: dict[str, Any]) -> Callable[[Any], An
 # Reading the files
 # ---------------------------------------------------------------------------------------------
 
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """A compose value as `docker compose` reads it with ``variables`` (.env and the shell):
+    ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:+alternative}``,
+    ``${VAR+alternative}``, ``${VAR:?error}``, ``${VAR?error}``, ``$$`` (no nesting)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group("name"), match.group("op"), match.group("arg") or ""
+        is_set = name in variables
+        usable = is_set and (variables[name] != "" or not (op or "").startswith(":"))
+        if op in (":-", "-"):
+            return variables[name] if usable else arg
+        if op in (":+", "+"):
+            return arg if usable else ""
+        if op in (":?", "?"):
+            if not usable:
+                raise ValueError(f"{name}: {arg}")
+            return variables[name]
+        return variables.get(name, "")
+
+    return _VARIABLE.sub(substitute, value)
+
 
 def load_yaml(path: Path) -> Any:
     with path.open(encoding="utf-8") as stream:
@@ -178,8 +205,12 @@ class Mount:
     read_only: bool
 
 
-def mounts(service: Mapping[str, Any]) -> Iterator[Mount]:
+def mounts(service: Mapping[str, Any], variables: Mapping[str, str] | None = None) -> Iterator[Mount]:
+    """The service's volumes, their sources interpolated with ``variables`` (none set: the
+    defaults of the compose file)."""
     for spec in service.get("volumes", []):
+        if isinstance(spec, str):
+            spec = interpolate(spec, variables or {})
         if isinstance(spec, dict):
             kind = spec["type"]
             source = spec.get("source")
@@ -225,11 +256,12 @@ def full_environment(service: Mapping[str, Any]) -> dict[str, str]:
     return env | environment(service)
 
 
-def command_option(service: Mapping[str, Any], option: str) -> str:
+def command_option(service: Mapping[str, Any], option: str, variables: Mapping[str, str] | None = None) -> str:
+    """The value of ``option`` in the service's command, interpolated with ``variables``."""
     command = service["command"]
     args = command if isinstance(command, list) else command.split()
     assert option in args, f"{option} missing from {args}"
-    return str(args[args.index(option) + 1])
+    return interpolate(str(args[args.index(option) + 1]), variables or {})
 
 
 def mount_target(service: Mapping[str, Any], source: str) -> str:
@@ -396,7 +428,7 @@ def test_worker_and_replay_settings(services: dict[str, dict[str, Any]]) -> None
         unknown = {var for var in env if var.startswith("CDRWATCH_")} - set(ENV_VARS)
         assert not unknown, f"{name}: variables streams.settings does not read: {sorted(unknown)}"
         assert env["CDRWATCH_STORE"] in {"rocksdb://", "memory://"}, "a rocksdb:// URL with a path breaks tables"
-        assert env["CDRWATCH_BROKER"] == command_option(service, "--broker") == "kafka://kafka:9092"
+        assert interpolate(env["CDRWATCH_BROKER"], {}) == command_option(service, "--broker") == "kafka://kafka:9092"
         assert env["CDRWATCH_PLANS"] == "/etc/cdrwatch/plans.toml"
         assert env["CDRWATCH_RATES"] == "/etc/cdrwatch/rates.csv"
         assert env["CDRWATCH_HASH_SECRET"].startswith("${CDRWATCH_HASH_SECRET:?"), "the secret must be required"
@@ -432,7 +464,7 @@ def test_kafka_runs_kraft_without_auto_created_topics(services: dict[str, dict[s
     env = full_environment(kafka)
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert interpolate(env["KAFKA_ADVERTISED_LISTENERS"], {}) == "PLAINTEXT://kafka:9092"
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
     for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
         assert env[key] == "1"
@@ -451,19 +483,21 @@ def test_kafka_image_is_the_version_the_test_brokers_run(services: dict[str, dic
     """deploy/kafka/pom.xml's kafka.version is the project's Kafka: the test brokers run its jars."""
     version = kafka_version()
     assert re.fullmatch(r"\d+\.\d+\.\d+", version)
-    for name in ("kafka", "topics-init"):
+    for name in ("kafka", "topics-init", "kafka-users"):
         assert services[name]["image"] == f"apache/kafka:{version}", f"{name} runs another Kafka than the tests"
 
 
 def test_kafka_settings_are_broker_env_plus_the_nodes_own(services: dict[str, dict[str, Any]]) -> None:
     kafka = services["kafka"]
-    assert [(ROOT / path).resolve() for path in env_files(kafka)] == [BROKER_ENV]
-    shared, own = read_env_file(BROKER_ENV), environment(kafka)
+    # broker.env, then the SASL_SSL listener's settings (tests/unit/test_sasl_ssl_deploy.py)
+    assert [(ROOT / path).resolve() for path in env_files(kafka)] == [BROKER_ENV, SASL_SSL_ENV]
+    shared, own = read_env_file(BROKER_ENV) | read_env_file(SASL_SSL_ENV), environment(kafka)
     both = sorted(set(shared) & set(own))
-    assert not both, f"set in both deploy/kafka/broker.env and docker-compose.yml: {both}"
+    assert not both, f"set in both deploy/kafka/*.env and docker-compose.yml: {both}"
     # every other broker setting belongs in broker.env, where the test brokers read it too
-    assert {property_name(key) for key in own if key.startswith("KAFKA_")} == set(NODE_PROPERTIES)
-    assert set(own) - {key for key in own if key.startswith("KAFKA_")} == {"CLUSTER_ID"}
+    properties = {key for key in own if key.startswith("KAFKA_") and key not in NOT_PROPERTIES}
+    assert {property_name(key) for key in properties} == set(NODE_PROPERTIES)
+    assert set(own) - properties == {"CLUSTER_ID", "KAFKA_OPTS"}
 
 
 def test_test_brokers_run_broker_env() -> None:
@@ -590,7 +624,7 @@ def test_cli_accepts_the_compose_command_lines(services: dict[str, dict[str, Any
 
     parser = build_parser()
     for name in ("worker", "replay"):
-        command = services[name]["command"]
+        command = [interpolate(str(arg), {}) for arg in services[name]["command"]]
         assert command[0] == "cdrwatch", f"{name}: the image's console script is `cdrwatch`"
         _, unknown = parser.parse_known_args(command[1:])
         if name == "replay" and unknown == ["--external-workers"]:
