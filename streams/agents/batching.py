@@ -207,7 +207,7 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                         offset = record.offset
                         if start is not None and offset < start:
                             continue  # already read (a seek back after a rebalance)
-                        if acked and last and offset - last > 1:
+                        if acked and last is not None and offset - last > 1:  # (Faust's own loop skips last == 0)
                             # Offsets without a record (compaction, transaction markers): as in
                             # Faust's own loop, so that its commit goes past them. The batch's are
                             # recorded once the batch is handed over.

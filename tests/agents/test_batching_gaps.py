@@ -77,6 +77,7 @@ def commit_rounds(consumer: Any, rounds: int) -> list[int | None]:
     pytest.param([[0, 1, 2, 5, 6], [9, 10], [14]], None, id="compacted"),
     pytest.param([[0, 1, 2], [6, 7]], None, id="hole-between-fetches"),
     pytest.param([[8, 9]], 5, id="hole-after-the-committed-offset"),
+    pytest.param([[0, 5, 6]], None, id="hole-right-after-offset-0"),
     # a marker after each transaction; two in a row where two producers' transactions interleave
     pytest.param([[0, 1, 2, 4, 5, 8, 9]], None, id="transaction-markers"),
 ])
