@@ -1,0 +1,462 @@
+"""Faults on a three-node Apache Kafka cluster in the middle of a replay.
+
+The broker that leads the most busy partitions (the traffic's input topics and the tables'
+changelogs) is killed with SIGKILL while the input is flowing and started again a few seconds
+later: once with one worker, once with two workers of which one is also killed with SIGKILL.
+Every topic of the run has three replicas (min.insync.replicas 2), so the loss of one broker
+loses no acknowledged record; whatever goes wrong is cdrwatch's.
+
+Each run must end with exactly what an uninterrupted replay of the same input emits: the same
+fair-use alerts, re-bill lines (id and amount), fraud alerts and account actions — every copy of
+an id, re-emitted after a failover, the same payload — and the same DLQ records, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
+from streams.codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration
+from streams.core.errors import InvalidRecord
+from streams.embedded import create_topics, free_port
+from streams.generator import generate_month
+from streams.replay import InputMessage, ReplayResult, end_offsets, read_stream, replay, run_offline
+from streams.settings import Settings
+from tests.kafka_cluster import KafkaCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
+
+USERS = 200  # a generated month of ~41,000 messages
+PARTITIONS = 4
+BROKEN = 12  # malformed messages mixed into the month: the DLQ must hold each of them, once
+INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
+TABLES = ("periods", "users", "subscribers", "fraud")
+# where the traffic goes: what the killed broker should lead as much of as possible
+BUSY_TOPICS = ("cdrs", "sip-registrations")
+BUSY_TABLES = ("periods", "users", "fraud")
+OUTPUT_IDS = {"fairuse-alerts": "alert_id", "rebilled-calls": "line_id", "fraud-alerts": "alert_id",
+              "account-actions": "action_id"}
+# What of each output must equal the reference's, every copy of an id included, beyond the id: a
+# fair-use alert whole; a re-bill line whole but its ``rule``, which names the fair-use rule that
+# was seen breached first, and that depends on whether the user's registrations or CDRs were read
+# first (the two topics are not read in step); a fraud alert and its account action by id alone,
+# their time and evidence depending likewise on how far `cdrs` had been read when a registration
+# arrived. Uninterrupted runs differ from each other in those fields too.
+COMPARED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "fairuse-alerts": lambda payload: payload,
+    "rebilled-calls": lambda payload: {k: v for k, v in payload.items() if k != "rule"},
+    "fraud-alerts": lambda payload: {"alert_id": payload["alert_id"]},
+    "account-actions": lambda payload: {"action_id": payload["action_id"]},
+}
+SEND_S = 10.0  # the input is paced over this long, so that it is still flowing when the faults strike
+BROKER_DOWN_S = 5.0
+DONE_TIMEOUT_S = 180.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The input and the uninterrupted reference
+# ---------------------------------------------------------------------------------------------
+
+
+def with_malformed(messages: list[InputMessage], count: int) -> list[InputMessage]:
+    """``messages`` with ``count`` broken copies of some of them, spread over the month: a CDR with
+    an unknown direction, a registration without its contact. Each keeps its user (key, hence its
+    partition) and event time (hence its place in the replay), and is unique."""
+    ordered = sorted(messages, key=lambda m: m.time_ms)
+    broken = []
+    for n in range(count):
+        original = ordered[(n + 1) * len(ordered) // (count + 1)]
+        data = orjson.loads(original.value)
+        if original.topic == "cdrs":
+            data |= {"call_id": f"broken-{n}", "direction": "sideways"}
+            decode = decode_cdr
+        else:
+            data = {k: v for k, v in data.items() if k != "contact"} | {"user_agent": f"broken phone {n}"}
+            decode = decode_registration
+        value = orjson.dumps(data)
+        with pytest.raises(InvalidRecord):
+            decode(value)
+        broken.append(InputMessage(original.topic, original.key, value, original.time_ms, f"broken {n}"))
+    return messages + broken
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory: pytest.TempPathFactory) -> list[InputMessage]:
+    out = tmp_path_factory.mktemp("month")
+    generate_month(out, users=USERS, month="2026-11", seed=8)
+    messages = read_stream(out / "cdrs.jsonl", "cdrs", "start_time") + read_stream(
+        out / "registrations.jsonl", "sip-registrations", "time")
+    return with_malformed(messages, BROKEN)
+
+
+@pytest.fixture(scope="module")
+def reference(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> ReplayResult:
+    """An uninterrupted replay of the month (an in-process worker, nothing killed), checked against
+    the engine without Kafka."""
+    result = asyncio.run(replay(Settings(web_enabled=False, partitions=PARTITIONS), month,
+                                broker_url=kafka_cluster.url, timeout_s=300))
+    _store, offline = run_offline(Settings(web_enabled=False), month)
+    assert result.counts == offline
+    assert len(result.dlq) == offline[("cdrs", "dlq")] + offline[("sip-registrations", "dlq")] == BROKEN
+    assert result.alerts and result.rebills and result.fraud_alerts and result.actions, \
+        "the month must exercise every output"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers, faults and the run
+# ---------------------------------------------------------------------------------------------
+
+
+def start_worker(settings: Settings, directory: Path) -> subprocess.Popen[bytes]:
+    """A `cdrwatch worker` process, its tables replicated as the run's topics are."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CDRWATCH_BROKER=settings.broker, CDRWATCH_APP_ID=settings.app_id,
+               CDRWATCH_TOPIC_PREFIX=settings.topic_prefix, CDRWATCH_DATA_DIR=str(directory),
+               CDRWATCH_PARTITIONS=str(settings.partitions),
+               CDRWATCH_REPLICATION_FACTOR=str(settings.replication_factor), CDRWATCH_LOG_LEVEL="info")
+    with open(directory / "worker.log", "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(free_port())],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture()
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Run:
+    """One replay on the cluster into running workers, and what happened during it."""
+
+    cluster: KafkaCluster
+    settings: Settings
+    directory: Path
+    workers: list[subprocess.Popen[bytes]]
+    killed: set[int] = field(default_factory=set)  # indices of the workers killed on purpose
+    started: float = field(default_factory=time.monotonic)
+    timeline: list[str] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        self.timeline.append(f"{time.monotonic() - self.started:6.1f} s  {what}")
+
+    def report(self) -> str:
+        tails = []
+        for n, proc in enumerate(self.workers):
+            path = self.directory / f"worker-{n}" / "worker.log"
+            lines = path.read_text(errors="replace").splitlines()[-25:] if path.exists() else []
+            tails.append(f"--- worker {n} (exit {proc.poll()})\n" + "\n".join(lines))
+        return "\n".join(["timeline:", *self.timeline, *tails])
+
+    def check_alive(self) -> None:
+        for n, proc in enumerate(self.workers):
+            if n not in self.killed and proc.poll() is not None:
+                raise AssertionError(f"worker {n} died on its own (exit {proc.returncode})\n{self.report()}")
+
+
+def start_run(cluster: KafkaCluster, directory: Path, procs: list[subprocess.Popen[bytes]], count: int) -> Run:
+    """Topics of a fresh prefix, all with three replicas; ``count`` workers, up and in the group."""
+    tag = uuid.uuid4().hex[:8]
+    settings = cluster.settings(app_id=f"faults-{tag}", topic_prefix=f"faults-{tag}-", partitions=PARTITIONS)
+    assert settings.replication_factor == 3
+    asyncio.run(create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], PARTITIONS,
+                              replication_factor=settings.replication_factor))
+    run = Run(cluster, settings, directory, procs)
+    for n in range(count):
+        procs.append(start_worker(settings, directory / f"worker-{n}"))
+    changelogs = {f"{settings.app_id}-{t}-changelog" for t in TABLES}
+    deadline = time.monotonic() + 120
+    while True:
+        run.check_alive()
+        try:
+            group = cluster.group(settings.app_id)
+            if group.state == "Stable" and group.members == count and changelogs <= set(cluster.topics()):
+                break
+        except (KafkaError, OSError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the workers did not join their group and create their tables\n{run.report()}")
+        time.sleep(0.5)
+    run.note(f"{count} worker(s) in the group")
+    return run
+
+
+def run_topics(run: Run) -> list[str]:
+    """Every topic of the run: inputs, outputs, DLQs, the tables' changelogs, Faust's own."""
+    return [t for t in run.cluster.topics() if t.startswith(run.settings.topic_prefix)]
+
+
+def assert_replicated(run: Run) -> None:
+    topics = run_topics(run)
+    expected = {run.settings.topic(t) for t in ALL_TOPICS} | {f"{run.settings.app_id}-{t}-changelog" for t in TABLES}
+    assert expected <= set(topics), sorted(expected - set(topics))
+    for topic in topics:
+        replicas = {p: s.replicas for p, s in run.cluster.partitions(topic).items()}
+        assert all(len(r) == 3 for r in replicas.values()), (topic, replicas)
+
+
+def busiest_broker(run: Run) -> int:
+    """The node leading the most input and changelog partitions of the traffic; among equals, the
+    group's coordinator (its commits and rebalances move too)."""
+    topics = [run.settings.topic(t) for t in BUSY_TOPICS] + [f"{run.settings.app_id}-{t}-changelog" for t in BUSY_TABLES]
+    led = Counter(state.leader for topic in topics for state in run.cluster.partitions(topic).values())
+    coordinator = run.cluster.coordinator(run.settings.app_id)
+    node = max(run.cluster.node_ids, key=lambda n: (led[n], n == coordinator, -n))
+    run.note(f"partitions led per broker {dict(sorted(led.items()))}, group coordinator {coordinator}: "
+             f"broker {node} is the one to kill")
+    return node
+
+
+Fault = tuple[float, Callable[[], Awaitable[None]]]  # (fraction of the input sent, what happens then)
+
+
+def broker_fault(run: Run, node: int, at: float) -> Fault:
+    async def kill_and_restart() -> None:
+        await asyncio.to_thread(run.cluster.kill, node)
+        run.note(f"broker {node} killed (SIGKILL)")
+        await asyncio.sleep(BROKER_DOWN_S)
+        await asyncio.to_thread(run.cluster.start, node)
+        run.note(f"broker {node} started again")
+
+    return at, kill_and_restart
+
+
+def worker_fault(run: Run, index: int, at: float) -> Fault:
+    async def kill() -> None:
+        run.killed.add(index)
+        run.workers[index].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(run.workers[index].wait, 10)
+        run.note(f"worker {index} killed (SIGKILL)")
+
+    return at, kill
+
+
+async def send_with_faults(run: Run, ordered: list[InputMessage], faults: list[Fault]) -> None:
+    """Send the input in event-time order, paced over ``SEND_S``; each fault starts once its fraction
+    of the input has been acknowledged. The producer is idempotent: its retries across the
+    leader change write nothing twice (the comparison is then cdrwatch's alone)."""
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, request_timeout_ms=30000,
+                                **run.settings.client_kwargs())
+    await producer.start()
+    waiting = sorted(faults, key=lambda f: f[0])
+    striking: list[asyncio.Task[None]] = []
+    chunk = 500
+    began = time.monotonic()
+    try:
+        for first in range(0, len(ordered), chunk):
+            while waiting and first >= waiting[0][0] * len(ordered):
+                striking.append(asyncio.create_task(waiting.pop(0)[1]()))
+                run.note(f"{first} of {len(ordered)} messages sent")
+            sent = [await producer.send(run.settings.topic(m.topic), key=m.key, value=m.value)
+                    for m in ordered[first:first + chunk]]
+            await asyncio.gather(*sent)
+            due = began + SEND_S * (first + chunk) / len(ordered) - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+    finally:
+        await producer.stop()
+    run.note(f"all {len(ordered)} messages sent")
+    await asyncio.gather(*striking)
+
+
+async def committed_and_end(settings: Settings) -> dict[TopicPartition, tuple[int | None, int]]:
+    """Per input partition: the group's committed offset (None: none yet) and the end."""
+    ends = await end_offsets(settings, [settings.topic(t) for t in INPUT_TOPICS])
+    admin = AIOKafkaAdminClient(request_timeout_ms=5000, **settings.client_kwargs())
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=list(ends))
+    finally:
+        await admin.close()
+    out: dict[TopicPartition, tuple[int | None, int]] = {}
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        out[tp] = (meta.offset if meta is not None and meta.offset >= 0 else None, end)
+    return out
+
+
+async def wait_done(run: Run, sent: int, quiet_s: float = 2.0) -> None:
+    """Until the group has committed every input message and the outputs have stopped growing."""
+    outputs = [run.settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
+    deadline = time.monotonic() + DONE_TIMEOUT_S
+    offsets: dict[TopicPartition, tuple[int | None, int]] = {}
+    last_outputs: dict[TopicPartition, int] | None = None
+    quiet_since = time.monotonic()
+    while True:
+        run.check_alive()
+        try:
+            offsets = await committed_and_end(run.settings)
+            out = await end_offsets(run.settings, outputs)
+        except (KafkaError, OSError):
+            out = None
+        if out is not None:
+            if out != last_outputs:
+                last_outputs, quiet_since = out, time.monotonic()
+            caught_up = all((done or 0) == end for done, end in offsets.values())
+            if caught_up and time.monotonic() - quiet_since >= quiet_s:
+                assert sum(end for _done, end in offsets.values()) == sent, "the input was written exactly once"
+                run.note("every input message committed")
+                return
+        if time.monotonic() > deadline:
+            behind = {f"{tp.topic[len(run.settings.topic_prefix):]}/{tp.partition}": f"committed {done}, end {end}"
+                      for tp, (done, end) in sorted(offsets.items()) if (done or 0) != end}
+            never = [p for p, text in behind.items() if text.startswith("committed None")]
+            hint = (f" — partitions {never} were never committed: the surviving worker does not read them"
+                    if never else "")
+            raise AssertionError(f"not done after {DONE_TIMEOUT_S:.0f} s: behind {behind}{hint}\n{run.report()}")
+        await asyncio.sleep(0.5)
+
+
+@dataclass
+class Outputs:
+    """Everything on the output and DLQ topics: per output topic, id → payload (with how many
+    extra copies of an id there were); the DLQ records, one entry per record."""
+
+    by_id: dict[str, dict[str, dict[str, Any]]]
+    copies: dict[str, int]  # records beyond the first of an id
+    other_copies: dict[str, int]  # of those, with another payload than the first (in fields not compared)
+    dlq: list[tuple[str, str, str, str]]  # input topic, partition/offset, reason, value
+
+
+async def read_outputs(run: Run) -> Outputs:
+    topics = [run.settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
+    ends = await end_offsets(run.settings, topics)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **run.settings.client_kwargs())
+    await consumer.start()
+    records: dict[TopicPartition, list[Any]] = {tp: [] for tp in ends}
+    try:
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        pending = {tp for tp, end in ends.items() if end > 0}
+        async with asyncio.timeout(60):
+            while pending:
+                for tp, recs in (await consumer.getmany(*pending, timeout_ms=500)).items():
+                    records[tp] += recs
+                    if recs and recs[-1].offset + 1 >= ends[tp]:
+                        pending.discard(tp)
+    finally:
+        await consumer.stop()
+    prefix = run.settings.topic_prefix
+    outputs = Outputs({t: {} for t in OUTPUT_TOPICS}, dict.fromkeys(OUTPUT_TOPICS, 0), dict.fromkeys(OUTPUT_TOPICS, 0), [])
+    for tp, recs in records.items():
+        base = tp.topic[len(prefix):]
+        for rec in recs:
+            if base in DLQ_TOPICS:
+                headers = {k: v.decode() for k, v in rec.headers or ()}
+                outputs.dlq.append(dlq_entry(base.removesuffix("-dlq"), headers.get("cdrwatch-source", ""),
+                                             headers.get(DLQ_REASON_HEADER, ""), rec.value.decode()))
+                continue
+            payload = orjson.loads(rec.value)
+            ident = payload[OUTPUT_IDS[base]]
+            first = outputs.by_id[base].setdefault(ident, payload)
+            if first is not payload:
+                outputs.copies[base] += 1
+                if payload != first:
+                    outputs.other_copies[base] += 1
+                    same = COMPARED[base]
+                    assert same(payload) == same(first), f"{base} {ident} emitted twice: {diff(first, payload)}"
+    return outputs
+
+
+def dlq_entry(topic: str, source: str, reason: str, value: str) -> tuple[str, str, str, str]:
+    """A DLQ record; its source (``<prefix><input topic>/<partition>/<offset>``) without the prefix,
+    which differs from run to run."""
+    full, partition, offset = source.rsplit("/", 2)
+    assert full.endswith(topic), (topic, source)
+    return topic, f"{partition}/{offset}", reason, value
+
+
+def diff(want: dict[str, Any], got: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {want.get(k)!r} → {got.get(k)!r}" for k in sorted({*want, *got}) if want.get(k) != got.get(k))
+
+
+def assert_same_outputs(got: Outputs, reference: ReplayResult, run: Run) -> None:
+    want = {
+        "fairuse-alerts": reference.alerts, "rebilled-calls": reference.rebills,
+        "fraud-alerts": reference.fraud_alerts, "account-actions": reference.actions,
+    }
+    for topic, rows in want.items():
+        expected = {row[OUTPUT_IDS[topic]]: row for row in rows}
+        lost = sorted(set(expected) - set(got.by_id[topic]))
+        extra = sorted(set(got.by_id[topic]) - set(expected))
+        assert not lost and not extra, f"{topic}: lost {lost[:10]} ({len(lost)}), extra {extra[:10]} ({len(extra)})"
+        same = COMPARED[topic]
+        changed = [i for i in expected if same(got.by_id[topic][i]) != same(expected[i])]
+        assert not changed, f"{topic}: other payloads than the reference's for {len(changed)} ids: " + "; ".join(
+            f"{i}: {diff(same(expected[i]), same(got.by_id[topic][i]))}" for i in changed[:5])
+    lines = sorted((line_id, row["amount"]) for line_id, row in got.by_id["rebilled-calls"].items())
+    assert lines == sorted((r["line_id"], r["amount"]) for r in reference.rebills)
+    # the DLQ: the same records. A batch redone after a worker's crash writes its rejections again:
+    # the same input (topic/partition/offset), reason and bytes, deduplicable like every output
+    expected_dlq = sorted(dlq_entry(r["topic"], r["source"], r["reason"], r["value"]) for r in reference.dlq)
+    assert sorted(set(got.dlq)) == expected_dlq, f"DLQ differs from the reference's\n{run.report()}"
+    run.note(f"outputs equal the reference's: {', '.join(f'{t} {len(v)}' for t, v in got.by_id.items())}, "
+             f"DLQ {len(got.dlq)}; extra copies of an id {got.copies}, of which with another payload "
+             f"{got.other_copies}")
+
+
+def replay_with_faults(run: Run, month: list[InputMessage], faults: list[Fault]) -> Outputs:
+    ordered = sorted(month, key=lambda m: m.time_ms)  # the reference's order (replay() sorts the same way)
+
+    async def scenario() -> Outputs:
+        await send_with_faults(run, ordered, faults)
+        await wait_done(run, len(ordered))
+        return await read_outputs(run)
+
+    outputs = asyncio.run(scenario())
+    assert_replicated(run)
+    run.cluster.wait_in_sync(run_topics(run))  # the restarted broker has caught up
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_busiest_broker_killed_mid_replay_and_started_again(
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    run = start_run(kafka_cluster, tmp_path, workers, count=1)
+    node = busiest_broker(run)
+    outputs = replay_with_faults(run, month, [broker_fault(run, node, at=0.3)])
+    run.check_alive()
+    assert_same_outputs(outputs, reference, run)
+    print("\n" + "\n".join(run.timeline))
+
+
+def test_a_worker_and_the_busiest_broker_killed_mid_replay(
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Two workers share the partitions; the broker dies, and while it is away one worker dies too:
+    the survivor takes over its partitions (their changelogs partly on the restarted broker)."""
+    run = start_run(kafka_cluster, tmp_path, workers, count=2)
+    node = busiest_broker(run)
+    outputs = replay_with_faults(run, month, [broker_fault(run, node, at=0.3), worker_fault(run, 1, at=0.5)])
+    assert workers[1].returncode == -signal.SIGKILL
+    run.check_alive()
+    assert_same_outputs(outputs, reference, run)
+    print("\n" + "\n".join(run.timeline))
