@@ -14,16 +14,14 @@ an id, re-emitted after a failover, the same payload — and the same DLQ record
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import orjson
 import pytest
@@ -34,11 +32,12 @@ from aiokafka.errors import KafkaError
 from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
 from streams.codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration
 from streams.core.errors import InvalidRecord
-from streams.embedded import create_topics, free_port
+from streams.embedded import create_topics
 from streams.generator import generate_month
 from streams.replay import InputMessage, ReplayResult, end_offsets, read_stream, replay, run_offline
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster
+from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 
@@ -124,26 +123,10 @@ def reference(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> ReplayR
 # ---------------------------------------------------------------------------------------------
 
 
-def start_worker(settings: Settings, directory: Path) -> subprocess.Popen[bytes]:
+def _worker(settings: Settings, directory: Path) -> subprocess.Popen[bytes]:
     """A `cdrwatch worker` process, its tables replicated as the run's topics are."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CDRWATCH_BROKER=settings.broker, CDRWATCH_APP_ID=settings.app_id,
-               CDRWATCH_TOPIC_PREFIX=settings.topic_prefix, CDRWATCH_DATA_DIR=str(directory),
-               CDRWATCH_PARTITIONS=str(settings.partitions),
-               CDRWATCH_REPLICATION_FACTOR=str(settings.replication_factor), CDRWATCH_LOG_LEVEL="info")
-    with open(directory / "worker.log", "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(free_port())],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture()
-def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+    return start_worker(settings, directory, env={"CDRWATCH_LOG_LEVEL": "info"}, log_path=directory / "worker.log")
 
 
 @dataclass
@@ -184,7 +167,7 @@ def start_run(cluster: KafkaCluster, directory: Path, procs: list[subprocess.Pop
                               replication_factor=settings.replication_factor))
     run = Run(cluster, settings, directory, procs)
     for n in range(count):
-        procs.append(start_worker(settings, directory / f"worker-{n}"))
+        procs.append(_worker(settings, directory / f"worker-{n}"))
     changelogs = {f"{settings.app_id}-{t}-changelog" for t in TABLES}
     deadline = time.monotonic() + 120
     while True:
