@@ -296,7 +296,7 @@ async def replay(
             tag = uuid.uuid4().hex[:8]
             run_settings = run_settings.with_(topic_prefix=f"replay-{tag}-", app_id=f"cdrwatch-replay-{tag}")
         await create_topics(run_settings.client_kwargs(), [run_settings.topic(t) for t in ALL_TOPICS],
-                            run_settings.partitions)
+                            run_settings.partitions, replication_factor=run_settings.replication_factor)
         pipeline = build_pipeline(run_settings.with_(web_enabled=False), plans, rates)
         sent_outputs: dict[str, set[str]] = {t: set() for t in OUTPUT_TOPICS}
         pipeline.on_output.append(
@@ -433,7 +433,8 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
     started = time.monotonic()
     outputs = [settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
     inputs_topics = [settings.topic(t) for t in ("cdrs", "sip-registrations", "subscribers")]
-    await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+    await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions,
+                        replication_factor=settings.replication_factor)
     before = await end_offsets(settings, outputs)
     ordered = sorted(inputs, key=lambda m: m.time_ms)
     total = await produce(settings, ordered, _produce_progress(len(ordered), report), speed)

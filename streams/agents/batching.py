@@ -141,8 +141,47 @@ FETCH_MAX_WAIT_MS = 100
 
 
 class BatchConsumer(driver.Consumer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Offsets whose commit the broker refused (a rebalance under way): Faust has already taken
+        # them off its acknowledged offsets and counts them as committed, so it would never send
+        # them again — a partition whose last commit failed would stay behind until more input
+        # came. They go with the next commit instead, while the partition is still assigned.
+        self._commit_again: dict[TP, int] = {}
+
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's choice of the offset to commit, with the recorded gaps up to the highest
+        acknowledged offset merged into the acknowledged ones first, each offset once. Faust merges
+        them itself but keeps duplicates, and its search for the first run of consecutive offsets
+        stops at each one: a gap recorded over offsets already handled (the loop's read offset
+        rewound by the seek to the committed offsets that ends a recovery, while the loop had
+        already read on) then holds the commit back to one offset per commit interval."""
+        acked, gaps = self._acked[tp], self._gap.get(tp)
+        if acked and gaps:
+            top = max(acked)
+            index = self._acked_index[tp]
+            for interval in gaps.overlap(0, top + 1):
+                for offset in range(interval.begin, min(interval.end, top + 1)):
+                    if offset not in index:
+                        index.add(offset)
+                        acked.append(offset)
+            gaps.chop(0, top + 1)
+        return cast("int | None", super()._new_offset(tp))
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._commit_again.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
+        offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
+        for tp, offset in self._commit_again.items():
+            if offsets.get(tp, -1) < offset:
+                offsets[tp] = offset
+        return offsets
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         """Faust's commit with its flush-then-commit replaced by the app's ``Checkpoint``
@@ -159,7 +198,13 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
             return False
         did_commit = bool(await checkpoint.commit(committable, self._commit))
         if did_commit:
+            for tp in committable:
+                self._commit_again.pop(tp, None)
             self.app.tables.on_commit(committable)
+        else:
+            self.log.warning("the broker did not take the commit of %s (the group is rebalancing): sent again with "
+                             "the next commit", _offsets_text(committable))
+            self._commit_again.update(committable)
         self._committed_offset.update(committable)
         self.app.monitor.on_tp_commit(committable)
         return did_commit
@@ -260,6 +305,10 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def _offsets_text(offsets: Mapping[TP, int]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition} at {offset}" for tp, offset in sorted(offsets.items()))
 
 
 def _report(sensors: Any, batch: list[Message], direction: str) -> None:

@@ -840,7 +840,9 @@ class FraudEngine:
         cap = self.max_call_ms
         for call_id in [c for c, r in state.calls.items() if (r[0] + cap if r[1] == OPEN else r[1]) < horizon]:
             del state.calls[call_id]
-        windows = max(tc, tr) - KEEP_WINDOWS_MS
+        # a window fired by either kind of event stays remembered until both have moved past it: the
+        # topics are not read in step, and a window forgotten too early fires again, with other evidence
+        windows = (min(tc, tr) if tc and tr else max(tc, tr)) - KEEP_WINDOWS_MS
         if state.days:
             for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
                 del state.days[key]

@@ -676,6 +676,17 @@ def hacked_night() -> list[Event]:
     ]
 
 
+def test_registrations_read_days_ahead_of_the_cdrs_do_not_make_a_fired_window_fire_again() -> None:
+    """The two topics are not read in step: a REGISTER three days ahead must not make the engine
+    forget that a day's window already fired, or a later call of that day fires it again — the same
+    alert id with another payload."""
+    eng = make_engine(only("total_calls_per_day", 3))
+    calls = day_calls("2026-03-04T08:00:00", "2026-03-04T09:00:00", "2026-03-04T10:00:00", "2026-03-04T11:00:00")
+    store = DictFraudStore()
+    run = feed(eng, [*calls[:3], tick(paris("2026-03-07T10:00:00")), calls[3]], store)
+    assert [(a.level, a.observed, a.window) for a in run.alerts] == [("warning", 3, "2026-03-04")]
+
+
 def test_duplicates_change_nothing_and_emit_nothing() -> None:
     eng = make_engine(BUNDLED_RULES)
     once_store, twice_store = DictFraudStore(), DictFraudStore()
