@@ -93,6 +93,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
+        processing_guarantee=settings.processing_guarantee,
         producer_acks=-1,
         producer_max_request_size=MAX_RECORD_BYTES,
         web_enabled=settings.web_enabled,

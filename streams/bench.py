@@ -25,6 +25,8 @@ from . import codecs
 from .agents.usage import ALL_TOPICS, build_pipeline
 from .checks import output_file, positive_int
 from .config import build_engine, build_fraud_engine, load_config
+from .connect import check_broker
+from .core.errors import ConfigError
 from .core.fraud import DictFraudStore
 from .core.records import CallEvent
 from .core.usage import DictStore
@@ -294,21 +296,32 @@ def _paced_producer(bootstrap: str, topic: str, rate: float, seconds: float, res
     results.put(asyncio.run(produce()))
 
 
-async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate: float, seconds: float) -> list[float]:
+async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate: float, seconds: float,
+                          guarantee: str | None = None) -> list[float]:
     """Produce at ``rate`` CDR/s of ordinary calls in which one user in 50 makes a 4th overlapping
     call: latency = the breaching CDR sent (by a producer in another process) → its alert handed to
-    the producer of the worker. Both clocks are the system's monotonic clock."""
+    the producer of the worker. Both clocks are the system's monotonic clock. With a ``guarantee``
+    (a comparison on Apache Kafka) the alert counts once a consumer of ``fairuse-alerts`` has it —
+    ``read_committed`` under exactly_once, which sees it only when its transaction has committed."""
     import multiprocessing
 
     tag = uuid.uuid4().hex[:6]
     settings = bench_settings(bootstrap, partitions, data_dir / "latency", tag)
+    if guarantee is not None:
+        settings = settings.with_(processing_guarantee=guarantee)
     await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
     plans, rates = load_config(settings)
     pipeline = build_pipeline(settings, plans, rates)
     alerted_at: dict[str, float] = {}
-    pipeline.on_output.append(
-        lambda topic, p: alerted_at.setdefault(p["user"], time.monotonic()) if topic == "fairuse-alerts" else None
-    )
+    reader: asyncio.Task[None] | None = None
+    if guarantee is None:
+        pipeline.on_output.append(
+            lambda topic, p: alerted_at.setdefault(p["user"], time.monotonic()) if topic == "fairuse-alerts" else None
+        )
+    else:
+        ready = asyncio.Event()
+        reader = asyncio.create_task(_read_alerts(settings, alerted_at, ready))
+        await asyncio.wait_for(ready.wait(), 60)
     pipeline.app.finalize()
     await pipeline.app.start()
     context = multiprocessing.get_context("spawn")
@@ -328,8 +341,34 @@ async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate:
             producer.kill()
         results.close()
         results.join_thread()
+        if reader is not None:
+            reader.cancel()
         await pipeline.app.stop()
     return [(alerted_at[user] - sent) * 1000 for user, sent in sent_at.items() if user in alerted_at]
+
+
+async def _read_alerts(settings: Settings, alerted_at: dict[str, float], ready: asyncio.Event) -> None:
+    """When each user's first fair-use alert reaches a consumer (read_committed under exactly_once);
+    ``ready`` once it reads every partition from its beginning."""
+    isolation = "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False,
+                                isolation_level=isolation, fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        topic = settings.topic("fairuse-alerts")
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        for tp in parts:
+            await consumer.position(tp)
+        ready.set()
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.monotonic()
+                for record in records:
+                    alerted_at.setdefault(orjson.loads(record.value)["user"], now)
+    finally:
+        await consumer.stop()
 
 
 async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[str], None]) -> BenchResult:
@@ -389,14 +428,68 @@ async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[st
         return BenchResult(figures)
 
 
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+async def run_guarantees(broker_url: str, users: int, cdrs: int, partitions: int,
+                         report: Callable[[str], None]) -> BenchResult:
+    """On an Apache Kafka: the pipeline's CDR/s and the alert latency (to a consumer of the alerts)
+    under each processing guarantee, the same stream and the same paced rate for both."""
+    bootstrap = Settings(broker=broker_url).bootstrap_servers()
+    figures: dict[str, Any] = {"users": users, "cdrs": cdrs, "partitions": partitions, "broker": broker_url}
+    report(f"generating {cdrs:,} CDRs for {users:,} users")
+    stream = synthetic_stream(users, cdrs)
+    with tempfile.TemporaryDirectory(prefix="cdrwatch-bench-") as tmp:
+        for guarantee in GUARANTEES:
+            settings = bench_settings(bootstrap, partitions, Path(tmp) / guarantee, uuid.uuid4().hex[:6]).with_(
+                processing_guarantee=guarantee)
+            await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
+            report(f"{guarantee}: producing the stream")
+            await _produce(bootstrap, settings.topic("sip-registrations"), stream.registrations)
+            await _produce(bootstrap, settings.topic("cdrs"), stream.cdrs)
+            report(f"{guarantee}: cdrwatch pipeline")
+            figures[f"{guarantee}_cdr_per_s"], _info = await measure_pipeline(settings, cdrs + users)
+        # half the at-least-once rate for both: the same load, the cost of the transactions alone
+        latency_rate = max(figures["at_least_once_cdr_per_s"] / 2, 100.0)
+        figures["latency_rate"] = latency_rate
+        for guarantee in GUARANTEES:
+            report(f"{guarantee}: alert latency at {latency_rate:,.0f} CDR/s")
+            where = Path(tmp) / f"{guarantee}-latency"
+            where.mkdir()
+            latencies = await measure_latency(bootstrap, partitions, where, latency_rate, seconds=10, guarantee=guarantee)
+            figures[f"{guarantee}_latency_alerts"] = len(latencies)
+            figures[f"{guarantee}_alert_latency_p50_ms"] = statistics.median(latencies) if latencies else float("nan")
+            figures[f"{guarantee}_alert_latency_p99_ms"] = (
+                statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else float("nan"))
+    figures["commit_interval_s"] = Settings().commit_interval_s
+    figures["compiled"] = compiled()
+    return BenchResult(figures)
+
+
+def format_guarantees(f: dict[str, Any]) -> str:
+    return "\n".join([
+        f"stream: {f['cdrs']:,} CDRs, {f['users']:,} users, {f['partitions']} partitions ({f['broker']})",
+        *(f"{g:<14} pipeline {f[f'{g}_cdr_per_s']:>8,.0f} CDR/s   alert latency to a consumer at "
+          f"{f['latency_rate']:,.0f} CDR/s: p50 {f[f'{g}_alert_latency_p50_ms']:.0f} ms, "
+          f"p99 {f[f'{g}_alert_latency_p99_ms']:.0f} ms ({f[f'{g}_latency_alerts']} alerts)" for g in GUARANTEES),
+        f"exactly_once/at_least_once throughput {f['exactly_once_cdr_per_s'] / f['at_least_once_cdr_per_s']:.2f}; "
+        f"commit interval {f['commit_interval_s']:g} s",
+        f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",
+    ])
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "bench", help="throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size",
         description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
         "Faust program (one table write per event), and the full cdrwatch pipeline on the same generated stream; "
         "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales, "
-        "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month.",
+        "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month. "
+        "With --broker (an Apache Kafka): the pipeline's CDR/s and the alert latency to a consumer, at-least-once "
+        "and exactly-once (make bench runs both benchmarks, the second on a one-node Kafka it starts).",
     )
+    parser.add_argument("--broker", metavar="URL",
+                        help="an Apache Kafka (kafka://host:port): compare the processing guarantees there")
     parser.add_argument("--users", type=positive_int, default=20_000, metavar="N", help="users of the stream (20,000)")
     parser.add_argument("--cdrs", type=positive_int, default=300_000, metavar="N", help="CDRs of the stream (300,000)")
     parser.add_argument("--partitions", type=positive_int, default=4, metavar="N", help="partitions per topic (4)")
@@ -407,9 +500,20 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out:
         output_file(args.out, "--out")
-    result = asyncio.run(run_bench(args.users, args.cdrs, args.partitions,
-                                   lambda line: print(f"... {line}", file=sys.stderr, flush=True)))
-    print(result.format())
+    def progress(line: str) -> None:
+        print(f"... {line}", file=sys.stderr, flush=True)
+
+    if args.broker:
+        try:
+            broker = Settings(broker=args.broker)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        asyncio.run(check_broker(broker))
+        result = asyncio.run(run_guarantees(args.broker, args.users, args.cdrs, args.partitions, progress))
+        print(format_guarantees(result.figures))
+    else:
+        result = asyncio.run(run_bench(args.users, args.cdrs, args.partitions, progress))
+        print(result.format())
     if args.out:
         args.out.write_bytes(orjson.dumps(result.figures, option=orjson.OPT_INDENT_2))
     return 0

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import load_config
-from .connect import check_broker, check_port_free
+from .connect import check_broker, check_port_free, check_transactions
 from .core.errors import ConfigError
 from .core.summary import SummaryRow, summary_rows
 from .replay import (
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-host", metavar="HOST", help="bind address of /metrics and the views (default 127.0.0.1)")
     worker.add_argument("--web-port", type=positive_int, metavar="N", help="default 6066")
     worker.add_argument("--standby-replicas", type=int, metavar="N", help="standby copies of each table partition (default 0)")
+    worker.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"],
+                        help="at_least_once (default): after a failure some outputs come again, same ids; "
+                        "exactly_once: outputs, state and input offsets commit together in Kafka transactions "
+                        "(Apache Kafka only; consumers read with isolation.level=read_committed)")
     _common(worker)
 
     run = sub.add_parser(
@@ -148,6 +152,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         web_host=getattr(args, "web_host", None),
         web_port=getattr(args, "web_port", None),
         standby_replicas=getattr(args, "standby_replicas", None),
+        processing_guarantee=getattr(args, "processing_guarantee", None),
         log_level=getattr(args, "log_level", None),
     )
 
@@ -312,6 +317,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if settings.web_enabled:
         check_port_free(settings.web_host, settings.web_port)
     asyncio.run(check_broker(settings))
+    if settings.processing_guarantee == "exactly_once":
+        asyncio.run(check_transactions(settings))
     pipeline = build_pipeline(settings, plans, rates)
     print(f"cdrwatch worker {settings.app_id} on {settings.broker}", flush=True)
     if settings.web_enabled:

@@ -179,6 +179,41 @@ def security_problem(settings: Settings, host: str, port: int, exc: BaseExceptio
     return None
 
 
+TRANSACTIONS_CHECK_TIMEOUT_S = 10.0
+
+
+async def check_transactions(settings: Settings, timeout_s: float = TRANSACTIONS_CHECK_TIMEOUT_S) -> None:
+    """For ``exactly_once``: open and abort one transaction on the broker, or raise a one-line
+    ConfigError (Tansu, and Kafka without a transaction coordinator, refuse them)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(transactional_id=f"{settings.app_id}-transactions-check", enable_idempotence=True,
+                                request_timeout_ms=int(timeout_s * 1000), **settings.client_kwargs())
+    problem = ""
+    logger = logging.getLogger("aiokafka")  # its sender logs the refusal too: the one line below says it
+    saved = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await producer.start()
+            await producer.begin_transaction()
+            await producer.abort_transaction()
+    except asyncio.TimeoutError:
+        problem = f"no answer within {timeout_s:.0f} s"
+    except (KafkaError, OSError) as exc:
+        problem = f"InitProducerId answered {type(exc).__name__}"
+    finally:
+        try:
+            async with asyncio.timeout(2):
+                await producer.stop()
+        except (asyncio.TimeoutError, KafkaError, OSError):
+            pass
+        logger.setLevel(saved)
+    if problem:
+        raise ConfigError(f"--processing-guarantee exactly_once needs Kafka transactions, and the broker at "
+                          f"{settings.broker} refused one ({problem}): use Apache Kafka, or at_least_once")
+
+
 def check_port_free(host: str, port: int) -> None:
     """Refuse to start when something already listens on ``host:port`` (another worker?)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

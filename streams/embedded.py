@@ -160,6 +160,7 @@ async def create_topics(client: str | dict[str, Any], names: Iterable[str], part
                     await admin.create_topics(wanted)
                 except TopicAlreadyExistsError:
                     pass
+                await _until_led(admin, [t.name for t in wanted], deadline)
             return
         except KafkaError:
             if time.monotonic() > deadline:
@@ -167,6 +168,19 @@ async def create_topics(client: str | dict[str, Any], names: Iterable[str], part
             await asyncio.sleep(0.2)
         finally:
             await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
+    """Until every partition of ``names`` has a leader: a producer sending at once to a topic just
+    created would otherwise get NotLeaderForPartition (a transactional one fails the transaction)."""
+    while True:
+        described = await admin.describe_topics(names)
+        if all(t.get("error_code", 0) == 0 and t.get("partitions") and
+               all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described):
+            return
+        if time.monotonic() > deadline:
+            return  # the first send retries: as before this wait
+        await asyncio.sleep(0.1)
 
 
 # Tansu names its cluster so unless told otherwise (Apache Kafka's cluster ids are random UUIDs).

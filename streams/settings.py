@@ -77,8 +77,14 @@ class Settings:
     # Bearer token of the views that show personal data (/users/{user}/usage, /alerts). Without
     # one, those views answer only on a loopback bind; /metrics and /healthz are always open.
     web_token: SecretStr = SecretStr("")
+    # at_least_once: outputs may come twice after a failure, with the same ids. exactly_once: each
+    # batch's outputs, changelog records and input offsets commit in one Kafka transaction.
+    processing_guarantee: str = "at_least_once"
 
     def __post_init__(self) -> None:
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ValueError(f"processing guarantee {self.processing_guarantee!r}: expected one of "
+                             f"{', '.join(PROCESSING_GUARANTEES)}")
         for part in self.broker_urls():
             check_broker_url(part)
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -161,6 +167,7 @@ ENV_VARS: Mapping[str, EnvVar] = {
     "CDRWATCH_WEB_HOST": EnvVar("web_host", "bind address of /metrics and the views"),
     "CDRWATCH_WEB_PORT": EnvVar("web_port", "port of /metrics and the views"),
     "CDRWATCH_WEB_TOKEN": EnvVar("web_token", "bearer token of /users/{user}/usage and /alerts (secret)"),
+    "CDRWATCH_PROCESSING_GUARANTEE": EnvVar("processing_guarantee", "at_least_once, or exactly_once (Kafka transactions)"),
     "CDRWATCH_SESSION_TIMEOUT": EnvVar("session_timeout_s", "consumer group session timeout, seconds"),
     "CDRWATCH_MAX_CALL_DURATION": EnvVar("max_call_duration_s", "seconds a call without its end stays open"),
     "CDRWATCH_RETENTION_MONTHS": EnvVar("retention_months", "months of state kept open"),
@@ -175,6 +182,7 @@ ENV_VARS: Mapping[str, EnvVar] = {
 
 SECRET_FIELDS = ("hash_secret", "sasl_password", "web_token")
 
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

@@ -747,3 +747,12 @@ class KafkaCluster:
             if found:
                 sizes[node_id] = int(found.group(1)) * 1024
         return sizes
+
+
+if __name__ == "__main__":
+    # python -m tests.kafka_cluster COMMAND ARGS...: run COMMAND beside a one-node Kafka started for
+    # it ("{url}" in ARGS becomes its kafka://host:port), then stop the broker (make bench).
+    import sys
+
+    with KafkaCluster(nodes=1) as _cluster:
+        sys.exit(subprocess.call([arg.replace("{url}", _cluster.url) for arg in sys.argv[1:]]))

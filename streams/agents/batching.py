@@ -58,6 +58,18 @@ def aiokafka_producer(app: faust.App) -> Any:
     return app.producer._producer
 
 
+def transaction_producer(app: faust.App, transactional_id: str) -> Any:
+    """The aiokafka producer of one of Faust's open transactions (exactly_once)."""
+    return app.producer._transaction_producers[transactional_id]
+
+
+def transactional_id(app: faust.App, topic: str, partition: int) -> str:
+    """The id of the transaction that commits ``topic``/``partition``'s offsets: Faust's
+    TransactionManager names one per partition of each group of co-partitioned topics, starts it
+    when the partition is assigned (fencing any earlier owner) and commits it with the offsets."""
+    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"
+
+
 def consumer_of(app: faust.App) -> Any:
     """The app's consumer if it has one yet (the ``consumer`` property would create one)."""
     return getattr(app, "_consumer", None)
@@ -98,9 +110,14 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int | None]:
         """End offsets for table recovery, not trusting Tansu's ListOffsets (see
         ``embedded.true_end_offsets``; on Apache Kafka the reported ones are kept)."""
+        if self.consumer.in_transaction:
+            # Faust takes each partition's last stable offset from the consumer's fetch responses:
+            # -1 for a partition not fetched yet, and its recovery then refuses a persisted offset
+            # above it. ListOffsets at isolation read_committed answers the last stable offset.
+            return cast("Mapping[TP, int | None]", await self._ensure_consumer().end_offsets(partitions))
         reported = await super()._highwaters(partitions)
         client_kwargs = getattr(self.consumer.app, "cdrwatch_client_kwargs", None)
-        if client_kwargs is None or self.consumer.in_transaction:
+        if client_kwargs is None:
             return reported  # type: ignore[no-any-return]
         return await true_end_offsets(client_kwargs, reported)
 
@@ -176,6 +193,15 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
             self._commit_again.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        """exactly_once: no batch may be handled between the choice of the offsets to commit and
+        the commit of the transactions, or its outputs would commit without its offsets."""
+        lock = getattr(self.app, "cdrwatch_batch_lock", None)
+        if not self.in_transaction or lock is None:
+            return bool(await super()._commit_tps(tps, start_new_transaction))
+        async with lock:
+            return bool(await super()._commit_tps(tps, start_new_transaction))
+
     def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
         offsets: dict[TP, int] = super()._filter_committable_offsets(tps)
         for tp, offset in self._commit_again.items():
@@ -187,8 +213,13 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
         """Faust's commit with its flush-then-commit replaced by the app's ``Checkpoint``
         (outputs → changelogs → offsets); the rest as Faust does it."""
         checkpoint = getattr(self.app, "cdrwatch_checkpoint", None)
-        if checkpoint is None or self.in_transaction:
+        if checkpoint is None:
             return await super()._commit_offsets(offsets, start_new_transaction)  # type: ignore[no-any-return]
+        if self.in_transaction:  # exactly_once: Faust's commit of its transactions, offsets included
+            async def commit_transactions(_offsets: Mapping[TP, int]) -> bool:
+                return bool(await super(BatchConsumer, self)._commit_offsets(_offsets, start_new_transaction))
+
+            return bool(await checkpoint.commit_transactions(offsets, commit_transactions))
         assignment = self.assignment()
         committable = {tp: offset for tp, offset in offsets.items() if tp in assignment}
         if len(committable) < len(offsets):
@@ -297,6 +328,8 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                         failed(exc)
                     await self.app.crash(exc)
                     return
+                # no await between the handler's return and these acks: a commit waiting for the
+                # batch lock (exactly_once) chooses its offsets with the whole batch acknowledged
                 for message in batch:
                     self.ack(message)
                 _report(self.app.sensors, batch, "out")

@@ -11,8 +11,14 @@ A batch of input changes the world in three ways, and they become durable in thi
 
 A crash between any two steps redoes the batch from its input (at-least-once): its outputs come
 again with the same ids, its state is rebuilt the same. ``Checkpoint.commit`` is what the
-consumer calls in place of Faust's flush-then-commit; exactly-once processing would run the same
-three steps inside one Kafka transaction here.
+consumer calls in place of Faust's flush-then-commit.
+
+With ``exactly_once`` the same three steps run inside one Kafka transaction per input partition
+(``Checkpoint.commit_transactions``): the batch's outputs go into its partition's open
+transaction, then its changelog records, then the transaction commits with the partition's input
+offsets — all visible to ``read_committed`` consumers together, or none of them. A worker that
+dies mid-transaction leaves it open; the partition's next owner fences it (same transactional
+id) and the broker aborts it, so the batch is redone and nothing of the first try is seen.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ class Checkpoint:
         await self.outputs()
         await self.changelogs()
         return await commit_offsets(offsets)
+
+    async def commit_transactions(self, offsets: Mapping[TP, int], commit_transactions: CommitOffsets) -> bool:
+        """exactly_once: outputs are in their transactions already (sent with their batch); the
+        changelog records join them; each transaction then commits with its offsets (its commit
+        waits for every record sent in it)."""
+        await self._drain_changelogs()
+        return await commit_transactions(offsets)
 
     async def outputs(self) -> None:
         """Delivered with their batch already; anything the producer still holds (sends of Faust's

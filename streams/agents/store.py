@@ -11,7 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from ..core.fraud import FraudState
-from .batching import aiokafka_producer
+from .batching import aiokafka_producer, transaction_producer
 from ..core.usage import PeriodState, UserState
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
@@ -60,12 +60,15 @@ class ChangelogWriter:
     def __init__(self, app: Any, on_error: Callable[[str, BaseException], None] | None = None) -> None:
         self._app = app
         self.on_error = on_error
-        # (topic, partition) -> batches waiting for the producer, and the task handing them over
-        self._queues: dict[tuple[str, int], deque[tuple[Any, Any, int]]] = {}
-        self._pumps: dict[tuple[str, int], asyncio.Task[None]] = {}
-        # (topic, partition) -> [open batch, store, records in it]; full batches wait in _full
-        self._open: dict[tuple[str, int], list[Any]] = {}
-        self._full: list[tuple[str, int, Any, Any, int]] = []
+        # exactly_once: the open transaction the records staged now belong to (the producer that
+        # sends them); None: Faust's producer, outside transactions
+        self.transactional_id: str | None = None
+        # (topic, partition, transaction) -> batches waiting for the producer, and the task handing them over
+        self._queues: dict[tuple[str, int, str | None], deque[tuple[Any, Any, int]]] = {}
+        self._pumps: dict[tuple[str, int, str | None], asyncio.Task[None]] = {}
+        # (topic, partition, transaction) -> [open batch, store, records in it]; full batches wait in _full
+        self._open: dict[tuple[str, int, str | None], list[Any]] = {}
+        self._full: list[tuple[str, int, str | None, Any, Any, int]] = []
         self._targets: dict[str, tuple[Any, str]] = {}  # table name -> (where values go, changelog topic)
 
     def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
@@ -78,34 +81,36 @@ class ChangelogWriter:
                 del data[key]
         else:
             data[key] = value
-        entry = self._open.get((topic, partition))
+        tid = self.transactional_id
+        entry = self._open.get((topic, partition, tid))
         if entry is None:
-            entry = self._open[(topic, partition)] = [self._producer().create_batch(), table.data, 0]
+            entry = self._open[(topic, partition, tid)] = [self._producer(tid).create_batch(), table.data, 0]
         if entry[0].append(key=key, value=value, timestamp=None) is None:  # full: start another
-            self._full.append((topic, partition, entry[0], entry[1], entry[2]))
-            entry[0], entry[2] = self._producer().create_batch(), 0
+            self._full.append((topic, partition, tid, entry[0], entry[1], entry[2]))
+            entry[0], entry[2] = self._producer(tid).create_batch(), 0
             entry[0].append(key=key, value=value, timestamp=None)
         entry[2] += 1
 
     async def send(self) -> None:
         """Queue every staged batch for the producer, in order per changelog partition (delivery
         is awaited by Faust's commit, through ``drain``)."""
-        batches = self._full + [(t, p, e[0], e[1], e[2]) for (t, p), e in self._open.items() if e[2]]
+        batches = self._full + [(t, p, tid, e[0], e[1], e[2]) for (t, p, tid), e in self._open.items() if e[2]]
         self._open.clear()
         self._full = []
-        for topic, partition, batch, store, count in batches:
+        for topic, partition, tid, batch, store, count in batches:
             batch.close()
-            queue = self._queues.setdefault((topic, partition), deque())
+            where = (topic, partition, tid)
+            queue = self._queues.setdefault(where, deque())
             queue.append((batch, store, count))
-            pump = self._pumps.get((topic, partition))
+            pump = self._pumps.get(where)
             if pump is None or pump.done():
-                self._pumps[(topic, partition)] = asyncio.ensure_future(self._pump(topic, partition, queue))
-        for (topic, partition), queue in self._queues.items():
+                self._pumps[where] = asyncio.ensure_future(self._pump(topic, partition, tid, queue))
+        for where, queue in self._queues.items():
             if len(queue) > self.MAX_QUEUED:  # the broker is slower than the worker: wait for it
-                await asyncio.wait([self._pumps[(topic, partition)]])
+                await asyncio.wait([self._pumps[where]])
 
-    async def _pump(self, topic: str, partition: int, queue: deque[tuple[Any, Any, int]]) -> None:
-        producer = self._producer()
+    async def _pump(self, topic: str, partition: int, tid: str | None, queue: deque[tuple[Any, Any, int]]) -> None:
+        producer = self._producer(tid)
         tp = TP(topic, partition)
         while queue:
             batch, store, count = queue[0]
@@ -118,7 +123,7 @@ class ChangelogWriter:
                 return
             queue.popleft()
             rocksdb = type(store).__module__.endswith("rocksdb")
-            fut.add_done_callback(self._delivered(store if rocksdb else None, tp, count))
+            fut.add_done_callback(self._delivered(store if rocksdb else None, tp, count, tid))
 
     async def drain(self) -> None:
         """Wait until every queued batch is in the producer's hands."""
@@ -128,10 +133,10 @@ class ChangelogWriter:
                 return
             await asyncio.wait(pending)
 
-    def _producer(self) -> Any:
-        return aiokafka_producer(self._app)
+    def _producer(self, tid: str | None) -> Any:
+        return aiokafka_producer(self._app) if tid is None else transaction_producer(self._app, tid)
 
-    def _delivered(self, store: Any, tp: TP, count: int) -> Callable[[Any], None]:
+    def _delivered(self, store: Any, tp: TP, count: int, tid: str | None) -> Callable[[Any], None]:
         def done(fut: Any) -> None:
             if fut.cancelled():
                 return
@@ -140,7 +145,11 @@ class ChangelogWriter:
                 if self.on_error is not None:
                     self.on_error(f"{tp.topic}/{tp.partition}", exc)
             elif store is not None:
-                store.set_persisted_offset(tp, fut.result().offset + count - 1)  # the batch's last record
+                last = fut.result().offset + count - 1  # the batch's last record
+                if tid is None:
+                    store.set_persisted_offset(tp, last)
+                else:  # exactly_once: RocksDB's offset moves once the transaction has committed
+                    self._app.tables.persist_offset_on_commit(store, tp, last)
 
         return done
 

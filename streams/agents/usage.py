@@ -33,7 +33,7 @@ from ..core.usage import UsageEngine
 from ..metrics import Metrics
 from ..settings import Settings
 from .batching import App as BatchApp
-from .batching import PartitionContext, attach
+from .batching import PartitionContext, attach, transactional_id
 from .checkpoint import Checkpoint
 from .store import ChangelogWriter, TableCaches, TableStore
 
@@ -98,32 +98,45 @@ class Pipeline:
         stream's own event context."""
         await self.handle_batch([event.message], context=None)
 
-    async def handle_batch(self, messages: list[Message], context: PartitionContext | None) -> None:
+    async def handle_batch(self, messages: list[Message], context: PartitionContext | None,
+                           transaction_of: Callable[[Message], str] | None = None) -> None:
         """Apply a batch of input messages: the engine on each, then the outputs (delivered and
-        acknowledged by the broker), then each touched state written once."""
+        acknowledged by the broker), then each touched state written once. With
+        ``transaction_of`` (exactly_once) the messages of each input partition are applied apart,
+        their outputs and state records sent into that partition's open transaction — all of the
+        batch under the lock the commit takes, so that no transaction commits with part of it."""
         if self.started_at is None:
             self.started_at = time.perf_counter()  # the first batch begins (benchmarks time from here)
             gc.freeze()  # the state recovered so far is long-lived: out of the collector's way
         # stores that pick a database by the current event's partition (RocksDB) need it set
         by_partition = context if context is not None and self._stores_by_partition() else None
-        async with self.lock:
-            store = self.store()
-            out = _Outputs()
+        parts: dict[str | None, list[Message]] = {}
+        if transaction_of is None:
+            parts[None] = messages
+        else:
             for message in messages:
-                store.source = message
-                if by_partition is not None:
-                    by_partition.enter(message)
-                self._apply(message, store, out)
-            try:
-                await self._deliver(out)
-                if context is None:
-                    store.flush()  # Faust's per-event path: through the tables
-                else:
-                    await store.flush_fast(self.writer, by_partition)
-            except BaseException:
-                store.discard()
-                raise
-        for (topic, outcome), n in Counter(out.counts).items():
+                parts.setdefault(transaction_of(message), []).append(message)
+        counts: list[tuple[str, str]] = []
+        async with self.lock:
+            for transactional_id, part in parts.items():
+                store = self.store()
+                out = _Outputs(counts=counts)
+                for message in part:
+                    store.source = message
+                    if by_partition is not None:
+                        by_partition.enter(message)
+                    self._apply(message, store, out)
+                try:
+                    await self._deliver(out, transactional_id)
+                    if context is None:
+                        store.flush()  # Faust's per-event path: through the tables
+                    else:
+                        self.writer.transactional_id = transactional_id
+                        await store.flush_fast(self.writer, by_partition)
+                except BaseException:
+                    store.discard()
+                    raise
+        for (topic, outcome), n in Counter(counts).items():
             self.metrics.event(topic, outcome, n)
         self.processed += len(messages)
         if self.progress is not None:
@@ -185,32 +198,42 @@ class Pipeline:
                 out.fraud_alerts += found.alerts
                 out.actions += found.actions
 
-    async def _deliver(self, out: "_Outputs") -> None:
-        """Send the batch's outputs and wait until the broker has them all."""
+    async def _deliver(self, out: "_Outputs", transactional_id: str | None = None) -> None:
+        """Send the batch's outputs and wait until the broker has them all (in the open
+        transaction ``transactional_id`` if one is given)."""
         pending: list[Awaitable[Any]] = []
         for alert in out.alerts:
-            pending.append(await self._send("fairuse-alerts", alert.user.encode(), alert.payload()))
+            pending.append(await self._send("fairuse-alerts", alert.user.encode(), alert.payload(), transactional_id))
             self.metrics.alert(alert)
             log.info("ALERT %s user=%s period=%s observed=%s limit=%s", alert.rule, alert.user, alert.period,
                      alert.observed, alert.limit)
         for line in out.lines:
-            pending.append(await self._send("rebilled-calls", line.user.encode(), line.payload()))
+            pending.append(await self._send("rebilled-calls", line.user.encode(), line.payload(), transactional_id))
             self.metrics.rebill(line)
         for fraud in out.fraud_alerts:
-            pending.append(await self._send("fraud-alerts", fraud.user.encode(), fraud.payload()))
+            pending.append(await self._send("fraud-alerts", fraud.user.encode(), fraud.payload(), transactional_id))
             self.metrics.fraud_alert(fraud)
             log.info("FRAUD %s %s user=%s observed=%s", fraud.level, fraud.rule, fraud.user, fraud.observed)
         for action in out.actions:
-            pending.append(await self._send("account-actions", action.user.encode(), action.payload()))
+            pending.append(await self._send("account-actions", action.user.encode(), action.payload(), transactional_id))
         for topic, key, value, headers in out.sends:
-            pending.append(await self.topics[topic].send(key=key, value=value, headers=headers, force=True))
+            pending.append(await self._send_raw(topic, key, value, headers, transactional_id))
         if pending:
             await asyncio.gather(*pending)
 
-    async def _send(self, topic: str, key: bytes, payload: dict[str, Any]) -> Awaitable[Any]:
+    async def _send(self, topic: str, key: bytes, payload: dict[str, Any], transactional_id: str | None) -> Awaitable[Any]:
         for hook in self.on_output:
             hook(topic, payload)
-        return await self.topics[topic].send(key=key, value=encode(payload), force=True)
+        return await self._send_raw(topic, key, encode(payload), None, transactional_id)
+
+    async def _send_raw(self, topic: str, key: bytes | None, value: bytes | None,
+                        headers: list[tuple[str, bytes]] | None, transactional_id: str | None) -> Awaitable[Any]:
+        if transactional_id is None:
+            return await self.topics[topic].send(key=key, value=value, headers=headers, force=True)
+        # Faust's own transactional send picks the transaction by the output's partition; the
+        # batch's input partition is the one whose offsets commit with it
+        return await self.app.producer.send(self.topics[topic].get_topic_name(), key, value, None, None, headers,
+                                            transactional_id=transactional_id)
 
     def _base_topic(self, name: str) -> str:
         prefix = self.settings.topic_prefix
@@ -284,11 +307,16 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     if isinstance(app, BatchApp):
         context = PartitionContext(app)
 
+        def transaction_of(message: Message) -> str:
+            return transactional_id(app, message.topic, message.partition)
+
         async def run_batch(messages: list[Message]) -> None:
-            await pipeline.handle_batch(messages, context)
+            # exactly_once: a transaction per input partition (its outputs, state and offsets)
+            await pipeline.handle_batch(messages, context, transaction_of if app.in_transaction else None)
 
         attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
         app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
+        app.cdrwatch_batch_lock = pipeline.lock  # type: ignore[attr-defined]
 
         def failed(exc: BaseException) -> None:
             pipeline.failure = exc

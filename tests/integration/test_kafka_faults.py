@@ -16,6 +16,7 @@ again by the survivor, the same record (same input offset, reason and bytes).
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import time
@@ -130,10 +131,11 @@ def reference(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> ReplayR
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker(settings: Settings, directory: Path) -> subprocess.Popen[bytes]:
+def _worker(settings: Settings, directory: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A `cdrwatch worker` process, its tables replicated as the run's topics are."""
     directory.mkdir(parents=True, exist_ok=True)
-    return start_worker(settings, directory, env={"CDRWATCH_LOG_LEVEL": "info"}, log_path=directory / "worker.log")
+    return start_worker(settings, directory, env={"CDRWATCH_LOG_LEVEL": "info", **env},
+                        log_path=directory / "worker.log")
 
 
 @dataclass
@@ -144,9 +146,14 @@ class Run:
     settings: Settings
     directory: Path
     workers: list[subprocess.Popen[bytes]]
+    env: dict[str, str] = field(default_factory=dict)  # the workers' environment beyond the run's settings
     killed: set[int] = field(default_factory=set)  # indices of the workers killed on purpose
     started: float = field(default_factory=time.monotonic)
     timeline: list[str] = field(default_factory=list)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.env.get("CDRWATCH_PROCESSING_GUARANTEE") == "exactly_once"
 
     def note(self, what: str) -> None:
         self.timeline.append(f"{time.monotonic() - self.started:6.1f} s  {what}")
@@ -165,16 +172,17 @@ class Run:
                 raise AssertionError(f"worker {n} died on its own (exit {proc.returncode})\n{self.report()}")
 
 
-def start_run(cluster: KafkaCluster, directory: Path, procs: list[subprocess.Popen[bytes]], count: int) -> Run:
+def start_run(cluster: KafkaCluster, directory: Path, procs: list[subprocess.Popen[bytes]], count: int,
+              env: dict[str, str] | None = None) -> Run:
     """Topics of a fresh prefix, all with three replicas; ``count`` workers, up and in the group."""
     tag = uuid.uuid4().hex[:8]
     settings = cluster.settings(app_id=f"faults-{tag}", topic_prefix=f"faults-{tag}-", partitions=PARTITIONS)
     assert settings.replication_factor == 3
     asyncio.run(create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], PARTITIONS,
                               replication_factor=settings.replication_factor))
-    run = Run(cluster, settings, directory, procs)
+    run = Run(cluster, settings, directory, procs, env=dict(env or {}))
     for n in range(count):
-        procs.append(_worker(settings, directory / f"worker-{n}"))
+        procs.append(_worker(settings, directory / f"worker-{n}", run.env))
     changelogs = {f"{settings.app_id}-{t}-changelog" for t in TABLES}
     deadline = time.monotonic() + 120
     while True:
@@ -232,12 +240,19 @@ def broker_fault(run: Run, node: int, at: float) -> Fault:
     return at, kill_and_restart
 
 
-def worker_fault(run: Run, index: int, at: float) -> Fault:
+def worker_fault(run: Run, index: int, at: float, *, restart: bool = False) -> Fault:
+    """Worker ``index`` killed with SIGKILL; with ``restart``, a new worker started in its place."""
     async def kill() -> None:
+        while index >= len(run.workers):  # a worker an earlier fault is about to start
+            await asyncio.sleep(0.1)
         run.killed.add(index)
         run.workers[index].send_signal(signal.SIGKILL)
         await asyncio.to_thread(run.workers[index].wait, 10)
         run.note(f"worker {index} killed (SIGKILL)")
+        if restart:
+            n = len(run.workers)
+            run.workers.append(_worker(run.settings, run.directory / f"worker-{n}", run.env))
+            run.note(f"worker {n} started in its place")
 
     return at, kill
 
@@ -330,9 +345,13 @@ class Outputs:
 
 
 async def read_outputs(run: Run) -> Outputs:
+    """Every record of the outputs and DLQs; with exactly_once, as a ``read_committed`` consumer
+    sees them (aborted transactions left out)."""
     topics = [run.settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
     ends = await end_offsets(run.settings, topics)
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **run.settings.client_kwargs())
+    isolation = "read_committed" if run.exactly_once else "read_uncommitted"
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", isolation_level=isolation,
+                                **run.settings.client_kwargs())
     await consumer.start()
     records: dict[TopicPartition, list[Any]] = {tp: [] for tp in ends}
     try:
@@ -343,7 +362,8 @@ async def read_outputs(run: Run) -> Outputs:
             while pending:
                 for tp, recs in (await consumer.getmany(*pending, timeout_ms=500)).items():
                     records[tp] += recs
-                    if recs and recs[-1].offset + 1 >= ends[tp]:
+                for tp in list(pending):  # past the end: the last records may be transaction markers
+                    if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
     finally:
         await consumer.stop()
@@ -403,7 +423,8 @@ def assert_same_outputs(got: Outputs, reference: ReplayResult, run: Run, *, redo
     expected_dlq = sorted(dlq_entry(r["topic"], r["source"], r["reason"], r["value"]) for r in reference.dlq)
     assert sorted(set(got.dlq)) == expected_dlq, f"DLQ differs from the reference's\n{run.report()}"
     if not redone:  # the broker's loss alone redoes nothing: each rejection written once
-        assert sorted(got.dlq) == expected_dlq, f"DLQ records written twice\n{run.report()}"
+        twice = sorted(entry[:3] for entry, n in Counter(got.dlq).items() if n > 1)
+        assert sorted(got.dlq) == expected_dlq, f"DLQ records written twice: {twice}\n{run.report()}"
     run.note(f"outputs equal the reference's: {', '.join(f'{t} {len(v)}' for t, v in got.by_id.items())}, "
              f"DLQ {len(got.dlq)}; extra copies of an id {got.copies}, of which with another payload "
              f"{got.other_copies}")
@@ -452,4 +473,51 @@ def test_a_worker_and_the_busiest_broker_killed_mid_replay(
     assert workers[1].returncode == -signal.SIGKILL
     run.check_alive()
     assert_same_outputs(outputs, reference, run, redone=True)
+    print("\n" + "\n".join(run.timeline))
+
+
+# ---------------------------------------------------------------------------------------------
+# exactly_once: the same faults, and a read_committed consumer sees every output once
+# ---------------------------------------------------------------------------------------------
+
+EXACTLY_ONCE = {"CDRWATCH_PROCESSING_GUARANTEE": "exactly_once"}
+
+
+def assert_each_output_once(outputs: Outputs, reference: ReplayResult, run: Run) -> None:
+    """The reference's outputs, each id exactly once — no copy at all, not even an identical one —
+    and each DLQ record once."""
+    assert outputs.copies == dict.fromkeys(OUTPUT_TOPICS, 0), f"copies seen by read_committed: {outputs.copies}\n{run.report()}"
+    assert_same_outputs(outputs, reference, run, redone=False)
+
+
+def test_exactly_once_workers_killed_at_random_points_and_restarted(
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    """Two workers share the partitions; three times, at random points of the input, one of them is
+    killed with SIGKILL in the middle of its transactions and a new one started in its place."""
+    run = start_run(kafka_cluster, tmp_path, workers, count=2, env=EXACTLY_ONCE)
+    rng = random.Random(11)
+    points = [start + rng.uniform(0, 0.1) for start in (0.15, 0.4, 0.65)]
+    run.note(f"kills at {', '.join(f'{p:.0%}' for p in points)} of the input")
+    faults = [worker_fault(run, victim, at, restart=True) for victim, at in zip((0, 1, 2), points)]
+    outputs = replay_with_faults(run, month, faults)
+    run.check_alive()
+    assert_each_output_once(outputs, reference, run)
+    print("\n" + "\n".join(run.timeline))
+
+
+@pytest.mark.xfail(strict=False, reason="known defect: with the busiest broker killed as well, a read_committed "
+                   "consumer has seen a few re-bill lines twice (5 of 1,993 in 1 of 3 runs): a transaction committed "
+                   "without its input offsets, or offsets read before it completed")
+def test_exactly_once_a_worker_and_the_busiest_broker_killed(
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    run = start_run(kafka_cluster, tmp_path, workers, count=2, env=EXACTLY_ONCE)
+    node = busiest_broker(run)
+    outputs = replay_with_faults(run, month, [broker_fault(run, node, at=0.3),
+                                              worker_fault(run, 1, at=0.5, restart=True)])
+    run.check_alive()
+    assert_each_output_once(outputs, reference, run)
     print("\n" + "\n".join(run.timeline))
