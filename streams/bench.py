@@ -31,7 +31,7 @@ from .core.fraud import DictFraudStore
 from .core.records import CallEvent
 from .core.usage import DictStore
 from .embedded import EmbeddedBroker, create_topics
-from .settings import Settings
+from .settings import PROCESSING_GUARANTEES, Settings
 
 
 @dataclass(frozen=True)
@@ -428,9 +428,6 @@ async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[st
         return BenchResult(figures)
 
 
-GUARANTEES = ("at_least_once", "exactly_once")
-
-
 async def run_guarantees(broker_url: str, users: int, cdrs: int, partitions: int,
                          report: Callable[[str], None]) -> BenchResult:
     """On an Apache Kafka: the pipeline's CDR/s and the alert latency (to a consumer of the alerts)
@@ -440,7 +437,7 @@ async def run_guarantees(broker_url: str, users: int, cdrs: int, partitions: int
     report(f"generating {cdrs:,} CDRs for {users:,} users")
     stream = synthetic_stream(users, cdrs)
     with tempfile.TemporaryDirectory(prefix="cdrwatch-bench-") as tmp:
-        for guarantee in GUARANTEES:
+        for guarantee in PROCESSING_GUARANTEES:
             settings = bench_settings(bootstrap, partitions, Path(tmp) / guarantee, uuid.uuid4().hex[:6]).with_(
                 processing_guarantee=guarantee)
             await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
@@ -452,7 +449,7 @@ async def run_guarantees(broker_url: str, users: int, cdrs: int, partitions: int
         # half the at-least-once rate for both: the same load, the cost of the transactions alone
         latency_rate = max(figures["at_least_once_cdr_per_s"] / 2, 100.0)
         figures["latency_rate"] = latency_rate
-        for guarantee in GUARANTEES:
+        for guarantee in PROCESSING_GUARANTEES:
             report(f"{guarantee}: alert latency at {latency_rate:,.0f} CDR/s")
             where = Path(tmp) / f"{guarantee}-latency"
             where.mkdir()
@@ -471,7 +468,7 @@ def format_guarantees(f: dict[str, Any]) -> str:
         f"stream: {f['cdrs']:,} CDRs, {f['users']:,} users, {f['partitions']} partitions ({f['broker']})",
         *(f"{g:<14} pipeline {f[f'{g}_cdr_per_s']:>8,.0f} CDR/s   alert latency to a consumer at "
           f"{f['latency_rate']:,.0f} CDR/s: p50 {f[f'{g}_alert_latency_p50_ms']:.0f} ms, "
-          f"p99 {f[f'{g}_alert_latency_p99_ms']:.0f} ms ({f[f'{g}_latency_alerts']} alerts)" for g in GUARANTEES),
+          f"p99 {f[f'{g}_alert_latency_p99_ms']:.0f} ms ({f[f'{g}_latency_alerts']} alerts)" for g in PROCESSING_GUARANTEES),
         f"exactly_once/at_least_once throughput {f['exactly_once_cdr_per_s'] / f['at_least_once_cdr_per_s']:.2f}; "
         f"commit interval {f['commit_interval_s']:g} s",
         f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",

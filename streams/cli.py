@@ -30,7 +30,7 @@ from .replay import (
 )
 from .reports import write_summary
 from .checks import output_dir, output_file, period, positive_float, positive_int
-from .settings import Settings, bundled_file, env_help, settings_from_env
+from .settings import PROCESSING_GUARANTEES, Settings, bundled_file, env_help, settings_from_env
 
 EXIT_USAGE = 2
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-host", metavar="HOST", help="bind address of /metrics and the views (default 127.0.0.1)")
     worker.add_argument("--web-port", type=positive_int, metavar="N", help="default 6066")
     worker.add_argument("--standby-replicas", type=int, metavar="N", help="standby copies of each table partition (default 0)")
-    worker.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"],
+    worker.add_argument("--processing-guarantee", choices=PROCESSING_GUARANTEES,
                         help="at_least_once (default): after a failure some outputs come again, same ids; "
                         "exactly_once: outputs, state and input offsets commit together in Kafka transactions "
                         "(Apache Kafka only; consumers read with isolation.level=read_committed)")

@@ -405,21 +405,25 @@ async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartit
     return {tp: int(off or 0) for tp, off in fixed.items()}
 
 
+async def committed_offsets(settings: Settings, tps: list[TopicPartition],
+                            **admin_kwargs: Any) -> dict[TopicPartition, int | None]:
+    """The workers' consumer group's (the Faust app id's) committed offset of each of ``tps``; None
+    where it has committed none."""
+    admin = AIOKafkaAdminClient(**admin_kwargs, **settings.client_kwargs())
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
+    finally:
+        await admin.close()
+    return {tp: meta.offset if meta is not None and meta.offset >= 0 else None
+            for tp in tps for meta in [committed.get(tp)]}
+
+
 async def group_lag(settings: Settings, topics: list[str]) -> int:
     """Messages of ``topics`` the workers' consumer group (the Faust app id) has not committed."""
     ends = await end_offsets(settings, topics)
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=list(ends))
-    finally:
-        await admin.close()
-    lag = 0
-    for tp, end in ends.items():
-        meta = committed.get(tp)
-        done = meta.offset if meta is not None and meta.offset >= 0 else 0
-        lag += max(end - done, 0)
-    return lag
+    committed = await committed_offsets(settings, list(ends))
+    return sum(max(end - (committed[tp] or 0), 0) for tp, end in ends.items())
 
 
 async def replay_external(settings: Settings, inputs: list[InputMessage], *, timeout_s: float = 600.0,

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Coroutine, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Mapping, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -619,13 +619,17 @@ class KafkaCluster:
                 await admin.close()
         return seen
 
-    async def _describe(self, topics: list[str]) -> dict[str, dict[int, PartitionState]]:
+    async def _admin(self, call: Callable[[AIOKafkaAdminClient], Awaitable[T]]) -> T:
+        """``call`` with an admin client of the running nodes, closed afterwards."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
         try:
             await admin.start()
-            described = await admin.describe_topics(topics)
+            return await call(admin)
         finally:
             await admin.close()
+
+    async def _describe(self, topics: list[str]) -> dict[str, dict[int, PartitionState]]:
+        described = await self._admin(lambda admin: admin.describe_topics(topics))
         states: dict[str, dict[int, PartitionState]] = {}
         for topic in described:
             if topic["error_code"]:
@@ -679,44 +683,20 @@ class KafkaCluster:
 
     def topics(self) -> list[str]:
         """Every topic's name (Kafka's internal ones included)."""
-        async def names() -> list[str]:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
-            try:
-                await admin.start()
-                return sorted(await admin.list_topics())
-            finally:
-                await admin.close()
-
-        return _run(names())
+        return sorted(_run(self._admin(lambda admin: admin.list_topics())))
 
     def coordinator(self, group_id: str) -> int:
         """The node id coordinating consumer group ``group_id`` (its commits and rebalances)."""
-        async def find() -> int:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
-            try:
-                await admin.start()
-                return int(await admin.find_coordinator(group_id))
-            finally:
-                await admin.close()
-
-        return _run(find())
+        return int(_run(self._admin(lambda admin: admin.find_coordinator(group_id))))
 
     def group(self, group_id: str) -> GroupState:
         """Consumer group ``group_id`` as its coordinator describes it: state and members."""
-        async def describe() -> GroupState:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._running_bootstrap(), request_timeout_ms=5000)
-            try:
-                await admin.start()
-                [response] = await admin.describe_consumer_groups([group_id])
-            finally:
-                await admin.close()
-            [described] = response.groups
-            error_code, _group, state, _protocol_type, _protocol, members = described[:6]
-            if error_code:
-                raise KeyError(f"group {group_id}: error code {error_code}")
-            return GroupState(state, len(members))
-
-        return _run(describe())
+        [response] = _run(self._admin(lambda admin: admin.describe_consumer_groups([group_id])))
+        [described] = response.groups
+        error_code, _group, state, _protocol_type, _protocol, members = described[:6]
+        if error_code:
+            raise KeyError(f"group {group_id}: error code {error_code}")
+        return GroupState(state, len(members))
 
     # -- diagnostics ----------------------------------------------------------------------------
 

@@ -32,12 +32,11 @@ import orjson
 import pytest
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from streams.agents.usage import ALL_TOPICS
 from streams.embedded import create_topics, free_port
-from streams.replay import end_offsets, read_stream
+from streams.replay import committed_offsets, end_offsets, read_stream
 from streams.settings import Settings, bundled_file
 from tests.brokers import Broker
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
@@ -94,21 +93,6 @@ async def health(port: int) -> dict[str, Any]:
         return {}
 
 
-async def committed(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-    """The consumer group's committed offsets (None: never committed)."""
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
-    try:
-        found = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
-    finally:
-        await admin.close()
-    out: dict[TopicPartition, int | None] = {}
-    for tp in tps:
-        meta = found.get(tp)
-        out[tp] = meta.offset if meta is not None and meta.offset >= 0 else None
-    return out
-
-
 async def failover_onto_an_uncommitted_partition(broker: Broker, tmp_path: Path,
                                                  workers: list[subprocess.Popen[bytes]]) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -162,7 +146,7 @@ async def failover_onto_an_uncommitted_partition(broker: Broker, tmp_path: Path,
                                for m in regs])
         while (await end_offsets(settings, [registrations])).get(orphan, 0) < BURST:
             await asyncio.sleep(0.1)
-        assert (await committed(settings, [orphan]))[orphan] is None, "the partition must have no committed offset"
+        assert (await committed_offsets(settings, [orphan]))[orphan] is None, "the partition must have no committed offset"
         cdrs_of_victim = TopicPartition(cdrs, orphan.partition)
         sent_to_victim = (await end_offsets(settings, [cdrs]))[cdrs_of_victim]
 
@@ -173,14 +157,14 @@ async def failover_onto_an_uncommitted_partition(broker: Broker, tmp_path: Path,
             assert workers[survivor].poll() is None, "the survivor died"
             view = await health(ports[survivor])
             took_over = set(view.get("partitions", {}).get("sip-registrations", [])) == set(range(PARTITIONS))
-            offsets = await committed(settings, [cdrs_of_victim, orphan])
+            offsets = await committed_offsets(settings, [cdrs_of_victim, orphan])
             if took_over and (offsets[cdrs_of_victim] or 0) >= sent_to_victim:
                 break
             assert time.monotonic() < deadline, f"the survivor never took over: {view}, committed {offsets}"
             await asyncio.sleep(0.2)
         # it read the CDRs fetched with the registrations: a few commit intervals for those
         grace = time.monotonic() + 5
-        while (offsets := await committed(settings, [orphan]))[orphan] != BURST and time.monotonic() < grace:
+        while (offsets := await committed_offsets(settings, [orphan]))[orphan] != BURST and time.monotonic() < grace:
             await asyncio.sleep(0.2)
         assert offsets[orphan] == BURST, (
             f"the survivor never read {orphan.topic}/{orphan.partition}: committed offset {offsets[orphan]}, "

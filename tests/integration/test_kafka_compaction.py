@@ -36,7 +36,7 @@ from aiokafka.partitioner import murmur2
 from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import load_config
 from streams.embedded import create_topics
-from streams.replay import InputMessage, _message, _wait_processed, end_offsets, group_lag, produce
+from streams.replay import InputMessage, _message, _wait_processed, committed_offsets, end_offsets, group_lag, produce
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster
 
@@ -256,22 +256,12 @@ def uk_call(user: str) -> InputMessage:
     return _message("cdrs", orjson.dumps(cdr), cdr, "start_time")
 
 
-async def committed_offsets(settings: Settings, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
-    finally:
-        await admin.close()
-    return {tp: (meta.offset if meta is not None else -1) for tp in tps for meta in [committed.get(tp)]}
-
-
 @dataclass
 class WorkerRun:
     plans: dict[str, str]  # each user's plan in the worker's table (the default one if none)
     fraud_alerts: list[dict[str, Any]]
     ends: dict[TopicPartition, int]
-    committed: dict[TopicPartition, int]
+    committed: dict[TopicPartition, int | None]
     lag: int
 
 

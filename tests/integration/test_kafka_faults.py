@@ -29,7 +29,6 @@ from typing import Any, Awaitable, Callable
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
@@ -37,7 +36,8 @@ from streams.codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration
 from streams.core.errors import InvalidRecord
 from streams.embedded import create_topics
 from streams.generator import generate_month
-from streams.replay import InputMessage, ReplayResult, end_offsets, read_stream, replay, run_offline
+from streams.replay import (InputMessage, ReplayResult, committed_offsets, end_offsets, read_stream, replay,
+                            run_offline)
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
@@ -288,17 +288,8 @@ async def send_with_faults(run: Run, ordered: list[InputMessage], faults: list[F
 async def committed_and_end(settings: Settings) -> dict[TopicPartition, tuple[int | None, int]]:
     """Per input partition: the group's committed offset (None: none yet) and the end."""
     ends = await end_offsets(settings, [settings.topic(t) for t in INPUT_TOPICS])
-    admin = AIOKafkaAdminClient(request_timeout_ms=5000, **settings.client_kwargs())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=list(ends))
-    finally:
-        await admin.close()
-    out: dict[TopicPartition, tuple[int | None, int]] = {}
-    for tp, end in ends.items():
-        meta = committed.get(tp)
-        out[tp] = (meta.offset if meta is not None and meta.offset >= 0 else None, end)
-    return out
+    committed = await committed_offsets(settings, list(ends), request_timeout_ms=5000)
+    return {tp: (committed[tp], end) for tp, end in ends.items()}
 
 
 async def wait_done(run: Run, sent: int, quiet_s: float = 2.0) -> None:
