@@ -165,6 +165,10 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
         # them again — a partition whose last commit failed would stay behind until more input
         # came. They go with the next commit instead, while the partition is still assigned.
         self._commit_again: dict[TP, int] = {}
+        # set while Faust seeks the stream partitions to their committed offsets (the end of a
+        # recovery): the batch loop hands over nothing meanwhile
+        self._seeked = asyncio.Event()
+        self._seeked.set()
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -191,7 +195,33 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._commit_again.pop(tp, None)
+        if self.in_transaction and self.assignment():
+            await self._commit_before_revocation()
         await super().on_partitions_revoked(revoked)
+
+    async def _commit_before_revocation(self) -> None:
+        """exactly_once: commit the batches handled since the last commit before Faust forgets
+        their offsets. Faust drops the acknowledged offsets of the revoked partitions first and
+        commits after, so they would stay in the open transactions; a partition this worker keeps
+        is then read again from its committed offset, by tables that have seen those batches
+        already, into the same transaction — which then holds each rejection of them twice."""
+        self.stop_flow()  # no batch begins now; the one being handled ends before the commit (the batch lock)
+        await self.maybe_wait_for_commit_to_finish()
+        try:
+            await self.commit()
+        except Exception as exc:  # the broker's: the open transactions are aborted by the next owner
+            self.log.warning("commit before the rebalance failed (%r): those batches are read again", exc)
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, with the batch loop held meanwhile. It goes
+        partition by partition, while the others are already resumed (and, on a worker's first
+        assignment, with the flow active): a batch read before the seek reaches its partition
+        would be read again after it, into the same transaction under exactly_once."""
+        self._seeked.clear()
+        try:
+            await super().perform_seek()
+        finally:
+            self._seeked.set()
 
     async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
         """exactly_once: no batch may be handled between the choice of the offsets to commit and
@@ -261,11 +291,13 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                 # moved the partitions' positions past them. Faust's seek to the committed offsets
                 # would not undo that for a partition that has no committed offset yet: it would
                 # never read them.
-                if not self.flow_active:
-                    # a rebalance is under way: typically a fetch begun before it, returning the
-                    # new assignment's first records while every partition is paused
+                if not self.flow_active or not self._seeked.is_set():
+                    # a rebalance is under way (typically a fetch begun before it, returning the
+                    # new assignment's first records while every partition is paused), or the seek
+                    # to the committed offsets that ends it: the recovery sets every position
+                    # before the flow goes on
                     await self._thread.put_back(records, {tp: recs[0].offset for tp, recs in records.items() if recs})
-                    await self.perform_seek()
+                    await self._seeked.wait()
                     continue
                 generation = self.app.consumer_generation_id
                 batch: list[Message] = []

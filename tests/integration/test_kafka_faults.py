@@ -10,7 +10,8 @@ Each run must end with exactly what an uninterrupted replay of the same input em
 fair-use alerts, re-bill lines (id and amount), fraud alerts and account actions — every copy of
 an id, re-emitted after a failover, the same payload — and the same DLQ records: each once when
 only the broker died; after a worker's death, one it had written but not committed may be written
-again by the survivor, the same record (same input offset, reason and bytes).
+again by the survivor, the same record (same input offset, reason and bytes). And the tables must
+end as the uninterrupted run's did: the same keys, each with the same state.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from aiokafka.errors import KafkaError
 
 from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
 from streams.codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration
+from streams.config import build_fraud_engine, load_config
+from streams.core.fraud import FraudEngine, FraudState
 from streams.core.errors import InvalidRecord
 from streams.embedded import create_topics
 from streams.generator import generate_month
@@ -107,13 +110,21 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> list[InputMessage]:
     return with_malformed(messages, BROKEN)
 
 
+Tables = dict[str, dict[bytes, bytes]]  # table → key → its last value
+
+
 @pytest.fixture(scope="module")
-def reference(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> ReplayResult:
+def uninterrupted(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> tuple[ReplayResult, Tables]:
     """An uninterrupted replay of the month (an in-process worker, nothing killed), checked against
-    the engine without Kafka."""
+    the engine without Kafka; its outputs, and its tables as they were at the end."""
     before = set(kafka_cluster.topics())
+    pipelines: list[Any] = []
     result = asyncio.run(replay(Settings(web_enabled=False, partitions=PARTITIONS, replication_factor=3), month,
-                                broker_url=kafka_cluster.url, timeout_s=300))
+                                broker_url=kafka_cluster.url, timeout_s=300, on_pipeline=pipelines.append))
+    (pipeline,) = pipelines
+    tables = {name: dict(table.items()) for name, table in (
+        ("periods", pipeline.periods), ("users", pipeline.users), ("subscribers", pipeline.subscribers),
+        ("fraud", pipeline.fraud_table))}
     created = [t for t in kafka_cluster.topics() if t.startswith("replay-") and t not in before]
     assert len(created) >= len(ALL_TOPICS)
     for topic in created:  # replay creates its topics with the settings' replication factor
@@ -123,7 +134,18 @@ def reference(kafka_cluster: KafkaCluster, month: list[InputMessage]) -> ReplayR
     assert len(result.dlq) == offline[("cdrs", "dlq")] + offline[("sip-registrations", "dlq")] == BROKEN
     assert result.alerts and result.rebills and result.fraud_alerts and result.actions, \
         "the month must exercise every output"
-    return result
+    assert all(tables[t] for t in ("periods", "users", "fraud")), {t: len(v) for t, v in tables.items()}
+    return result, tables
+
+
+@pytest.fixture(scope="module")
+def reference(uninterrupted: tuple[ReplayResult, Tables]) -> ReplayResult:
+    return uninterrupted[0]
+
+
+@pytest.fixture(scope="module")
+def reference_tables(uninterrupted: tuple[ReplayResult, Tables]) -> Tables:
+    return uninterrupted[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,12 +355,12 @@ class Outputs:
     copies: dict[str, int]  # records beyond the first of an id
     other_copies: dict[str, int]  # of those, with another payload than the first (in fields not compared)
     dlq: list[tuple[str, str, str, str]]  # input topic, partition/offset, reason, value
+    tables: Tables = field(default_factory=dict)  # the tables' changelogs at the end (``read_tables``)
 
 
-async def read_outputs(run: Run) -> Outputs:
-    """Every record of the outputs and DLQs; with exactly_once, as a ``read_committed`` consumer
-    sees them (aborted transactions left out)."""
-    topics = [run.settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
+async def read_topics(run: Run, topics: list[str]) -> dict[TopicPartition, list[Any]]:
+    """Every record of ``topics``; with exactly_once, as a ``read_committed`` consumer sees them
+    (aborted transactions left out)."""
     ends = await end_offsets(run.settings, topics)
     isolation = "read_committed" if run.exactly_once else "read_uncommitted"
     consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", isolation_level=isolation,
@@ -358,6 +380,62 @@ async def read_outputs(run: Run) -> Outputs:
                         pending.discard(tp)
     finally:
         await consumer.stop()
+    return records
+
+
+async def read_tables(run: Run) -> Tables:
+    """The tables as their changelogs leave them: each key's last value (a tombstone removes it)."""
+    names = {f"{run.settings.app_id}-{t}-changelog": t for t in TABLES}
+    tables: Tables = {t: {} for t in TABLES}
+    for tp, recs in (await read_topics(run, list(names))).items():
+        table = tables[names[tp.topic]]
+        for rec in recs:
+            if rec.value is None:
+                table.pop(rec.key, None)
+            else:
+                table[rec.key] = rec.value
+    return tables
+
+
+def assert_same_tables(got: Tables, reference: Tables, run: Run) -> None:
+    """Each table holds what the uninterrupted run's held at its end: the same keys, each with the
+    same state (``comparable``)."""
+    fraud = build_fraud_engine(Settings(), *load_config(Settings()))
+    assert fraud is not None
+    for table in TABLES:
+        want, have = reference[table], got[table]
+        lost, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        assert not lost and not extra, f"table {table}: keys lost {lost[:5]} ({len(lost)}), extra {extra[:5]} ({len(extra)})"
+        differ = {}
+        for key in want:
+            a, b = comparable(table, want[key], fraud), comparable(table, have[key], fraud)
+            if a != b:
+                differ[key] = "; ".join(f"{f}: {a.get(f)} → {b.get(f)}" for f in sorted({*a, *b}) if a.get(f) != b.get(f))
+        assert not differ, (f"table {table}: other state than the uninterrupted run's for {len(differ)} of {len(want)} "
+                            f"keys:\n" + "\n".join(f"{k!r}: {d[:600]}" for k, d in list(differ.items())[:5]) +
+                            f"\n{run.report()}")
+    run.note("tables equal the uninterrupted run's: " + ", ".join(f"{t} {len(got[t])} keys" for t in TABLES))
+
+
+def comparable(table: str, raw: bytes, fraud: FraudEngine) -> dict[str, Any]:
+    """A table value as the rules will read it from now on. Its encoding keeps the order in which
+    calls and bindings were seen, which differs between runs (the topics are not read in step).
+    A fraud state is walked for what no further event can reach (``FraudEngine._prune``) only
+    now and then, at times that depend on that order too, so both sides are pruned first."""
+    if table == "subscribers":
+        return {"plan": raw}
+    if table != "fraud":
+        return dict(orjson.loads(raw))
+    state = FraudState.decode(raw)
+    state.prune_due = 0
+    fraud._prune(state)
+    fraud._prune_networks(state)
+    return dict(orjson.loads(state.encode()))
+
+
+async def read_outputs(run: Run) -> Outputs:
+    """Every record of the outputs and DLQs (``read_topics``)."""
+    records = await read_topics(run, [run.settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS])
     prefix = run.settings.topic_prefix
     outputs = Outputs({t: {} for t in OUTPUT_TOPICS}, dict.fromkeys(OUTPUT_TOPICS, 0), dict.fromkeys(OUTPUT_TOPICS, 0), [])
     for tp, recs in records.items():
@@ -427,7 +505,9 @@ def replay_with_faults(run: Run, month: list[InputMessage], faults: list[Fault])
     async def scenario() -> Outputs:
         await send_with_faults(run, ordered, faults)
         await wait_done(run, len(ordered))
-        return await read_outputs(run)
+        outputs = await read_outputs(run)
+        outputs.tables = await read_tables(run)
+        return outputs
 
     outputs = asyncio.run(scenario())
     assert_replicated(run)
@@ -441,20 +521,21 @@ def replay_with_faults(run: Run, month: list[InputMessage], faults: list[Fault])
 
 
 def test_the_busiest_broker_killed_mid_replay_and_started_again(
-    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
-    workers: list[subprocess.Popen[bytes]],
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, reference_tables: Tables,
+    tmp_path: Path, workers: list[subprocess.Popen[bytes]],
 ) -> None:
     run = start_run(kafka_cluster, tmp_path, workers, count=1)
     node = busiest_broker(run)
     outputs = replay_with_faults(run, month, [broker_fault(run, node, at=0.3)])
     run.check_alive()
     assert_same_outputs(outputs, reference, run, redone=False)
+    assert_same_tables(outputs.tables, reference_tables, run)
     print("\n" + "\n".join(run.timeline))
 
 
 def test_a_worker_and_the_busiest_broker_killed_mid_replay(
-    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
-    workers: list[subprocess.Popen[bytes]],
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, reference_tables: Tables,
+    tmp_path: Path, workers: list[subprocess.Popen[bytes]],
 ) -> None:
     """Two workers share the partitions; the broker dies, and while it is away one worker dies too:
     the survivor takes over its partitions (their changelogs partly on the restarted broker)."""
@@ -464,6 +545,7 @@ def test_a_worker_and_the_busiest_broker_killed_mid_replay(
     assert workers[1].returncode == -signal.SIGKILL
     run.check_alive()
     assert_same_outputs(outputs, reference, run, redone=True)
+    assert_same_tables(outputs.tables, reference_tables, run)
     print("\n" + "\n".join(run.timeline))
 
 
@@ -482,8 +564,8 @@ def assert_each_output_once(outputs: Outputs, reference: ReplayResult, run: Run)
 
 
 def test_exactly_once_workers_killed_at_random_points_and_restarted(
-    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
-    workers: list[subprocess.Popen[bytes]],
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, reference_tables: Tables,
+    tmp_path: Path, workers: list[subprocess.Popen[bytes]],
 ) -> None:
     """Two workers share the partitions; three times, at random points of the input, one of them is
     killed with SIGKILL in the middle of its transactions and a new one started in its place."""
@@ -495,6 +577,7 @@ def test_exactly_once_workers_killed_at_random_points_and_restarted(
     outputs = replay_with_faults(run, month, faults)
     run.check_alive()
     assert_each_output_once(outputs, reference, run)
+    assert_same_tables(outputs.tables, reference_tables, run)
     print("\n" + "\n".join(run.timeline))
 
 
@@ -502,8 +585,8 @@ def test_exactly_once_workers_killed_at_random_points_and_restarted(
                    "consumer has seen a few re-bill lines twice (5 of 1,993 in 1 of 3 runs): a transaction committed "
                    "without its input offsets, or offsets read before it completed")
 def test_exactly_once_a_worker_and_the_busiest_broker_killed(
-    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, tmp_path: Path,
-    workers: list[subprocess.Popen[bytes]],
+    kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, reference_tables: Tables,
+    tmp_path: Path, workers: list[subprocess.Popen[bytes]],
 ) -> None:
     run = start_run(kafka_cluster, tmp_path, workers, count=2, env=EXACTLY_ONCE)
     node = busiest_broker(run)
@@ -511,4 +594,5 @@ def test_exactly_once_a_worker_and_the_busiest_broker_killed(
                                               worker_fault(run, 1, at=0.5, restart=True)])
     run.check_alive()
     assert_each_output_once(outputs, reference, run)
+    assert_same_tables(outputs.tables, reference_tables, run)
     print("\n" + "\n".join(run.timeline))
