@@ -581,9 +581,6 @@ def test_exactly_once_workers_killed_at_random_points_and_restarted(
     print("\n" + "\n".join(run.timeline))
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: with the busiest broker killed as well, a read_committed "
-                   "consumer has seen a few re-bill lines twice (5 of 1,993 in 1 of 3 runs): a transaction committed "
-                   "without its input offsets, or offsets read before it completed")
 def test_exactly_once_a_worker_and_the_busiest_broker_killed(
     kafka_cluster: KafkaCluster, month: list[InputMessage], reference: ReplayResult, reference_tables: Tables,
     tmp_path: Path, workers: list[subprocess.Popen[bytes]],
