@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled kafka
+.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus
 
 install: $(STAMP)
 
@@ -34,7 +34,16 @@ run: install
 kafka:
 	bash deploy/kafka/kafka.sh fetch >/dev/null
 
-test: install kafka
+# Prometheus and promtool, for the tests of the dashboard and the alerting rules: Debian's package,
+# installed with apt when missing (as root, or through sudo).
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian's prometheus package (apt-get)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends prometheus >/dev/null; }
+
+test: install kafka prometheus
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -4,12 +4,14 @@ one registry per pipeline, served by Faust's ``/metrics`` page on the worker's w
 Domain metrics (all prefixed ``cdrwatch_``; README "Metrics" has the table):
 
 * counters — ``events_total{topic,outcome}``, ``alerts_total{rule}``,
-  ``fraud_alerts_total{rule,level}``, ``rebilled_euros_total{rule}``;
+  ``fraud_alerts_total{rule,level}``, ``rebilled_euros_total{rule}``,
+  ``changelog_write_failures_total{table}``;
 * histogram — ``event_time_lag_seconds``: processing time minus event time of each applied event;
 * gauges computed on scrape — ``active_calls``, ``active_registrations`` (``LiveActivity``) and
   ``consumer_lag{topic,partition}`` (``ConsumerLagCollector``).
 
-Faust's sensors are exported with the fixed prefix ``faust_`` rather than the app id, so the
+The process's own (``process_*``: start time, CPU, memory) come with them. Faust's sensors are
+exported with the fixed prefix ``faust_`` rather than the app id, so the
 dashboard does not depend on ``CDRWATCH_APP_ID``.
 """
 
@@ -20,11 +22,13 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .agents.batching import cached_prometheus_monitor, consumer_of, prometheus_metrics
+from .core.fraud import LEVELS
+from .core.plans import FRAUD_RULES, RULES
 from .core.rating import CENT
 from .core.records import Alert, CallEvent, RebillLine, Registration
 
@@ -273,6 +277,11 @@ class Metrics:
         )
         self.rebilled_euros = MoneyCounter()
         self.registry.register(self.rebilled_euros)
+        self.changelog_failures = Counter(
+            "cdrwatch_changelog_write_failures", "Changelog writes the broker refused, by table (the worker stops)",
+            ["table"], registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)  # process_start_time_seconds: restarts, for the alerting rules
         self.event_time_lag = LagHistogram(
             "cdrwatch_event_time_lag_seconds",
             "Processing time minus event time (end_time of an end CDR, start_time of a start, time of a "
@@ -289,6 +298,20 @@ class Metrics:
         self._installed = False
 
     # -- hooks the agents call ----------------------------------------------------------------
+
+    def declare(self, topics: Iterable[str]) -> None:
+        """Every series of a known label set, at 0 before its first event. A counter that first
+        appears at 1 is not an increase to Prometheus (``increase()`` needs two samples), so a
+        rule's first alert would never show on the dashboard nor fire an alerting rule; and a DLQ
+        panel of a topic that has rejected nothing shows 0, not "no data"."""
+        for topic in topics:
+            self.events.labels(topic, "dlq")
+        for rule in RULES:
+            self.alerts.labels(rule)
+            self.rebilled_euros.totals.setdefault(rule, Decimal(0))
+        for kind in FRAUD_RULES:
+            for level in LEVELS:
+                self.fraud_alerts.labels(kind, level)
 
     def event(self, topic: str, outcome: str, n: int = 1) -> None:
         """``n`` input messages handled (counted once their outputs are delivered)."""
@@ -317,6 +340,9 @@ class Metrics:
 
     def rebill(self, line: RebillLine) -> None:
         self.rebilled_euros.inc(line.rule, line.amount)
+
+    def changelog_failure(self, table: str) -> None:
+        self.changelog_failures.labels(table).inc()
 
     # -- exposition -----------------------------------------------------------------------------
 

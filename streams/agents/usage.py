@@ -83,6 +83,8 @@ class Pipeline:
         """A changelog batch the broker refused: the tables no longer match their changelogs, and
         a restart would restore older state under committed offsets. Stop the worker, loudly."""
         log.error("changelog write to %s failed (%r): stopping the worker", where, exc)
+        topic = where.rpartition("/")[0]
+        self.metrics.changelog_failure(topic.removeprefix(f"{self.app.conf.id}-").removesuffix("-changelog"))
         self.failure = exc
         if self.progress is not None:
             self.progress.set()
@@ -288,8 +290,10 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     engine = build_engine(settings, plans, rates)
     fraud = build_fraud_engine(settings, plans, rates)
     fraud_table = table("fraud", "FraudState per user") if fraud is not None else None
+    metrics = Metrics()
+    metrics.declare(INPUT_TOPICS)
     pipeline = Pipeline(
-        app=app, settings=settings, engine=engine, metrics=Metrics(), topics=topics,
+        app=app, settings=settings, engine=engine, metrics=metrics, topics=topics,
         periods=periods, users=users, subscribers=subscribers, restored=restored,
         fraud=fraud, fraud_table=fraud_table,
     )

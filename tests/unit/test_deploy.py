@@ -793,6 +793,10 @@ def test_prometheus_scrapes_every_worker_replica(services: dict[str, dict[str, A
     config = load_yaml(PROMETHEUS_CONFIG)
     prometheus = services["prometheus"]
     assert mount_target(prometheus, "./deploy/prometheus/prometheus.yml") == "/etc/prometheus/prometheus.yml"
+    # the rule files, relative to the configuration's folder, are mounted beside it
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS_CONFIG.parent / rule_file).is_file(), rule_file
+        assert mount_target(prometheus, f"./deploy/prometheus/{rule_file}") == f"/etc/prometheus/{rule_file}"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["prometheus"]["static_configs"][0]["targets"] == ["localhost:9090"]
     job = jobs["cdrwatch"]

@@ -3,6 +3,7 @@ views' parameter checks and answers. No broker: fakes for the consumer, dicts fo
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.agents.usage import build_pipeline
+from streams.config import load_config
 from streams.core.records import Alert, RebillLine
 from streams.core.usage import DictStore
 from streams.metrics import EVENT_TIME_LAG_BUCKETS, FAUST_PREFIX, ConsumerLagCollector, LiveActivity, Metrics
@@ -74,14 +76,49 @@ def test_domain_metrics_names_types_and_labels() -> None:
         "cdrwatch_active_calls": ("gauge", set()),
         "cdrwatch_active_registrations": ("gauge", set()),
         "cdrwatch_consumer_lag": ("gauge", set()),  # no consumer: a family without samples
+        "cdrwatch_changelog_write_failures": ("counter", set()),  # none yet: no sample
+        "process_start_time_seconds": ("gauge", set()),
     }
     for name, (kind, labels) in expected.items():
         assert fams[name].type == kind, name
         assert {k for s in fams[name].samples if not s.name.endswith("_created") for k in s.labels} == labels, name
-    assert all(name.startswith("cdrwatch_") for name in fams), "no Faust sensor before install()"
+    assert all(name.startswith(("cdrwatch_", "process_")) for name in fams), "no Faust sensor before install()"
     buckets = [float(s.labels["le"]) for s in fams["cdrwatch_event_time_lag_seconds"].samples
                if s.name.endswith("_bucket")]
     assert buckets == [*EVENT_TIME_LAG_BUCKETS, float("inf")]
+
+
+def test_known_series_exist_at_zero_before_their_first_event() -> None:
+    """PromQL's increase() sees no increase in a counter that first appears at 1: the first alert
+    of a rule would never reach the dashboard nor fire an alerting rule."""
+    metrics = Metrics()
+    metrics.declare(["cdrs", "sip-registrations"])
+    fams = families(metrics)
+
+    def zeros(name: str) -> set[tuple[str, ...]]:
+        return {tuple(sorted(s.labels.values())) for s in fams[name].samples
+                if s.name.endswith("_total") and s.value == 0}
+
+    assert zeros("cdrwatch_events") == {("cdrs", "dlq"), ("dlq", "sip-registrations")}
+    assert ("autodialer",) in zeros("cdrwatch_alerts") and len(zeros("cdrwatch_alerts")) == 6
+    assert ("critical", "new_network") in zeros("cdrwatch_fraud_alerts") and len(zeros("cdrwatch_fraud_alerts")) == 14
+    assert len(zeros("cdrwatch_rebilled_euros")) == 6
+    assert metrics.counts == {}  # what the replays compare: events only
+
+
+def test_a_refused_changelog_write_is_counted_by_table() -> None:
+    pipeline = build_pipeline(Settings(web_enabled=False, app_id="cl-failures"), *load_config(Settings()))
+    pipeline.app.crash = lambda exc: asyncio.sleep(0)  # type: ignore[method-assign]  # not started
+
+    async def refused() -> None:
+        pipeline._changelog_failed("cl-failures-periods-changelog/3", RuntimeError("MessageSizeTooLarge"))
+        await asyncio.sleep(0)
+
+    asyncio.run(refused())
+    fams = families(pipeline.metrics)
+    assert [(s.labels, s.value) for s in fams["cdrwatch_changelog_write_failures"].samples
+            if s.name.endswith("_total")] == [({"table": "periods"}, 1.0)]
+    assert isinstance(pipeline.failure, RuntimeError)
 
 
 def test_counters_count_exactly() -> None:
