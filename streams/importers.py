@@ -6,18 +6,21 @@ Formats:
   dcontext, clid, channel, dstchannel, lastapp, lastdata, start, answer, end, duration, billsec,
   disposition, amaflags``), followed by ``uniqueid`` (``loguniqueid``), ``userfield``
   (``loguserfield``) and ``peeraccount, linkedid, sequence`` (``newcdrcolumns``) when enabled:
-  16, 17, 18, 19, 20 or 21 columns. Times are the switch's local time (``--timezone``; ``UTC``
-  for ``usegmtime=yes``).
+  16, 17, 18, 19, 20 or 21 columns. The rows of one ``linkedid`` (ring groups, queues, transfers)
+  are one call. Times are the switch's local time (``--timezone``; ``UTC`` for ``usegmtime=yes``);
+  where the ``uniqueid`` epoch shows another zone, they are corrected from it, with a warning.
 * ``freeswitch`` — ``mod_json_cdr`` records: one JSON object per file (a directory of ``*.json``
   files is read in name order), a JSON array, or one object per line. The ``variables`` object
   gives ``sip_call_id`` (else ``uuid``), ``start/answer/end_uepoch`` (else ``*_epoch``),
-  ``billsec``, ``hangup_cause``, ``direction``, ``sip_from_user``, ``sip_req_user`` /
+  ``billsec``, ``hangup_cause``, ``direction`` (else ``call_direction``, else the context),
+  ``sip_from_user``, ``sip_req_user`` /
   ``destination_number``, ``accountcode``; URL-encoded values are decoded.
 * ``kamailio`` — ``acc`` module CDR rows (``acc_cdrs`` with the usual ``cdr_extra``): CSV with a
   header line (comma, semicolon, tab or ``|``) or one JSON object per line, with ``start_time``,
   ``end_time``, ``duration``, ``callid``, ``src_user``, ``dst_user`` (optional ``dst_ouser``,
   ``sip_code``, ``direction``). A CDR row is an established dialog: ``start_time`` is when it was
-  answered, so ``answer_time = start_time``.
+  answered, so ``answer_time = start_time``. The plain ``acc`` table's rows (``method``, ``time``:
+  an INVITE's final reply, a BYE) are paired into calls by ``callid``.
 
 Every converted row is checked with ``streams.codecs.decode_cdr`` — what a worker would accept;
 a row that cannot be converted goes to the rejects file with its line number and the reason.
@@ -32,7 +35,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote
@@ -76,8 +79,14 @@ _ASTERISK_DISPOSITIONS = {
     "ANSWERED": "ANSWERED", "NO ANSWER": "NO ANSWER", "BUSY": "BUSY", "FAILED": "FAILED", "CONGESTION": "FAILED",
 }
 
-# Dialplan contexts where calls from the outside world land (Asterisk/FreePBX, FreeSWITCH "public").
-DEFAULT_INBOUND_CONTEXTS = r"^(from-(trunk|pstn|did|external|sip-external|provider|inbound)|ext-did|incoming|inbound|public)\b"
+# Dialplan contexts where calls from the outside world land (Asterisk/FreePBX, FreeSWITCH "public"):
+# from-trunk, from-pstn, ext-did, public, and site-named ones such as "stadion-pstn" or "pstn-in".
+DEFAULT_INBOUND_CONTEXTS = (r"(^|[-_.])(trunk|pstn|did|external|provider|inbound|incoming|public)([-_.]|$)"
+                            r"|^from-sip-external\b")
+# Asterisk's uniqueid starts with the epoch second its channel was created: the row's start. A
+# difference of whole quarter hours (within a day) between it and the written start means the
+# times were not written in the zone they are read in.
+_MAX_CLOCK_SHIFT_S = 14 * 3600
 
 _FS_NO_ANSWER = {"NO_ANSWER", "ORIGINATOR_CANCEL", "NO_USER_RESPONSE"}
 _FS_BUSY = {"USER_BUSY"}
@@ -99,6 +108,8 @@ class ImportOptions:
     customer_field: str | None = None
     inbound_contexts: re.Pattern[str] = re.compile(DEFAULT_INBOUND_CONTEXTS)
     direction: str | None = None  # kamailio: rows without a `direction` column
+    # what the converters noticed and corrected (warning → rows), for the summary
+    notes: Counter[str] = field(default_factory=Counter, compare=False)
 
 
 @dataclass(frozen=True)
@@ -118,11 +129,13 @@ class ImportSummary:
     source: Path
     out: Path
     rejects_path: Path
-    read: int = 0
+    read: int = 0  # rows (lines) of the file
+    calls: int = 0  # records made of them (the rows of one Asterisk linkedid, of one Kamailio acc callid)
     converted: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)  # reason kind → its first row, values included
+    warnings: Counter[str] = field(default_factory=Counter)  # corrections made → rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,17 +227,38 @@ def _user(opts: ImportOptions, fields: dict[str, str], default: list[str]) -> st
 # Asterisk Master.csv
 
 
-def _asterisk_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
-    """One record per line: cdr_csv writes each CDR on one line (it does not quote newlines)."""
+def _asterisk_records(text: str) -> Iterator[tuple[int, str, list[dict[str, str]] | RowError]]:
+    """cdr_csv writes each CDR on one line (it does not quote newlines). With ``linkedid``
+    (``newcdrcolumns``) the rows of one call — a ring group's or a queue's legs, a transfer's —
+    become one record, at the line of its first row."""
+    calls: dict[str, tuple[int, list[str], list[dict[str, str]]]] = {}
+    records: list[tuple[int, str, list[dict[str, str]] | RowError] | str] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = next(csv.reader([line], strict=True))
         except csv.Error as exc:
-            yield line_no, line, RowError(f"not a CSV row ({exc})")
+            records.append((line_no, line, RowError(f"not a CSV row ({exc})")))
             continue
-        yield line_no, line, _asterisk_fields(row)
+        fields = _asterisk_fields(row)
+        linkedid = fields.get("linkedid", "") if isinstance(fields, dict) else ""
+        if not linkedid or fields.get("accountcode") == "accountcode":
+            records.append((line_no, line, fields if isinstance(fields, RowError) else [fields]))
+        elif linkedid in calls and line in calls[linkedid][1]:  # the same row again: a duplicate of the call
+            records.append((line_no, line, [fields]))  # type: ignore[list-item]
+        elif linkedid in calls:
+            calls[linkedid][1].append(line)
+            calls[linkedid][2].append(fields)  # type: ignore[arg-type]
+        else:
+            calls[linkedid] = (line_no, [line], [fields])  # type: ignore[list-item]
+            records.append(linkedid)
+    for record in records:
+        if isinstance(record, str):
+            line_no, lines, legs = calls[record]
+            yield line_no, "\n".join(lines), legs
+        else:
+            yield record
 
 
 def _asterisk_fields(row: list[str]) -> dict[str, str] | RowError:
@@ -236,7 +270,17 @@ def _asterisk_fields(row: list[str]) -> dict[str, str] | RowError:
     return dict(zip(ASTERISK_COLUMNS + extra, (c.strip() for c in row)))
 
 
-def convert_asterisk(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Leg:
+    fields: dict[str, str]
+    start: datetime
+    answer: datetime | None
+    end: datetime
+    billsec: int
+    disposition: str
+
+
+def _asterisk_leg(f: dict[str, str], opts: ImportOptions) -> _Leg:
     if f["accountcode"] == "accountcode" and f["start"] == "start":
         raise RowError("a header line (Master.csv has none)")
     tz = opts.timezone
@@ -253,17 +297,79 @@ def convert_asterisk(f: dict[str, str], opts: ImportOptions, raw: str) -> dict[s
     _int(f["duration"], "duration")
     # an answer time is only meaningful on an answered call (some versions copy start into it)
     answer = _local_time(f["answer"], tz, "answer") if f["answer"] and disposition == "ANSWERED" else None
-    inbound = bool(opts.inbound_contexts.search(f["dcontext"]))
+    shift = _clock_shift(f.get("uniqueid", ""), start)
+    if shift:
+        moved = [t if t is None else (t + shift).astimezone(tz) for t in (start, answer, end)]
+        start, answer, end = moved[0] or start, moved[1], moved[2] or end
+        offset = (datetime.fromisoformat(f["start"].strip().replace(" ", "T")).replace(tzinfo=timezone.utc)
+                  - start).total_seconds()
+        opts.notes[f"the times were written in UTC{_offset_text(offset)}, not {tz.key} (their uniqueid epochs): "
+                   f"corrected; --timezone with the switch's zone reads them as written"] += 1
+    return _Leg(f, start, answer, end, billsec, disposition)
+
+
+def _clock_shift(uniqueid: str, start: datetime) -> timedelta | None:
+    """How far the written start is from the epoch second in ``uniqueid``, if that is a clock in
+    another zone (whole quarter hours, less than a day); None when they agree or cannot be
+    compared."""
+    epoch = uniqueid.partition(".")[0]
+    if not epoch.isdigit():
+        return None
+    delta = int(epoch) - start.timestamp()
+    quarters = round(delta / 900)
+    if quarters == 0 or abs(delta) > _MAX_CLOCK_SHIFT_S or abs(delta - quarters * 900) > 60:
+        return None
+    return timedelta(seconds=quarters * 900)
+
+
+def _offset_text(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes == 0:
+        return ""
+    sign = "+" if minutes > 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _talk_seconds(legs: list[_Leg]) -> int:
+    """The seconds during which some leg was talking: the union of the answered legs' last
+    ``billsec`` seconds (parallel ring-group legs count once, a transfer's legs add up)."""
+    spans = sorted((leg.end.timestamp() - leg.billsec, leg.end.timestamp()) for leg in legs if leg.billsec)
+    total, reach = 0.0, float("-inf")
+    for begin, finish in spans:
+        if finish > reach:
+            total += finish - max(begin, reach)
+            reach = finish
+    return int(total + 0.5)
+
+
+def convert_asterisk(f: list[dict[str, str]], opts: ImportOptions, raw: str) -> dict[str, Any]:
+    """One call: a row, or the rows of one ``linkedid``. Its user, direction and callee are the
+    originating channel's (the leg whose uniqueid is the linkedid, else the earliest); its times
+    span every leg's; it is answered if a leg was, and talked while any leg did."""
+    legs = [_asterisk_leg(fields, opts) for fields in f]
+    first = min(legs, key=lambda leg: (leg.fields.get("uniqueid", "") != leg.fields.get("linkedid", ""), leg.start))
+    g = first.fields
+    inbound = bool(opts.inbound_contexts.search(g["dcontext"]))
     direction = "inbound" if inbound else "outbound"
-    user = _user(opts, f, ["accountcode", "dst" if inbound else "src"])
-    if not f["dst"]:
+    user = _user(opts, g, ["accountcode", "dst" if inbound else "src"])
+    if not g["dst"]:
         raise RowError("dst is empty")
-    if f.get("uniqueid"):
-        call_id = f["uniqueid"] + (f"-{f['sequence']}" if f.get("sequence") else "")
+    answered = [leg for leg in legs if leg.disposition == "ANSWERED"]
+    if answered:
+        disposition = "ANSWERED"
+        billsec = _talk_seconds(answered) if len(legs) > 1 else first.billsec
+        times = [leg.answer for leg in answered if leg.answer is not None]
+        answer = min(times) if times else None
+    else:
+        disposition, billsec, answer = first.disposition, first.billsec, None
+    if g.get("linkedid"):
+        call_id = g["linkedid"]
+    elif g.get("uniqueid"):
+        call_id = g["uniqueid"] + (f"-{g['sequence']}" if g.get("sequence") else "")
     else:  # 16 columns: a stable id from the row itself (the same line twice is a duplicate)
         call_id = "ast-" + hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
-    return _end_cdr(call_id, user, _customer(opts, f, user), f["src"], f["dst"], direction,
-                    start, answer, end, billsec, disposition)
+    return _end_cdr(call_id, user, _customer(opts, g, user), g["src"], g["dst"], direction,
+                    min(leg.start for leg in legs), answer, max(leg.end for leg in legs), billsec, disposition)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,17 +452,30 @@ def convert_freeswitch(record: Any, opts: ImportOptions, raw: str) -> dict[str, 
         disposition = "BUSY"
     else:
         disposition = "FAILED"
-    fs_direction = (v.get("direction") or str((record.get("channel_data") or {}).get("direction", ""))).lower()
-    if fs_direction not in ("inbound", "outbound"):
-        raise RowError(f"direction: expected inbound or outbound, got {fs_direction!r}")
+    channel = record.get("channel_data")
+    fs_direction = (v.get("direction") or str((channel if isinstance(channel, dict) else {}).get("direction", ""))
+                    or v.get("Caller-Direction", "")).lower()
+    call_direction = v.get("call_direction", "").lower()
     context = v.get("context") or profile.get("context", "")
-    # FreeSWITCH names legs from its own side: an "inbound" leg came into FreeSWITCH — from a user's
-    # phone it is the user calling out, from a trunk (a public context) a call to the user; an
-    # "outbound" leg is FreeSWITCH ringing the user's phone: a call to the user.
-    if fs_direction == "inbound" and not opts.inbound_contexts.search(context):
-        direction = "outbound"
+    if fs_direction in ("inbound", "outbound"):
+        # FreeSWITCH names legs from its own side: an "inbound" leg came into FreeSWITCH — from a
+        # user's phone it is the user calling out, from a trunk (a public context) a call to the
+        # user; an "outbound" leg is FreeSWITCH ringing the user's phone: a call to the user.
+        if fs_direction == "inbound" and not opts.inbound_contexts.search(context):
+            direction = "outbound"
+        else:
+            direction = "inbound"
+    elif fs_direction:
+        raise RowError(f"direction: expected inbound or outbound, got {fs_direction!r}")
+    elif call_direction in ("inbound", "outbound", "local"):
+        # the call's direction (FreeSWITCH 1.6+): from outside, or from a user (out, or to another user)
+        direction = "inbound" if call_direction == "inbound" else "outbound"
+        opts.notes["no direction variable: taken from call_direction"] += 1
     else:
-        direction = "inbound"
+        # the leg a switch logs is the one that came into it: from a trunk's context a call to the
+        # user, from anywhere else the user calling out
+        direction = "inbound" if opts.inbound_contexts.search(context) else "outbound"
+        opts.notes[f"no direction, call_direction or Caller-Direction: {direction} from the context"] += 1
     dialled = v.get("sip_req_user") or v.get("destination_number") or profile.get("destination_number", "") \
         or v.get("sip_to_user", "")
     caller = v.get("sip_from_user") or v.get("caller_id_number") or profile.get("caller_id_number", "")
@@ -383,6 +502,16 @@ _KAMAILIO_NO_ANSWER = {"408", "480", "487"}
 
 
 def _kamailio_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
+    """acc_cdrs rows (a dialog each), or the plain acc table's transaction rows (``method`` and
+    ``time``: an INVITE's final reply, then the BYE), paired into calls by ``callid``."""
+    rows = list(_kamailio_rows(text))
+    if not any(isinstance(f, dict) and "method" in f and "time" in f and "start_time" not in f for _, _, f in rows):
+        yield from rows
+        return
+    yield from _pair_transactions(rows)
+
+
+def _kamailio_rows(text: str) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
@@ -399,15 +528,15 @@ def _kamailio_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | Ro
             if not isinstance(data, dict):
                 yield n, line, RowError(f"expected a JSON object, got {type(data).__name__}")
                 continue
-            yield n, line, {str(k): _clean(v) for k, v in data.items()}
+            yield n, line, {str(k).lower(): _clean(v) for k, v in data.items()}
         return
     header_line = lines[first]
     delimiter = max(",;\t|", key=header_line.count)
     header = [h.strip().lower() for h in next(csv.reader([header_line], delimiter=delimiter))]
     missing = [h for h in ("start_time", "end_time") if h not in header]
-    if missing:
-        raise ImportInputError(f"kamailio: the header line ({first + 1}) has no {', '.join(missing)} "
-                               f"column (got: {', '.join(header)})")
+    if missing and not {"method", "time"} <= set(header):
+        raise ImportInputError(f"kamailio: the header line ({first + 1}) has no {', '.join(missing)} column, "
+                               f"nor the acc table's method and time (got: {', '.join(header)})")
     for n in range(first + 1, len(lines)):
         line = lines[n]
         if not line.strip():
@@ -421,6 +550,44 @@ def _kamailio_records(text: str) -> Iterator[tuple[int, str, dict[str, str] | Ro
             yield n + 1, line, RowError(f"expected {len(header)} columns as in the header, got {len(row)}")
             continue
         yield n + 1, line, {h: _clean(v) for h, v in zip(header, row)}
+
+
+def _pair_transactions(rows: list[tuple[int, str, dict[str, str] | RowError]]
+                       ) -> Iterator[tuple[int, str, dict[str, str] | RowError]]:
+    """One call per ``callid``: answered at its first INVITE with a 2xx reply, ended by its BYE
+    (the INVITE row's users: a BYE from the callee has them the other way round); a call whose
+    INVITEs all failed is an unanswered attempt, at its last INVITE. Re-INVITEs, and methods
+    other than INVITE and BYE, add nothing."""
+    calls: dict[str, list[tuple[int, str, dict[str, str]]]] = {}
+    for line, raw, fields in rows:
+        if isinstance(fields, RowError):
+            yield line, raw, fields
+            continue
+        method, call_id = fields.get("method", "").upper(), fields.get("callid") or fields.get("call_id", "")
+        if method not in ("INVITE", "BYE"):
+            continue
+        if not call_id:
+            yield line, raw, RowError(f"{method} row without a callid")
+            continue
+        calls.setdefault(call_id, []).append((line, raw, fields))
+    for call_id, transactions in calls.items():
+        line, raw = transactions[0][0], "\n".join(r for _, r, _ in transactions)
+        invites = [f for _, _, f in transactions if f["method"].upper() == "INVITE"]
+        byes = [f for _, _, f in transactions if f["method"].upper() == "BYE"]
+        answered = [f for f in invites if f.get("sip_code", "").startswith("2")]
+        if not invites:
+            yield line, raw, RowError(f"BYE of callid {call_id!r} without its INVITE")
+        elif answered and not byes:
+            yield line, raw, RowError(f"INVITE of callid {call_id!r} answered but no BYE: the call had not ended "
+                                      "when the table was dumped, or its BYE was not accounted")
+        elif answered:
+            invite = answered[0]
+            yield line, raw, {**invite, "start_time": invite["time"], "end_time": byes[-1]["time"], "duration": "",
+                              "callid": call_id}
+        else:
+            invite = invites[-1]
+            yield line, raw, {**invite, "start_time": invite["time"], "end_time": invite["time"], "duration": "0",
+                              "callid": call_id}
 
 
 def _kamailio_time(value: str, tz: ZoneInfo, what: str) -> datetime:
@@ -524,7 +691,8 @@ def convert_file(fmt: str, source: Path, out: Path, opts: ImportOptions, rejects
         raise ImportInputError(f"cannot write {exc.filename}: {exc.strerror}") from None
     with out_handle, rej_handle:
         for src, line, raw, parsed in records:
-            summary.read += 1
+            summary.calls += 1
+            summary.read += 1 if fmt == "freeswitch" else raw.count("\n") + 1  # the rows paired into this call
             try:
                 if isinstance(parsed, RowError):
                     raise parsed
@@ -548,6 +716,7 @@ def convert_file(fmt: str, source: Path, out: Path, opts: ImportOptions, rejects
                 continue
             out_handle.write(encoded + b"\n")
             summary.converted += 1
+    summary.warnings.update(opts.notes)
     return summary
 
 
@@ -558,12 +727,15 @@ def _reason_kind(reason: str) -> str:
 
 def format_import(summary: ImportSummary) -> str:
     lines = [
-        f"{summary.fmt} {summary.source}: {summary.read} rows read, {summary.converted} converted → {summary.out}, "
+        f"{summary.fmt} {summary.source}: {summary.read} rows read"
+        f"{f' ({summary.calls} calls)' if summary.calls != summary.read else ''}, {summary.converted} converted → {summary.out}, "
         f"{summary.rejected} rejected → {summary.rejects_path}",
     ]
     for reason, count in summary.reasons.most_common(10):
         lines.append(f"  {count:>6}  {reason}")
         lines.append(f"          e.g. {summary.examples[reason][:300]}")
+    for warning, count in summary.warnings.most_common():
+        lines.append(f"warning: {count} rows: {warning}")
     return "\n".join(lines)
 
 
@@ -581,14 +753,18 @@ def register(sub: Any) -> None:
         "converted, or more rows than --max-rejects were rejected (the output is then not written).",
         epilog="formats:\n"
         "  asterisk    Master.csv of cdr_csv: no header, 16 columns (+ uniqueid, userfield, peeraccount, linkedid,\n"
-        "              sequence when enabled: 17-21); local times (--timezone). user: accountcode, else src\n"
-        "              (dst for inbound). direction: inbound when dcontext matches --inbound-contexts.\n"
+        "              sequence when enabled: 17-21); the rows of one linkedid are one call. Local times\n"
+        "              (--timezone), corrected with a warning where uniqueid shows another zone. user:\n"
+        "              accountcode, else src (dst for inbound). direction: inbound when dcontext matches\n"
+        "              --inbound-contexts.\n"
         "  freeswitch  mod_json_cdr JSON: one object per file (or a directory of *.json), an array, or JSONL.\n"
         "              user: accountcode, else sip_from_user (the dialled user for inbound). FreeSWITCH's\n"
         "              direction=inbound (a leg into the switch) from a user is an outbound call; from a\n"
-        "              --inbound-contexts context (public) or direction=outbound it is inbound.\n"
+        "              --inbound-contexts context (public) or direction=outbound it is inbound; without a\n"
+        "              direction, call_direction, else the context.\n"
         "  kamailio    acc CDR rows: CSV with a header, or JSONL; start_time, end_time, duration, callid,\n"
-        "              src_user, dst_user. user: src_user (dst_user for inbound). Rows are answered calls.",
+        "              src_user, dst_user. user: src_user (dst_user for inbound). Rows are answered calls.\n"
+        "              The plain acc table (method, time, callid, sip_code): INVITE and BYE rows paired.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("format", choices=FORMATS, help="the switch that wrote FILE")
@@ -603,7 +779,8 @@ def register(sub: Any) -> None:
     customer.add_argument("--customer-field", metavar="NAME", help="source field that becomes `customer`")
     parser.add_argument("--inbound-contexts", default=DEFAULT_INBOUND_CONTEXTS, metavar="REGEX",
                         help="dialplan contexts of calls from outside (Asterisk dcontext, FreeSWITCH context); "
-                        "default: from-trunk, from-pstn, from-did, ext-did, public, …")
+                        "default: a context named after a trunk, the PSTN, a DID, public, inbound … "
+                        "(from-trunk, from-pstn, ext-did, arena-pstn, pstn-in; not from-internal)")
     parser.add_argument("--direction", choices=["outbound", "inbound"],
                         help="kamailio: direction of rows without a direction column (default outbound)")
     parser.add_argument("--max-rejects", type=count, metavar="N",

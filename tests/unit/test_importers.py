@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +16,11 @@ import pytest
 from streams.cli import main
 from streams.codecs import decode_cdr
 from streams.core.errors import ConfigError
-from streams.importers import ImportOptions, convert_file, convert_freeswitch, default_rejects_path
+from streams.config import build_engine, load_config
+from streams.core.usage import DictStore
+from streams.importers import (DEFAULT_INBOUND_CONTEXTS, ImportOptions, convert_file, convert_freeswitch,
+                               default_rejects_path, format_import)
+from streams.settings import Settings
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "import"
 
@@ -45,11 +50,11 @@ SAMPLES = [
         13: r"disposition: unknown 'ANSWER'",
         14: r"not a CSV row",
     }, id="asterisk-16-columns"),
-    pytest.param("asterisk", "asterisk-master-21.csv", 5, {
+    pytest.param("asterisk", "asterisk-master-21.csv", 4, {
         6: r"dst is empty",
         7: r"not a valid cdrs payload: billsec 115 on a call with no answer_time",
         8: r"expected 16 to 21 columns \(Master.csv\), got 22",
-        9: r"duplicate call_id '1762243200.64-1' \(first at line 1\)",
+        9: r"duplicate call_id '1762243200.64' \(first at line 1\)",
     }, id="asterisk-21-columns"),
     pytest.param("freeswitch", "freeswitch-epoch.jsonl", 7, {
         7: r"not a JSON object",
@@ -119,13 +124,17 @@ def test_asterisk_16_columns_field_mapping(tmp_path: Path) -> None:
     assert by_callee["112"]["user"] == "acme-1002"  # accountcode wins
 
 
-def test_asterisk_21_columns_ids_from_uniqueid_and_sequence(tmp_path: Path) -> None:
+def test_asterisk_21_columns_one_call_per_linkedid(tmp_path: Path) -> None:
     rows, _ = run("asterisk", "asterisk-master-21.csv", tmp_path)
-    assert [r["call_id"] for r in rows] == ["1762243200.64-1", "1762243200.64-2", "1762246800.67-3",
-                                          "1762248600.69-4", "1761355800.71-5"]
+    assert [r["call_id"] for r in rows] == ["1762243200.64", "1762246800.67", "1762248600.69", "1761355800.71"]
     assert {r["user"] for r in rows} == {"acme"}
-    assert rows[3]["direction"] == "inbound"  # from-pstn
-    assert rows[4]["start_time"] == "2026-10-25T02:30:00+02:00"  # the repeated hour: its first occurrence
+    # a transferred call (two rows of one linkedid): one call, over both legs, their talk times added
+    transferred = rows[0]
+    assert (transferred["start_time"], transferred["answer_time"], transferred["end_time"], transferred["billsec"]) == (
+        "2026-11-04T09:00:00+01:00", "2026-11-04T09:00:06+01:00", "2026-11-04T09:05:10+01:00", 180 + 120)
+    assert (transferred["caller"], transferred["callee"]) == ("1001", "0612345678")
+    assert rows[2]["direction"] == "inbound"  # from-pstn
+    assert rows[3]["start_time"] == "2026-10-25T02:30:00+02:00"  # the repeated hour: its first occurrence
 
 
 @pytest.mark.parametrize(
@@ -145,6 +154,57 @@ def test_asterisk_user_customer_and_timezone_options(
     assert (rows[0]["user"], rows[0]["customer"], rows[0]["start_time"]) == (user, customer, start)
 
 
+def test_asterisk_ring_group_legs_are_one_call_and_a_utc_clock_is_corrected(tmp_path: Path) -> None:
+    """A DID ringing three phones through Local channels writes seven rows for one call; the
+    server's clock is UTC (its uniqueid epochs equal the written times)."""
+    out = tmp_path / "cdrs.jsonl"
+    summary = convert_file("asterisk", DATA / "asterisk-ring-group-utc.csv", out, ImportOptions())
+    rows = read_jsonl(out)
+    assert (summary.read, summary.calls, summary.converted, summary.rejected) == (9, 3, 3, 0)
+    ring, direct, outbound = rows
+    # the originating leg's user and direction (arena-pstn is a trunk's context), every leg's span,
+    # the talk time of the phone that answered
+    assert (ring["call_id"], ring["user"], ring["caller"], ring["direction"]) == (
+        "1795836893.79", "0170001122", "0612345678", "inbound")
+    assert (ring["start_time"], ring["answer_time"], ring["end_time"], ring["billsec"]) == (
+        "2026-11-28T04:34:53+01:00", "2026-11-28T04:34:57+01:00", "2026-11-28T04:36:17+01:00", 79)
+    assert (direct["direction"], direct["start_time"]) == ("inbound", "2026-11-28T10:12:00+01:00")
+    assert (outbound["user"], outbound["direction"], outbound["callee"]) == ("301", "outbound", "0140001234")
+    assert [w for w in summary.warnings] == [
+        "the times were written in UTC, not Europe/Paris (their uniqueid epochs): corrected; --timezone with "
+        "the switch's zone reads them as written"]
+    assert "warning: 9 rows: the times were written in UTC" in format_import(summary)
+    # read in the switch's own zone: the same instants, no warning
+    as_written = convert_file("asterisk", DATA / "asterisk-ring-group-utc.csv", tmp_path / "utc.jsonl",
+                              ImportOptions(timezone=ZoneInfo("UTC")))
+    assert not as_written.warnings
+    assert [datetime.fromisoformat(r["start_time"]) for r in read_jsonl(tmp_path / "utc.jsonl")] == [
+        datetime.fromisoformat(r["start_time"]) for r in rows]
+
+
+def test_asterisk_ring_group_raises_no_fair_use_alert(tmp_path: Path) -> None:
+    """Each leg as a call made the external caller a user with seven simultaneous calls."""
+    out = tmp_path / "cdrs.jsonl"
+    convert_file("asterisk", DATA / "asterisk-ring-group-utc.csv", out, ImportOptions())
+    settings = Settings()
+    plans, rates = load_config(settings)
+    engine, store = build_engine(settings, plans, rates), DictStore()
+    alerts = [a for row in read_jsonl(out) for a in engine.on_call(store, decode_cdr(orjson.dumps(row))).alerts]
+    assert alerts == []
+    assert {row["user"] for row in read_jsonl(out)} == {"0170001122", "301"}
+
+
+@pytest.mark.parametrize("context", ["from-trunk", "from-pstn", "ext-did", "public", "arena-pstn", "pstn-in",
+                                     "incoming_sip", "from-sip-external"])
+def test_trunk_contexts_are_inbound(context: str) -> None:
+    assert re.search(DEFAULT_INBOUND_CONTEXTS, context)
+
+
+@pytest.mark.parametrize("context", ["from-internal", "TimeDelay", "default", "macro-dial-one", "didier-office"])
+def test_internal_contexts_are_not_inbound(context: str) -> None:
+    assert not re.search(DEFAULT_INBOUND_CONTEXTS, context)
+
+
 # ---------------------------------------------------------------------------------- FreeSWITCH
 
 
@@ -161,6 +221,36 @@ def test_freeswitch_directions_users_and_dispositions(tmp_path: Path) -> None:
         ("be0ef815d302c597", "1002", "inbound", "ANSWERED", "1002"),  # an outbound leg: FreeSWITCH rang 1002
     ]
     assert rows[0]["start_time"] == "2026-11-05T09:15:02+01:00" and rows[0]["billsec"] == 142
+
+
+def fs_record(**variables: str) -> dict[str, Any]:
+    """A mod_json_cdr record with an empty ``direction`` variable and no channel_data direction, as
+    some FreeSWITCH setups write them."""
+    return {"channel_data": {"state": "CS_REPORTING"}, "variables": {
+        "direction": "", "sip_from_user": "1001", "sip_req_user": "0612345678", "sip_to_user": "0612345678",
+        "sip_call_id": "a1b2c3@10.0.0.5", "start_epoch": "1793866502", "answer_epoch": "1793866509",
+        "end_epoch": "1793866651", "billsec": "142", "hangup_cause": "NORMAL_CLEARING", **variables}}
+
+
+@pytest.mark.parametrize(("variables", "direction", "user"), [
+    ({"call_direction": "outbound"}, "outbound", "1001"),
+    ({"call_direction": "local"}, "outbound", "1001"),  # to another user of the switch
+    ({"call_direction": "inbound", "dialed_user": "1002"}, "inbound", "1002"),
+    ({"Caller-Direction": "inbound", "context": "public", "dialed_user": "1002"}, "inbound", "1002"),
+    ({"context": "default"}, "outbound", "1001"),  # nothing says: the leg into the switch, from a user
+    ({"context": "public", "dialed_user": "1002"}, "inbound", "1002"),  # ... from a trunk
+])
+def test_freeswitch_without_a_direction_infers_it(variables: dict[str, str], direction: str, user: str) -> None:
+    opts = ImportOptions()
+    row = convert_freeswitch(fs_record(**variables), opts, "")
+    assert (row["direction"], row["user"]) == (direction, user)
+    decode_cdr(orjson.dumps(row))
+    assert sum(opts.notes.values()) == (0 if "Caller-Direction" in variables else 1)
+
+
+def test_freeswitch_with_an_unknown_direction_is_rejected() -> None:
+    with pytest.raises(Exception, match="direction: expected inbound or outbound, got 'sideways'"):
+        convert_freeswitch(fs_record(direction="sideways"), ImportOptions(), "")
 
 
 def test_freeswitch_uepoch_keeps_milliseconds_and_decodes_url_encoded_values(tmp_path: Path) -> None:
@@ -232,6 +322,23 @@ def test_kamailio_jsonl_sip_codes_directions_and_epochs(tmp_path: Path) -> None:
     assert (inbound[0]["direction"], inbound[0]["user"]) == ("inbound", "0612345678")
 
 
+def test_kamailio_acc_table_invite_and_bye_rows_are_paired_into_calls(tmp_path: Path) -> None:
+    out = tmp_path / "cdrs.jsonl"
+    summary = convert_file("kamailio", DATA / "kamailio-acc.csv", out, ImportOptions())
+    rows = read_jsonl(out)
+    rejects = {r["line"]: r["reason"] for r in read_jsonl(summary.rejects_path)}
+    assert (summary.read, summary.calls, summary.converted) == (9, 6, 4)
+    got = [(r["call_id"].split("@")[0], r["user"], r["callee"], r["disposition"], r["billsec"]) for r in rows]
+    assert got == [
+        ("c9e1f0a2b3", "1001", "0612345678", "ANSWERED", 180),  # INVITE 200 at 09:00:05, BYE at 09:03:05
+        ("d0f2a1b3c4", "1002", "0698765432", "BUSY", 0),  # 486
+        ("e1a3b2c4d5", "1001", "0140001234", "ANSWERED", 150),  # a re-INVITE; the callee's BYE
+        ("b4d6e5f7a8", "1002", "+442071234567", "NO ANSWER", 0),  # 487: cancelled
+    ]
+    assert (rows[0]["answer_time"], rows[0]["end_time"]) == ("2026-11-06T09:00:05+01:00", "2026-11-06T09:03:05+01:00")
+    assert re.search(r"answered but no BYE", rejects[8]) and re.search(r"BYE of callid .* without its INVITE", rejects[9])
+
+
 def test_kamailio_csv_without_time_columns_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "acc.csv"
     bad.write_text("id;callid;src_user\n1;abc;1001\n")
@@ -299,4 +406,4 @@ def test_imported_rows_replay_offline(tmp_path: Path) -> None:
     out = tmp_path / "cdrs.jsonl"
     convert_file("asterisk", tmp_path / "Master.csv", out, ImportOptions())
     _, counts = run_offline(Settings(), read_stream(out, "cdrs", "start_time"))
-    assert counts == {("cdrs", "ok"): 5}
+    assert counts == {("cdrs", "ok"): 4}
