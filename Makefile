@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus
+.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio
 
 install: $(STAMP)
 
@@ -43,7 +43,18 @@ prometheus:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends prometheus >/dev/null; }
 
-test: install kafka prometheus
+# Kamailio (registrar and proxy, with the dialog, http_client and jansson modules) and SIPp, for the
+# end-to-end test of events from a real switch: Debian's packages, installed with apt when missing.
+kamailio:
+	@command -v kamailio >/dev/null && command -v sipp >/dev/null \
+		&& [ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/http_client.so ] \
+		&& [ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/jansson.so ] || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian's kamailio and sip-tester packages (apt-get)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends kamailio kamailio-utils-modules kamailio-extra-modules sip-tester >/dev/null; }
+
+test: install kafka prometheus kamailio
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -35,8 +35,10 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
@@ -58,10 +60,16 @@ DEFAULT_SEND_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 1
 SOURCE_HEADER = "cdrwatch-source"
 TOKEN_ENV = "CDRWATCH_INGEST_TOKEN"
+INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")  # what a DLQ is named after
 
 
 class Rejected(Exception):
-    """A record that cannot go to its topic: it goes to the DLQ with this reason."""
+    """A record that cannot go to its topic: it goes to the DLQ (of ``topic``, when the record
+    says which input it was meant for) with this reason."""
+
+    def __init__(self, reason: str, topic: str | None = None) -> None:
+        super().__init__(reason)
+        self.topic = topic
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,73 @@ def freeswitch_record(record: Any, options: ImportOptions) -> Record:
     return _validated("cdrs", orjson.dumps(payload), lambda _plan: True)
 
 
+KAMAILIO_EVENTS = ("register", "dialog_start", "dialog_end", "dialog_failed")
+
+
+def _epoch(event: dict[str, Any], name: str, tz: ZoneInfo) -> datetime:
+    """``sec.usec`` ($TV(Sn)) or seconds, as a time in ``tz``."""
+    value = event.get(name)
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise Rejected(f"{name}: expected epoch seconds ($TV(Sn)), got {value!r}") from None
+    return datetime.fromtimestamp(seconds, timezone.utc).astimezone(tz)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+
+
+def kamailio_record(value: bytes, tz: ZoneInfo) -> Record:
+    """A Kamailio event (deploy/kamailio/cdrwatch.cfg) as the cdrwatch payload it stands for:
+    ``register`` → ``sip-registrations``; ``dialog_start`` (answered) → a ``cdrs`` ``start``;
+    ``dialog_end`` → its ``end``; ``dialog_failed`` → an unanswered ``end``."""
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(event, dict) or event.get("type") not in KAMAILIO_EVENTS:
+        kind = event.get("type") if isinstance(event, dict) else None
+        raise Rejected(f"type: expected one of {', '.join(KAMAILIO_EVENTS)}, got {kind!r}")
+    topic = "sip-registrations" if event["type"] == "register" else "cdrs"
+    try:
+        return _kamailio_payload(event, topic, tz)
+    except Rejected as exc:
+        raise Rejected(str(exc), topic) from None
+
+
+def _kamailio_payload(event: dict[str, Any], topic: str, tz: ZoneInfo) -> Record:
+    kind = event["type"]
+    if kind == "register":
+        user = str(event.get("user") or "")
+        try:
+            expires = int(str(event.get("expires", "")))
+        except ValueError:
+            raise Rejected(f"expires: not an integer: {event.get('expires')!r}") from None
+        payload: dict[str, Any] = {
+            "user": user, "customer": str(event.get("customer") or user), "contact": str(event.get("contact") or ""),
+            "instance_id": str(event.get("instance_id") or "") or None, "user_agent": str(event.get("user_agent") or ""),
+            "source_ip": str(event.get("source_ip") or ""), "expires": expires, "time": _iso(_epoch(event, "time", tz)),
+        }
+        return _validated("sip-registrations", orjson.dumps(payload), lambda _plan: True)
+    user = str(event.get("user") or event.get("caller") or "")
+    invite = _epoch(event, "invite_time", tz)
+    payload = {
+        "event": "start" if kind == "dialog_start" else "end", "call_id": str(event.get("call_id") or ""),
+        "user": user, "customer": str(event.get("customer") or user), "caller": str(event.get("caller") or ""),
+        "callee": str(event.get("callee") or ""), "direction": str(event.get("direction") or "outbound"),
+        "start_time": _iso(invite),
+    }
+    if kind == "dialog_end":
+        answer, end = _epoch(event, "answer_time", tz), _epoch(event, "time", tz)
+        payload |= {"answer_time": _iso(answer), "end_time": _iso(end),
+                    "billsec": int((end - answer).total_seconds() + 0.5), "disposition": "ANSWERED"}
+    elif kind == "dialog_failed":
+        payload |= {"answer_time": None, "end_time": _iso(_epoch(event, "time", tz)), "billsec": 0,
+                    "disposition": "FAILED"}
+    return _validated("cdrs", orjson.dumps(payload), lambda _plan: True)
+
+
 def jsonl_values(body: bytes) -> list[bytes]:
     """One JSON object, or JSON Lines: the non-blank lines, as they came."""
     stripped = body.strip()
@@ -163,11 +238,14 @@ class Ingest:
                                ["topic", "outcome"], registry=self.registry)
         self.pending_gauge = Gauge("cdrwatch_ingest_pending_records", "Records waiting for the broker",
                                    registry=self.registry)
+        self.evapi_connected = Gauge("cdrwatch_ingest_evapi_connected", "1 while connected to a Kamailio evapi",
+                                     ["peer"], registry=self.registry)
         self.started = time.time()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body, middlewares=[self._errors])
         app.router.add_post("/freeswitch/cdr", self._freeswitch)
+        app.router.add_post("/kamailio/event", self._kamailio())
         for topic in ("cdrs", "sip-registrations", "subscribers"):
             app.router.add_post(f"/{topic}", self._payloads(topic))
         app.router.add_get("/healthz", self._health)
@@ -224,6 +302,12 @@ class Ingest:
         return await self._produce([record], [], source)
 
     def _payloads(self, topic: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        return self._lines(topic, lambda value: _validated(topic, value, self.known_plans))
+
+    def _kamailio(self) -> Callable[[web.Request], Awaitable[web.Response]]:
+        return self._lines("kamailio/event", lambda value: kamailio_record(value, self.config.import_options.timezone))
+
+    def _lines(self, name: str, convert: Callable[[bytes], Record]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             body = await self._body(request)
             if isinstance(body, web.Response):
@@ -236,13 +320,14 @@ class Ingest:
             lines: list[int] = []
             for line, value in enumerate(values, start=1):
                 try:
-                    good.append(_validated(topic, value, self.known_plans))
+                    good.append(convert(value))
                 except Rejected as exc:
+                    topic = exc.topic or (name if name in INPUT_TOPICS else "cdrs")
                     bad.append((Record(topic, None, value), str(exc)))
                     lines.append(line)
             if not good:
-                return await self._refuse(bad, f"ingest/{topic}", 422, lines)
-            return await self._produce(good, bad, f"ingest/{topic}", lines)
+                return await self._refuse(bad, f"ingest/{name}", 422, lines)
+            return await self._produce(good, bad, f"ingest/{name}", lines)
 
         return handle
 
@@ -293,11 +378,81 @@ class Ingest:
             self.records.labels(record.topic, "dlq").inc()
         return None
 
+    # -- evapi: Kamailio's events pushed over TCP to this client ---------------------------------
+
+    async def evapi(self, host: str, port: int, stop: asyncio.Event) -> None:
+        """Stay connected to Kamailio's evapi at ``host:port`` (again a second after each loss) and
+        take its events: netstrings (``<length>:<json>,``), each a ``/kamailio/event`` payload. No
+        answer goes back, so an event that cannot be produced yet waits (the socket is not read
+        meanwhile) rather than being dropped."""
+        peer = f"{host}:{port}"
+        connected = self.evapi_connected.labels(peer)
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                connected.set(0)
+                log.warning("ingest: evapi %s: cannot connect (%s): again in %d s", peer, exc.strerror or exc, RETRY_AFTER_S)
+                await _sleep_or_stop(stop, RETRY_AFTER_S)
+                continue
+            connected.set(1)
+            log.warning("ingest: evapi %s: connected", peer)
+            try:
+                while not stop.is_set():
+                    value = await _netstring(reader)
+                    if value is None:
+                        break
+                    await self._take_event(value, f"ingest/evapi/{peer}")
+            except ValueError as exc:  # out of step with the stream: start afresh
+                log.warning("ingest: evapi %s: %s: reconnecting", peer, exc)
+            finally:
+                connected.set(0)
+                writer.close()
+            if not stop.is_set():
+                log.warning("ingest: evapi %s: disconnected: again in %d s", peer, RETRY_AFTER_S)
+                await _sleep_or_stop(stop, RETRY_AFTER_S)
+
+    async def _take_event(self, value: bytes, source: str) -> None:
+        tz = self.config.import_options.timezone
+        try:
+            good, bad = [kamailio_record(value, tz)], []
+        except Rejected as exc:
+            good, bad = [], [(Record(exc.topic or "cdrs", None, value), str(exc))]
+        while await self._send(good, bad, source) is not None:  # the broker is not keeping up: wait
+            await asyncio.sleep(RETRY_AFTER_S)
+
     async def _health(self, _request: web.Request) -> web.Response:
         return _answer(200, {"status": "ok", "pending": self.pending, "uptime_s": round(time.time() - self.started)})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+
+async def _netstring(reader: asyncio.StreamReader) -> bytes | None:
+    """The next netstring's content; None at the end of the stream."""
+    try:
+        head = await reader.readuntil(b":")
+    except asyncio.IncompleteReadError:
+        return None
+    except asyncio.LimitOverrunError:
+        raise ValueError("no netstring length") from None
+    length = head[:-1].strip()
+    if not length.isdigit() or len(length) > 9:
+        raise ValueError(f"not a netstring length: {length[:20]!r}")
+    try:
+        data = await reader.readexactly(int(length) + 1)
+    except asyncio.IncompleteReadError:
+        return None
+    if data[-1:] != b",":
+        raise ValueError("a netstring without its closing comma")
+    return data[:-1]
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _rejected(bad: list[tuple[Record, str]], lines: list[int] | None) -> list[dict[str, Any]]:
@@ -341,8 +496,18 @@ def register(sub: Any) -> None:
                         help=f"records waiting for the broker beyond which a request gets 503 (default {DEFAULT_MAX_PENDING})")
     parser.add_argument("--send-timeout", type=positive_float, default=DEFAULT_SEND_TIMEOUT_S, metavar="S",
                         help=f"how long a request waits for the broker before 503 (default {DEFAULT_SEND_TIMEOUT_S:g} s)")
+    parser.add_argument("--evapi", action="append", type=_host_port, default=[], metavar="HOST:PORT",
+                        help="also take Kamailio's events from its evapi module at HOST:PORT, as its client "
+                        "(again and again: one per Kamailio); see deploy/kamailio/cdrwatch.cfg")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
     parser.set_defaults(func=run)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
@@ -369,7 +534,8 @@ def run(args: argparse.Namespace) -> int:
     async def serve() -> None:
         producer = producer_for(config.settings)
         await producer.start()
-        runner = web.AppRunner(Ingest(config, producer, lambda plan: plan in plans.plans).app(), access_log=None)
+        ingest = Ingest(config, producer, lambda plan: plan in plans.plans)
+        runner = web.AppRunner(ingest.app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"cdrwatch ingest: listening on http://{args.host}:{args.port} → {config.settings.broker}", flush=True)
@@ -377,9 +543,13 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        clients = [asyncio.create_task(ingest.evapi(host, port, stop)) for host, port in args.evapi]
         try:
             await stop.wait()
         finally:
+            for client in clients:  # reading its socket: cancelled between two events
+                client.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
             await runner.cleanup()  # finishes the requests under way
             await producer.stop()
 
