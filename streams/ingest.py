@@ -8,6 +8,10 @@ Endpoints (``POST``):
   default: a form field ``cdr`` holding the URL-encoded JSON), ``encode=base64`` (the field holds
   base64) or ``encode=false`` (the JSON itself as the body). Converted as ``cdrwatch import
   freeswitch`` converts a file.
+* ``/kamailio/event`` — the events of ``deploy/kamailio/cdrwatch.cfg`` (a saved REGISTER, a
+  dialog's start, end or failure), as the ``sip-registrations`` or ``cdrs`` payload they stand
+  for. With ``--evapi HOST:PORT`` the same events are also read from Kamailio's evapi module, this
+  service being its client.
 * ``/cdrs``, ``/sip-registrations``, ``/subscribers`` — cdrwatch's own payloads: one JSON object,
   or JSON Lines in bulk.
 
@@ -172,12 +176,12 @@ def kamailio_record(value: bytes, tz: ZoneInfo) -> Record:
         raise Rejected(f"type: expected one of {', '.join(KAMAILIO_EVENTS)}, got {kind!r}")
     topic = "sip-registrations" if event["type"] == "register" else "cdrs"
     try:
-        return _kamailio_payload(event, topic, tz)
+        return _kamailio_payload(event, tz)
     except Rejected as exc:
         raise Rejected(str(exc), topic) from None
 
 
-def _kamailio_payload(event: dict[str, Any], topic: str, tz: ZoneInfo) -> Record:
+def _kamailio_payload(event: dict[str, Any], tz: ZoneInfo) -> Record:
     kind = event["type"]
     if kind == "register":
         user = str(event.get("user") or "")
@@ -477,7 +481,8 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "ingest", help="HTTP service: switches post CDRs and events, produced to the input topics",
         description="Take CDRs and events over HTTP and produce them to the input topics, keyed by user: "
-        "FreeSWITCH mod_json_cdr posts (POST /freeswitch/cdr, every encoding), and cdrwatch's own payloads, one "
+        "FreeSWITCH mod_json_cdr posts (POST /freeswitch/cdr, every encoding), Kamailio's events (POST "
+        "/kamailio/event, or read from its evapi with --evapi), and cdrwatch's own payloads, one "
         "JSON object or JSON Lines (POST /cdrs, /sip-registrations, /subscribers). Each record is validated as a "
         "worker would; a bad one goes to <topic>-dlq and the answer says why. A request is answered once the "
         "broker holds its records (acks=all); 503 with Retry-After when it cannot keep up. GET /healthz and "

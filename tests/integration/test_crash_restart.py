@@ -92,6 +92,13 @@ def test_three_crashes_and_restarts_lose_and_double_nothing(broker: Broker, tmp_
         for r in part.rebills:
             assert lines.setdefault(r["line_id"], r["amount"]) == r["amount"], r
     assert {a["alert_id"] for p in results for a in p.alerts} == {a["alert_id"] for a in reference.alerts}
-    assert {a["alert_id"] for p in results for a in p.fraud_alerts} == {
-        a["alert_id"] for a in reference.fraud_alerts}
+    got = {a["alert_id"]: a for p in results for a in p.fraud_alerts}
+    want = {a["alert_id"]: a for a in reference.fraud_alerts}
+
+    def described(alerts: dict[str, Any], ids: set[str]) -> list[str]:
+        return sorted(f"{alerts[i]['user']} {alerts[i]['rule']} {alerts[i]['level']} {alerts[i].get('window')} at "
+                      f"{alerts[i].get('time')} observed {alerts[i].get('observed')}" for i in ids)
+
+    assert set(got) == set(want), (f"fraud alerts lost: {described(want, set(want) - set(got))}; extra: "
+                                   f"{described(got, set(got) - set(want))}; kills after {kills}")
     assert sorted(lines.items()) == sorted((r["line_id"], r["amount"]) for r in reference.rebills)
