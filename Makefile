@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio
+.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio poppler
 
 install: $(STAMP)
 
@@ -54,7 +54,16 @@ kamailio:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends kamailio kamailio-utils-modules kamailio-extra-modules sip-tester >/dev/null; }
 
-test: install kafka prometheus kamailio
+# poppler-utils, to read the statements' PDFs back in their test (pdftotext, pdftoppm), and
+# HarfBuzz's subsetter, which WeasyPrint uses to embed fonts: Debian's packages, when missing.
+poppler:
+	@command -v pdftoppm >/dev/null && command -v pdftotext >/dev/null && ldconfig -p | grep -q libharfbuzz-subset || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian's poppler-utils and libharfbuzz-subset0 packages (apt-get)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends poppler-utils libharfbuzz-subset0 >/dev/null; }
+
+test: install kafka prometheus kamailio poppler
 	$(BIN)/python -m pytest
 
 test-fast: install
