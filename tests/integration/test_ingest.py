@@ -19,15 +19,14 @@ from urllib.parse import quote
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer
 
 from streams.agents.usage import ALL_TOPICS
 from streams.codecs import DLQ_REASON_HEADER, decode_cdr
 from streams.embedded import EmbeddedBroker, create_topics, free_port
 from streams.importers import ImportOptions, convert_freeswitch
 from streams.ingest import Ingest, IngestConfig, producer_for
-from streams.replay import end_offsets
 from streams.settings import Settings
+from tests.peers import topic_records
 
 pytestmark = [pytest.mark.integration]
 
@@ -59,25 +58,7 @@ async def ingest(tansu: EmbeddedBroker) -> AsyncIterator[tuple[TestClient, Setti
 
 
 async def records(settings: Settings, topic: str) -> list[Any]:
-    """Every record of ``topic`` (the run's prefix added)."""
-    name = settings.topic(topic)
-    ends = await end_offsets(settings, [name])
-    if not any(ends.values()):
-        return []
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **settings.client_kwargs())
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        consumer.assign(list(ends))
-        pending = {tp for tp, end in ends.items() if end > 0}
-        async with asyncio.timeout(20):
-            while pending:
-                for tp, recs in (await consumer.getmany(*pending, timeout_ms=300)).items():
-                    got += recs
-                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-    finally:
-        await consumer.stop()
-    return got
+    return await topic_records(settings, topic)
 
 
 def cdr(call_id: str, user: str = "1001", **changes: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,16 +19,16 @@ import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from streams.agents.usage import ALL_TOPICS
 from streams.embedded import EmbeddedBroker, create_topics, free_port
-from streams.replay import end_offsets
 from streams.settings import Settings
+from tests.peers import tool as peers_tool
+from tests.peers import topic_records, wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,22 +50,7 @@ PBX = "FPBX-16.0.40.7(18.20.0)"
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    assert found, f"{name} is not installed: `make kamailio` installs Debian's kamailio and sip-tester"
-    return found
-
-
-def wait_for(what: str, check: Callable[[], bool], why: Callable[[], str], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if check():
-                return
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{why()}")
-        time.sleep(0.3)
+    return peers_tool(name, "kamailio")
 
 
 def get_json(url: str) -> Any:
@@ -75,26 +59,7 @@ def get_json(url: str) -> Any:
 
 
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        ends = await end_offsets(settings, [settings.topic(topic)])
-        if not any(ends.values()):
-            return []
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **settings.client_kwargs())
-        await consumer.start()
-        got: list[Any] = []
-        try:
-            consumer.assign(list(ends))
-            pending = {tp for tp, end in ends.items() if end > 0}
-            async with asyncio.timeout(20):
-                while pending:
-                    for recs in (await consumer.getmany(*pending, timeout_ms=300)).values():
-                        got += recs
-                    pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        finally:
-            await consumer.stop()
-        return [orjson.loads(r.value) for r in sorted(got, key=lambda r: (r.timestamp, r.partition, r.offset))]
-
-    return asyncio.run(read())
+    return [orjson.loads(r.value) for r in asyncio.run(topic_records(settings, topic))]
 
 
 class Processes:

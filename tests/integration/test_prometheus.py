@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -27,6 +26,8 @@ from streams.embedded import EmbeddedBroker, create_topics, free_port
 from streams.generator import generate_month
 from streams.replay import InputMessage, read_stream, replay_external
 from streams.settings import Settings
+from tests.peers import tool as peers_tool
+from tests.peers import wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,27 +39,12 @@ REPLAY_S = 15.0  # the month's event time is played over about this long
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    assert found, f"{name} is not installed: `make prometheus` installs Debian's package"
-    return found
+    return peers_tool(name, "prometheus")
 
 
 def http_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return json.load(answer)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 60.0, why: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{why()}")
-        time.sleep(0.5)
 
 
 def test_promtool_checks_the_rules_and_their_unit_tests() -> None:

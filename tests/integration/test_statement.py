@@ -22,14 +22,13 @@ from streams.generator import generate_month
 from streams.replay import read_stream, replay
 from streams.settings import Settings
 from streams.statement import build_statement, write_statement
+from tests.peers import tool as peers_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    assert found, f"{name} is not installed: `make poppler` installs Debian's poppler-utils"
-    return found
+    return peers_tool(name, "poppler")
 
 
 @pytest.fixture(scope="module")

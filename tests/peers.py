@@ -1,0 +1,56 @@
+"""What the tests of real peers (Prometheus, Kamailio, SIPp, poppler, ``cdrwatch ingest``) share:
+finding a program ``make`` installs, waiting for a peer, and reading back what reached a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaConsumer
+
+from streams.replay import end_offsets
+from streams.settings import Settings
+
+
+def tool(name: str, make_target: str) -> str:
+    """The path of program ``name``; a clear failure when it is missing."""
+    found = shutil.which(name)
+    assert found, f"{name} is not installed: `make {make_target}` installs it (Debian's packages)"
+    return found
+
+
+def wait_for(what: str, check: Callable[[], bool], why: Callable[[], str] = str, timeout_s: float = 60.0) -> None:
+    """Until ``check()`` holds (a peer not answering yet counts as not yet); else fail with ``why()``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{why()}")
+        time.sleep(0.3)
+
+
+async def topic_records(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` (the settings' prefix added), in the order they were produced."""
+    ends = await end_offsets(settings, [settings.topic(topic)])
+    if not any(ends.values()):  # (an aiokafka consumer stopped before any fetch can raise)
+        return []
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **settings.client_kwargs())
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        consumer.assign(list(ends))
+        pending = {tp for tp, end in ends.items() if end > 0}
+        async with asyncio.timeout(20):
+            while pending:
+                for recs in (await consumer.getmany(*pending, timeout_ms=300)).values():
+                    got += recs
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return sorted(got, key=lambda r: (r.timestamp, r.partition, r.offset))
