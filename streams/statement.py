@@ -130,7 +130,11 @@ def render_html(statement: Statement) -> str:
 def write_statement(statement: Statement, out: Path) -> tuple[Path, Path]:
     import logging
 
-    import weasyprint
+    try:
+        import weasyprint
+    except OSError as exc:  # its system libraries are missing
+        raise StatementError(f"the PDF renderer (WeasyPrint) needs Pango, which this machine lacks ({exc}); on Debian: "
+                             "apt-get install libpango-1.0-0 libpangoft2-1.0-0") from None
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)  # font-subsetting notices
     logging.getLogger("fontTools").setLevel(logging.ERROR)

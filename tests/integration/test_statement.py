@@ -17,6 +17,7 @@ import pytest
 
 from streams.cli import main
 from streams.config import load_config
+from streams.core.errors import ConfigError
 from streams.embedded import EmbeddedBroker
 from streams.generator import generate_month
 from streams.replay import read_stream, replay
@@ -96,3 +97,23 @@ def test_the_statement_command_writes_both_files_and_refuses_what_it_cannot_do(
     assert main(["statement", "--customer", customer, "--period", "2026-11", "--from", str(tampered),
                  "--out", str(tmp_path / "o4")]) == 2
     assert "are not from the same run" in capsys.readouterr().err
+
+
+def test_without_pango_the_statement_says_what_to_install(replayed: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_pango(name: str, *args: object, **kwargs: object) -> object:
+        if name == "weasyprint":  # what importing it raises when Pango's libraries are missing
+            raise OSError("cannot load library 'libpango-1.0-0'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "weasyprint", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_pango)
+    customer = str(lines_of(replayed)[0]["customer"])
+    statement = build_statement(replayed, customer, "2026-11", load_config(Settings())[0])
+    with pytest.raises(ConfigError, match=r"needs Pango.*apt-get install libpango-1.0-0"):
+        write_statement(statement, tmp_path)
