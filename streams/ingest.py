@@ -153,10 +153,9 @@ def _epoch(event: dict[str, Any], name: str, tz: ZoneInfo) -> datetime:
     """``sec.usec`` ($TV(Sn)) or seconds, as a time in ``tz``."""
     value = event.get(name)
     try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return datetime.fromtimestamp(float(value), timezone.utc).astimezone(tz)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):  # not a number, nan, out of range
         raise Rejected(f"{name}: expected epoch seconds ($TV(Sn)), got {value!r}") from None
-    return datetime.fromtimestamp(seconds, timezone.utc).astimezone(tz)
 
 
 def _iso(moment: datetime) -> str:

@@ -139,6 +139,33 @@ async def test_jsonl_in_bulk_good_lines_to_the_topic_bad_ones_to_the_dlq(ingest:
     assert [r.key for r in await records(settings, "subscribers")] == [b"1001"]
 
 
+async def test_kamailio_events_become_payloads_and_bad_ones_go_to_the_dlq_they_were_meant_for(
+    ingest: tuple[TestClient, Settings],
+) -> None:
+    client, settings = ingest
+    register = {"type": "register", "user": "alice", "contact": "sip:alice@10.1.1.11:5060",
+                "instance_id": "<urn:uuid:4f0c6a52-0001-4e0f-9c1b-000000000001>", "user_agent": "Yealink SIP-T46U",
+                "source_ip": "203.0.113.7", "expires": 3600, "time": "1796194958.048650"}
+    answer = await client.post("/kamailio/event", data=orjson.dumps(register), headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    [registration] = await records(settings, "sip-registrations")
+    assert registration.key == b"alice"
+    assert orjson.loads(registration.value) == {k: v for k, v in register.items() if k != "type"} | {
+        "customer": "alice", "time": "2026-12-02T08:02:38.048+01:00"}
+    bad = [register | {"expires": "soon"}, register | {"time": "nan"},
+           {"type": "dialog_end", "call_id": "c1", "caller": "carol", "callee": "0612345678",
+            "invite_time": "1796194958.1", "answer_time": "", "time": "1796194962.1"},
+           {"type": "hangup"}]
+    answer = await client.post("/kamailio/event", data=b"\n".join(orjson.dumps(e) for e in bad), headers=AUTH)
+    assert answer.status == 422
+    reasons = [r["reason"] for r in (await answer.json())["rejected"]]
+    assert reasons == ["expires: not an integer: 'soon'", "time: expected epoch seconds ($TV(Sn)), got 'nan'",
+                       "answer_time: expected epoch seconds ($TV(Sn)), got ''",
+                       "type: expected one of register, dialog_start, dialog_end, dialog_failed, got 'hangup'"]
+    assert len(await records(settings, "sip-registrations-dlq")) == 2
+    assert len(await records(settings, "cdrs-dlq")) == 2
+
+
 # ----------------------------------------------------------------------------------- access
 
 
