@@ -142,7 +142,8 @@ class ImportSummary:
 # helpers
 
 
-def _iso(value: datetime) -> str:
+def iso_time(value: datetime) -> str:
+    """A payload's time: milliseconds when there are any, else whole seconds."""
     return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
 
 
@@ -157,9 +158,9 @@ def _end_cdr(call_id: str, user: str, customer: str, caller: str, callee: str, d
         "caller": caller,
         "callee": callee,
         "direction": direction,
-        "start_time": _iso(start),
-        "answer_time": None if answer is None else _iso(answer),
-        "end_time": _iso(end),
+        "start_time": iso_time(start),
+        "answer_time": None if answer is None else iso_time(answer),
+        "end_time": iso_time(end),
         "billsec": billsec,
         "disposition": disposition,
     }

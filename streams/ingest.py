@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from .checks import positive_float, positive_int
 from .codecs import DLQ_REASON_HEADER, MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from .core.errors import ConfigError, InvalidRecord
-from .importers import ImportOptions, RowError, convert_freeswitch
+from .importers import ImportOptions, RowError, convert_freeswitch, iso_time
 from .settings import Settings, is_loopback, settings_from_env
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,6 @@ def _epoch(event: dict[str, Any], name: str, tz: ZoneInfo) -> datetime:
         raise Rejected(f"{name}: expected epoch seconds ($TV(Sn)), got {value!r}") from None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
-
-
 def kamailio_record(value: bytes, tz: ZoneInfo) -> Record:
     """A Kamailio event (deploy/kamailio/cdrwatch.cfg) as the cdrwatch payload it stands for:
     ``register`` → ``sip-registrations``; ``dialog_start`` (answered) → a ``cdrs`` ``start``;
@@ -191,7 +187,7 @@ def _kamailio_payload(event: dict[str, Any], tz: ZoneInfo) -> Record:
         payload: dict[str, Any] = {
             "user": user, "customer": str(event.get("customer") or user), "contact": str(event.get("contact") or ""),
             "instance_id": str(event.get("instance_id") or "") or None, "user_agent": str(event.get("user_agent") or ""),
-            "source_ip": str(event.get("source_ip") or ""), "expires": expires, "time": _iso(_epoch(event, "time", tz)),
+            "source_ip": str(event.get("source_ip") or ""), "expires": expires, "time": iso_time(_epoch(event, "time", tz)),
         }
         return _validated("sip-registrations", orjson.dumps(payload), lambda _plan: True)
     user = str(event.get("user") or event.get("caller") or "")
@@ -200,14 +196,14 @@ def _kamailio_payload(event: dict[str, Any], tz: ZoneInfo) -> Record:
         "event": "start" if kind == "dialog_start" else "end", "call_id": str(event.get("call_id") or ""),
         "user": user, "customer": str(event.get("customer") or user), "caller": str(event.get("caller") or ""),
         "callee": str(event.get("callee") or ""), "direction": str(event.get("direction") or "outbound"),
-        "start_time": _iso(invite),
+        "start_time": iso_time(invite),
     }
     if kind == "dialog_end":
         answer, end = _epoch(event, "answer_time", tz), _epoch(event, "time", tz)
-        payload |= {"answer_time": _iso(answer), "end_time": _iso(end),
+        payload |= {"answer_time": iso_time(answer), "end_time": iso_time(end),
                     "billsec": int((end - answer).total_seconds() + 0.5), "disposition": "ANSWERED"}
     elif kind == "dialog_failed":
-        payload |= {"answer_time": None, "end_time": _iso(_epoch(event, "time", tz)), "billsec": 0,
+        payload |= {"answer_time": None, "end_time": iso_time(_epoch(event, "time", tz)), "billsec": 0,
                     "disposition": "FAILED"}
     return _validated("cdrs", orjson.dumps(payload), lambda _plan: True)
 
@@ -261,7 +257,7 @@ class Ingest:
         try:
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            response = _answer(413, {"error": f"body above the limit of {self.config.max_body} bytes (--max-body)"})
+            response = self._too_large()
         except web.HTTPException as exc:
             response = _answer(exc.status, {"error": exc.reason})
         self.requests.labels(request.path if request.match_info.route.resource else "other", str(response.status)).inc()
@@ -286,8 +282,11 @@ class Ingest:
             return _answer(401, {"error": f"this endpoint needs Authorization: Bearer <{TOKEN_ENV}>"},
                            {"WWW-Authenticate": 'Bearer realm="cdrwatch"'})
         if request.content_length is not None and request.content_length > self.config.max_body:
-            return _answer(413, {"error": f"body above the limit of {self.config.max_body} bytes (--max-body)"})
+            return self._too_large()
         return await request.read()
+
+    def _too_large(self) -> web.Response:
+        return _answer(413, {"error": f"body above the limit of {self.config.max_body} bytes (--max-body)"})
 
     async def _freeswitch(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -322,11 +321,11 @@ class Ingest:
             bad: list[tuple[Record, str]] = []
             lines: list[int] = []
             for line, value in enumerate(values, start=1):
-                try:
-                    good.append(convert(value))
-                except Rejected as exc:
-                    topic = exc.topic or (name if name in INPUT_TOPICS else "cdrs")
-                    bad.append((Record(topic, None, value), str(exc)))
+                record = _converted(convert, value, name if name in INPUT_TOPICS else "cdrs")
+                if isinstance(record, Record):
+                    good.append(record)
+                else:
+                    bad.append(record)
                     lines.append(line)
             if not good:
                 return await self._refuse(bad, f"ingest/{name}", 422, lines)
@@ -416,11 +415,8 @@ class Ingest:
                 await _sleep_or_stop(stop, RETRY_AFTER_S)
 
     async def _take_event(self, value: bytes, source: str) -> None:
-        tz = self.config.import_options.timezone
-        try:
-            good, bad = [kamailio_record(value, tz)], []
-        except Rejected as exc:
-            good, bad = [], [(Record(exc.topic or "cdrs", None, value), str(exc))]
+        record = _converted(lambda v: kamailio_record(v, self.config.import_options.timezone), value, "cdrs")
+        good, bad = ([record], []) if isinstance(record, Record) else ([], [record])
         while await self._send(good, bad, source) is not None:  # the broker is not keeping up: wait
             await asyncio.sleep(RETRY_AFTER_S)
 
@@ -456,6 +452,15 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
+
+
+def _converted(convert: Callable[[bytes], Record], value: bytes, topic: str) -> Record | tuple[Record, str]:
+    """The record ``value`` makes, or what goes to the DLQ instead: the value as it came, with the
+    reason, for the topic it was meant for (else ``topic``)."""
+    try:
+        return convert(value)
+    except Rejected as exc:
+        return Record(exc.topic or topic, None, value), str(exc)
 
 
 def _rejected(bad: list[tuple[Record, str]], lines: list[int] | None) -> list[dict[str, Any]]:
