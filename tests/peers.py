@@ -4,14 +4,22 @@ finding a program ``make`` installs, waiting for a peer, and reading back what r
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import subprocess
 import time
+import urllib.request
+import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer
 
+from streams.agents.usage import ALL_TOPICS
+from streams.embedded import create_topics, free_port
 from streams.replay import end_offsets
 from streams.settings import Settings
+from tests.workers import start_worker
 
 
 def tool(name: str, make_target: str) -> str:
@@ -33,6 +41,32 @@ def wait_for(what: str, check: Callable[[], bool], why: Callable[[], str] = str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{why()}")
         time.sleep(0.3)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+async def run_settings(broker_url: str, name: str, partitions: int) -> Settings:
+    """Settings of an app and topics of their own (``name``-<tag>), the topics created."""
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(broker=broker_url, app_id=f"{name}-{tag}", topic_prefix=f"{name}-{tag}-", partitions=partitions)
+    await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], partitions)
+    return settings
+
+
+def assigned_worker(settings: Settings, directory: Path, workers: list[subprocess.Popen[bytes]],
+                    why: Callable[[], str] | None = None) -> int:
+    """A `cdrwatch worker` (in ``workers``, its log beside ``directory``) once it owns every
+    partition; its web port."""
+    port = free_port()
+    workers.append(start_worker(settings, directory, web_port=port))
+    log = directory.with_suffix(".log")
+    wait_for("the worker to be assigned its partitions",
+             lambda: len(get_json(f"http://127.0.0.1:{port}/healthz")["partitions"].get("cdrs", [])) == settings.partitions,
+             why or (lambda: log.read_text(errors="replace") if log.exists() else ""))
+    return port
 
 
 async def topic_records(settings: Settings, topic: str) -> list[Any]:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
@@ -20,13 +19,12 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from streams.agents.usage import ALL_TOPICS
 from streams.codecs import DLQ_REASON_HEADER, decode_cdr
-from streams.embedded import EmbeddedBroker, create_topics, free_port
+from streams.embedded import EmbeddedBroker, free_port
 from streams.importers import ImportOptions, convert_freeswitch
 from streams.ingest import Ingest, IngestConfig, producer_for
 from streams.settings import Settings
-from tests.peers import topic_records
+from tests.peers import run_settings, topic_records
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,9 +36,7 @@ Started = Callable[..., "asyncio.Future[tuple[TestClient, Settings]]"]
 
 
 async def start(broker: EmbeddedBroker, **config: Any) -> tuple[TestClient, Settings, Any]:
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(broker=broker.url, topic_prefix=f"ingest-{tag}-", partitions=2)
-    await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+    settings = await run_settings(broker.url, "ingest", partitions=2)
     producer = producer_for(settings)
     await producer.start()
     ingest = Ingest(IngestConfig(settings=settings, token=TOKEN, **config), producer, lambda plan: plan == "minute")

@@ -9,13 +9,11 @@ SIPp (``make kamailio``) when they are missing. Loopback only; about 30 s."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -24,11 +22,10 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from streams.agents.usage import ALL_TOPICS
-from streams.embedded import EmbeddedBroker, create_topics, free_port
+from streams.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.peers import tool as peers_tool
-from tests.peers import topic_records, wait_for
+from tests.peers import assigned_worker, get_json, run_settings, topic_records, wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,11 +48,6 @@ PBX = "FPBX-16.0.40.7(18.20.0)"
 
 def tool(name: str) -> str:
     return peers_tool(name, "kamailio")
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        return json.load(answer)
 
 
 def read_topic(settings: Settings, topic: str) -> list[dict[str, Any]]:
@@ -115,11 +107,8 @@ def sipp(peers: Processes, name: str, kamailio: int, scenario: str, lines: list[
 def test_kamailio_events_reach_the_worker_through_ingest(
     tansu: EmbeddedBroker, peers: Processes, tmp_path: Path, workers: list[subprocess.Popen[bytes]], transport: str,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(broker=tansu.url, app_id=f"kam-{tag}", topic_prefix=f"kam-{tag}-", partitions=2)
-    asyncio.run(create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions))
-    web = free_port()
-    workers.append(start_worker(settings, tmp_path / "worker", web_port=web))
+    settings = asyncio.run(run_settings(tansu.url, "kam", partitions=2))
+    web = assigned_worker(settings, tmp_path / "worker", workers, peers.logs)
     ingest = free_port()
     env = dict(os.environ, CDRWATCH_BROKER=settings.broker, CDRWATCH_TOPIC_PREFIX=settings.topic_prefix,
                CDRWATCH_INGEST_TOKEN=TOKEN)
@@ -135,8 +124,6 @@ def test_kamailio_events_reach_the_worker_through_ingest(
                              "-A", f"SIP_PORT={sip}", "-A", f'GATEWAY="sip:127.0.0.1:{gateway}"', *events])
     peers.start("ingest", [sys.executable, "-m", "streams.cli", "ingest", "--port", str(ingest), *extra], env=env)
     peers.start("uas", [tool("sipp"), "-sf", str(SIPP / "uas.xml"), "-i", "127.0.0.1", "-p", str(gateway), "-nostdin"])
-    wait_for("the worker to be assigned its partitions",
-             lambda: len(get_json(f"http://127.0.0.1:{web}/healthz")["partitions"].get("cdrs", [])) == 2, peers.logs)
     wait_for("ingest to answer", lambda: get_json(f"http://127.0.0.1:{ingest}/healthz")["status"] == "ok", peers.logs)
     wait_for("Kamailio to listen", lambda: "Listening on" in peers.log("kamailio"), peers.logs)
     if transport == "evapi":

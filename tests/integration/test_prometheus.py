@@ -15,19 +15,16 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from streams.agents.usage import ALL_TOPICS
-from streams.embedded import EmbeddedBroker, create_topics, free_port
+from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import generate_month
 from streams.replay import InputMessage, read_stream, replay_external
-from streams.settings import Settings
 from tests.peers import tool as peers_tool
-from tests.peers import wait_for
+from tests.peers import assigned_worker, get_json, run_settings, wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,11 +37,6 @@ REPLAY_S = 15.0  # the month's event time is played over about this long
 
 def tool(name: str) -> str:
     return peers_tool(name, "prometheus")
-
-
-def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.load(answer)
 
 
 def test_promtool_checks_the_rules_and_their_unit_tests() -> None:
@@ -99,7 +91,7 @@ def month(directory: Path) -> list[InputMessage]:
 
 
 def query(url: str, expr: str) -> list[dict[str, Any]]:
-    answer = http_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    answer = get_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
     assert answer["status"] == "success", (expr, answer)
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result
@@ -109,17 +101,8 @@ def test_every_panel_of_the_dashboard_returns_data_and_the_rules_evaluate(
     tansu: EmbeddedBroker, prometheus: Callable[[int], str], tmp_path: Path,
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(broker=tansu.url, app_id=f"prom-{tag}", topic_prefix=f"prom-{tag}-", partitions=4)
-    asyncio.run(create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions))
-    port = free_port()
-    workers.append(start_worker(settings, tmp_path / "worker", web_port=port))
-    log = (tmp_path / "worker.log")
-
-    def assigned() -> bool:
-        return len(http_json(f"http://127.0.0.1:{port}/healthz")["partitions"].get("cdrs", [])) == settings.partitions
-
-    wait_for("the worker to be assigned its partitions", assigned, why=lambda: log.read_text(errors="replace"))
+    settings = asyncio.run(run_settings(tansu.url, "prom", partitions=4))
+    port = assigned_worker(settings, tmp_path / "worker", workers)
     url = prometheus(port)
     messages = month(tmp_path / "month")
     # the series at 0 before the first event (a counter first seen at 5 is no increase to PromQL)
@@ -139,11 +122,11 @@ def test_every_panel_of_the_dashboard_returns_data_and_the_rules_evaluate(
     processed = float(query(url, "sum(cdrwatch_events_total)")[0]["value"][1])
     assert processed == len(messages)
 
-    groups = http_json(f"{url}/api/v1/rules")["data"]["groups"]
+    groups = get_json(f"{url}/api/v1/rules")["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
     assert len(rules) == 6, sorted(rules)
     assert all(rule["health"] == "ok" for rule in rules.values()), {n: r.get("lastError") for n, r in rules.items()}
-    firing = {(a["labels"]["alertname"], a["labels"].get("rule")) for a in http_json(f"{url}/api/v1/alerts")["data"]["alerts"]
+    firing = {(a["labels"]["alertname"], a["labels"].get("rule")) for a in get_json(f"{url}/api/v1/alerts")["data"]["alerts"]
               if a["state"] == "firing"}
     critical = {f["rule"] for f in result.fraud_alerts if f["level"] == "critical"}
     assert critical and {("CdrwatchCriticalFraud", rule) for rule in critical} <= firing, (
