@@ -300,10 +300,10 @@ def _asterisk_leg(f: dict[str, str], opts: ImportOptions) -> _Leg:
     answer = _local_time(f["answer"], tz, "answer") if f["answer"] and disposition == "ANSWERED" else None
     shift = _clock_shift(f.get("uniqueid", ""), start)
     if shift:
+        written = start.utcoffset() or timedelta(0)  # the zone the times were written in: tz's offset less the shift
+        offset = (written - shift).total_seconds()
         moved = [t if t is None else (t + shift).astimezone(tz) for t in (start, answer, end)]
         start, answer, end = moved[0] or start, moved[1], moved[2] or end
-        offset = (datetime.fromisoformat(f["start"].strip().replace(" ", "T")).replace(tzinfo=timezone.utc)
-                  - start).total_seconds()
         opts.notes[f"the times were written in UTC{_offset_text(offset)}, not {tz.key} (their uniqueid epochs): "
                    f"corrected; --timezone with the switch's zone reads them as written"] += 1
     return _Leg(f, start, answer, end, billsec, disposition)
@@ -358,7 +358,7 @@ def convert_asterisk(f: list[dict[str, str]], opts: ImportOptions, raw: str) -> 
     answered = [leg for leg in legs if leg.disposition == "ANSWERED"]
     if answered:
         disposition = "ANSWERED"
-        billsec = _talk_seconds(answered) if len(legs) > 1 else first.billsec
+        billsec = _talk_seconds(answered)
         times = [leg.answer for leg in answered if leg.answer is not None]
         answer = min(times) if times else None
     else:
