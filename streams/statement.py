@@ -71,9 +71,15 @@ class Statement:
         return [(user, amount, float(amount / top) if top else 0.0) for user, amount in billed]
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
+def _by_user(path: Path, customer: str, month: str) -> dict[str, list[dict[str, Any]]]:
+    """The records of a JSONL output file (re-bill lines, alerts) for ``customer`` and ``month``,
+    per user."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with path.open("rb") as handle:
-        return [data for _line, _raw, data in iter_jsonl(handle, path, StatementError) if isinstance(data, dict)]
+        for _line, _raw, data in iter_jsonl(handle, path, StatementError):
+            if isinstance(data, dict) and data.get("customer") == customer and data.get("period") == month:
+                found[data["user"]].append(data)
+    return found
 
 
 def build_statement(source: Path, customer: str, month: str, plans: PlanBook,
@@ -87,17 +93,10 @@ def build_statement(source: Path, customer: str, month: str, plans: PlanBook,
     rows = [r for r in pq.read_table(summary_path).to_pylist() if r["customer"] == customer and r["period"] == month]
     if not rows:
         raise StatementError(f"no user of customer {customer!r} in {summary_path} for {month}")
-    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in _jsonl(rebills_path):
-        if line.get("customer") == customer and line.get("period") == month:
-            lines[line["user"]].append(line)
-    alerts: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    if alerts_path.is_file():
-        for alert in _jsonl(alerts_path):
-            if alert.get("customer") == customer and alert.get("period") == month:
-                alerts[alert["user"]].append(alert)
+    lines = _by_user(rebills_path, customer, month)
+    alerts = _by_user(alerts_path, customer, month) if alerts_path.is_file() else {}
     users = []
-    used: dict[str, tuple[str, str, Decimal]] = {}
+    used: set[tuple[str, Decimal]] = set()  # the rates the lines were billed at
     for row in sorted(rows, key=lambda r: r["user"]):
         user = UserStatement(row["user"], plans.get(row["plan"]), row)
         user.breaches = sorted(alerts.get(row["user"], []), key=lambda a: (a["time"], a["rule"]))
@@ -107,12 +106,10 @@ def build_statement(source: Path, customer: str, month: str, plans: PlanBook,
         if user.total != summarised:
             raise StatementError(f"{row['user']}: the re-bill lines sum to {user.total} {row['currency']}, the summary "
                                  f"says {summarised}: {rebills_path} and {summary_path} are not from the same run")
-        for line in user.lines:
-            used.setdefault(f"{line['destination']}|{line['rate_per_minute']}",
-                            (line["destination"], Decimal(line["rate_per_minute"])))
+        used.update((line["destination"], Decimal(line["rate_per_minute"])) for line in user.lines)
         users.append(user)
     moment = now or datetime.now(timezone.utc)
-    return Statement(customer, month, users, sorted(used.values()),
+    return Statement(customer, month, users, sorted(used),
                      moment.astimezone(plans.timezone).isoformat(timespec="seconds"),
                      sum((u.total for u in users), Decimal("0.00")))
 
