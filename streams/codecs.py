@@ -9,7 +9,7 @@ import fastjsonschema
 import orjson
 
 from .core.errors import InvalidRecord
-from .core.records import CallEvent, Registration, Subscriber
+from .core.records import CallEvent, Feedback, Registration, Subscriber
 from .core.schemas import explain, validator
 from .core.timeutil import instant_us
 
@@ -113,6 +113,22 @@ def decode_subscriber(key: bytes | None, raw: bytes | None, known_plans: Callabl
     if not known_plans(data["plan"]):
         raise InvalidRecord(f"unknown plan {data['plan']!r} for user {user!r} (not in plans.toml)")
     return Subscriber(user=user, customer=data["customer"], plan=data["plan"])
+
+
+def decode_feedback(raw: bytes | None) -> Feedback:
+    data = _load(raw, "fraud-feedback")
+    time_ms = _time(data, "time") // 1000
+    until = data["suppress_until"]
+    return Feedback(
+        feedback_id=data["feedback_id"],
+        kind=data["kind"],
+        alert_id=data["alert_id"],
+        user=data["user"],
+        rule_name=data["rule_name"],
+        networks=tuple(data["trust_networks"]),
+        mute_until_ms=_time(data, "suppress_until") // 1000 if until is not None else None,
+        time_ms=time_ms,
+    )
 
 
 def decode_key(key: bytes | None) -> str | None:

@@ -29,9 +29,9 @@ OUTPUT_RETENTION_MS=$((400 * DAY_MS))
 
 # Keyed by user and co-partitioned: a worker finds a user's subscriber record, CDRs and
 # registrations in the same partition number, and Faust sizes its changelogs to match.
-INPUT_TOPICS=(cdrs sip-registrations subscribers)
+INPUT_TOPICS=(cdrs sip-registrations subscribers fraud-feedback)
 OUTPUT_TOPICS=(fairuse-alerts rebilled-calls fraud-alerts account-actions)
-DLQ_TOPICS=(cdrs-dlq sip-registrations-dlq subscribers-dlq)
+DLQ_TOPICS=(cdrs-dlq sip-registrations-dlq subscribers-dlq fraud-feedback-dlq)
 
 die() {
     echo "create-topics: $*" >&2
@@ -55,6 +55,8 @@ create cdrs --config "retention.ms=$INPUT_RETENTION_MS"
 create sip-registrations --config "retention.ms=$INPUT_RETENTION_MS"
 # user -> {customer, plan}: only the latest record per user matters, kept forever.
 create subscribers --config cleanup.policy=compact
+# an analyst's verdicts on fraud alerts (cdrwatch console): the workers' input, and an audit trail.
+create fraud-feedback --config "retention.ms=$OUTPUT_RETENTION_MS"
 for topic in "${OUTPUT_TOPICS[@]}"; do
     create "$topic" --config "retention.ms=$OUTPUT_RETENTION_MS"
 done

@@ -1,4 +1,4 @@
-"""Thin Faust agents: read ``cdrs``, ``sip-registrations`` and ``subscribers``, call the core,
+"""Thin Faust agents: read ``cdrs``, ``sip-registrations``, ``subscribers`` and ``fraud-feedback``, call the core,
 write tables and the output topics. Bad messages go to ``<topic>-dlq`` with a reason header."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from faust.types import EventT, Message
 from ..codecs import (
     DLQ_REASON_HEADER,
     decode_cdr,
+    decode_feedback,
     decode_key,
     decode_registration,
     decode_subscriber,
@@ -39,7 +40,8 @@ from .store import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
 
-INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
+# fraud-feedback: an analyst's verdicts (cdrwatch console), keyed by user like the others
+INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers", "fraud-feedback")
 OUTPUT_TOPICS = ("fairuse-alerts", "rebilled-calls", "fraud-alerts", "account-actions")
 DLQ_TOPICS = tuple(f"{t}-dlq" for t in INPUT_TOPICS)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS + DLQ_TOPICS
@@ -161,6 +163,9 @@ class Pipeline:
                 store.set_plan(sub.user, sub.plan)
                 out.counts.append((topic, "ok"))
             return
+        if topic == "fraud-feedback":
+            self._apply_feedback(message, store, out)
+            return
         cdr = topic == "cdrs"
         try:
             record = decode_cdr(message.value) if cdr else decode_registration(message.value)
@@ -199,6 +204,24 @@ class Pipeline:
             else:
                 out.fraud_alerts += found.alerts
                 out.actions += found.actions
+
+    def _apply_feedback(self, message: Message, store: TableStore, out: "_Outputs") -> None:
+        try:
+            feedback = decode_feedback(message.value)
+        except InvalidRecord as exc:
+            out.dead_letter("fraud-feedback", message, str(exc))
+            return
+        if decode_key(message.key) != feedback.user and self.settings.partitions > 1:
+            out.sends.append(("fraud-feedback", feedback.user.encode(), message.value, None))
+            out.counts.append(("fraud-feedback", "rekeyed"))
+            return
+        if self.fraud is None:  # no plan has fraud rules: nothing to honour
+            out.counts.append(("fraud-feedback", "ignored"))
+            return
+        outcome = self.fraud.on_feedback(store, feedback) if feedback.kind != "acknowledge" else None
+        out.counts.append(("fraud-feedback", outcome.status if outcome is not None else "ok"))
+        log.info("FEEDBACK %s user=%s rule=%s alert=%s", feedback.kind, feedback.user, feedback.rule_name,
+                 feedback.alert_id)
 
     async def _deliver(self, out: "_Outputs", transactional_id: str | None = None) -> None:
         """Send the batch's outputs and wait until the broker has them all (in the open
@@ -306,7 +329,8 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
         async for event in stream.events():
             await pipeline.handle_event(event)
 
-    for name, agent_name in (("cdrs", "cdrs"), ("sip-registrations", "registrations"), ("subscribers", "subscribers")):
+    for name, agent_name in (("cdrs", "cdrs"), ("sip-registrations", "registrations"), ("subscribers", "subscribers"),
+                             ("fraud-feedback", "feedback")):
         pipeline.agents[name] = app.agent(topics[name], name=agent_name)(process)
     if isinstance(app, BatchApp):
         context = PartitionContext(app)

@@ -8,7 +8,9 @@ table in a worker), holds what the rules need and nothing older:
 * per-day call counters and the current same-callee run of each rule;
 * the source networks (/24, /64) the user registered from, its SIP bindings, and the registrations
   from a new network while another binding was active (24 h);
-* the (rule, level, window) triples already alerted, so that each alert is emitted once.
+* the (rule, level, window) triples already alerted, so that each alert is emitted once;
+* an analyst's verdicts (``fraud-feedback``): the networks trusted for the user, and the rules muted
+  for the user until a given instant.
 
 "Now" is always the event time of the event being processed: a ``start`` event's ``start_time``, an
 ``end`` event's ``end_time``, a registration's ``time``. Calls in progress are valued and timed up to
@@ -33,7 +35,7 @@ from .numbering import NumberKind, normalise
 from .plans import FraudConfig, FraudRule, Plan, PlanBook
 from .rates import RateDeck
 from .rating import CENT, stable_id
-from .records import CallEvent, Registration
+from .records import CallEvent, Feedback, Registration
 from .timeutil import from_ms
 
 __all__ = [
@@ -64,6 +66,7 @@ KEEP_CALLS_MS = 26 * HOUR_MS
 # non-stale event can still reach.
 KEEP_WINDOWS_MS = 50 * HOUR_MS
 FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
+MAX_TRUSTED_NETWORKS = 256  # networks an analyst trusted for one user: the oldest go beyond this
 SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
 PRUNE_EVERY_MS = 10 * MINUTE_MS  # the state is walked for pruning at most this often (event time)
 EVIDENCE_CALLS = 50  # at most this many calls listed in an alert's evidence
@@ -101,6 +104,8 @@ class FraudState:
     # [time_ms, network, previous use ms or -1]
     fresh: list[list[Any]]
     fired: dict[str, int]  # "rule|level|window" -> event time of the alert
+    trusted: dict[str, int]  # network an analyst trusted for the user -> when (never new for new_network)
+    muted: dict[str, int]  # rule name -> until when (event time) the rule raises no alert for the user
     newest_call_ms: int
     newest_registration_ms: int
     # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
@@ -110,7 +115,8 @@ class FraudState:
                  days: dict[str, list[int]] | None = None, networks: dict[str, int] | None = None,
                  bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
                  fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
-                 prune_due: int = 0) -> None:
+                 prune_due: int = 0, trusted: dict[str, int] | None = None,
+                 muted: dict[str, int] | None = None) -> None:
         self.calls = calls if calls is not None else {}
         self.runs = runs if runs is not None else {}
         self.days = days if days is not None else {}
@@ -118,23 +124,28 @@ class FraudState:
         self.bindings = bindings if bindings is not None else {}
         self.fresh = fresh if fresh is not None else []
         self.fired = fired if fired is not None else {}
+        self.trusted = trusted if trusted is not None else {}
+        self.muted = muted if muted is not None else {}
         self.newest_call_ms, self.newest_registration_ms, self.prune_due = (
             newest_call_ms, newest_registration_ms, prune_due)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "c": self.calls,
-                "r": self.runs,
-                "d": self.days,
-                "n": self.networks,
-                "b": self.bindings,
-                "x": self.fresh,
-                "f": self.fired,
-                "tc": self.newest_call_ms,
-                "tr": self.newest_registration_ms,
-            }
-        )
+        data: dict[str, Any] = {
+            "c": self.calls,
+            "r": self.runs,
+            "d": self.days,
+            "n": self.networks,
+            "b": self.bindings,
+            "x": self.fresh,
+            "f": self.fired,
+            "tc": self.newest_call_ms,
+            "tr": self.newest_registration_ms,
+        }
+        if self.trusted:  # an analyst's verdicts: absent from most states
+            data["t"] = self.trusted
+        if self.muted:
+            data["m"] = self.muted
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, raw: bytes) -> "FraudState":
@@ -149,6 +160,8 @@ class FraudState:
             fired=data["f"],
             newest_call_ms=data["tc"],
             newest_registration_ms=data["tr"],
+            trusted=data.get("t"),
+            muted=data.get("m"),
         )
 
 
@@ -713,7 +726,7 @@ class FraudEngine:
             others = any(k != identity and s <= now < e for k, (s, e, _n) in state.bindings.items())
             previous = state.networks.get(network, -1)
             # new for the rule with the shortest memory; each rule checks its own `days` when counting
-            if others and previous < now - memory * DAY_MS:
+            if others and previous < now - memory * DAY_MS and network not in state.trusted:
                 state.fresh.append([now, network, previous])
                 fresh = True
             state.networks[network] = max(previous, now)
@@ -744,6 +757,8 @@ class FraudEngine:
             return
         networks: dict[str, int] = {}
         for at, network, previous in ctx.state.fresh:
+            if network in ctx.state.trusted:
+                continue
             if now - FRESH_NETWORK_MS < at <= now and previous < at - rule.days * DAY_MS:
                 if not rule.time or rule.time.contains(from_ms(at, ctx.plan.timezone)):
                     networks.setdefault(network, previous)
@@ -766,6 +781,30 @@ class FraudEngine:
             }
             self._fire(ctx, rule, level, day, now, len(networks), threshold, evidence)
 
+    # -- an analyst's verdicts ----------------------------------------------------------------
+
+    def on_feedback(self, store: FraudStore, feedback: Feedback) -> FraudOutcome:
+        """One ``fraud-feedback`` message: trust its networks for the user, mute its rule until its
+        instant. ``duplicate`` when the state already holds the verdict (a redelivery, or the same
+        verdict given twice): applying it again changes nothing."""
+        state = store.get(feedback.user) or FraudState()
+        changed = False
+        for network in feedback.networks:
+            if network not in state.trusted:
+                state.trusted[network] = feedback.time_ms
+                changed = True
+        if len(state.trusted) > MAX_TRUSTED_NETWORKS:
+            for network in sorted(state.trusted, key=lambda n: (state.trusted[n], n))[:-MAX_TRUSTED_NETWORKS]:
+                del state.trusted[network]
+        until = feedback.mute_until_ms
+        if until is not None and until > state.muted.get(feedback.rule_name, 0):
+            state.muted[feedback.rule_name] = until
+            changed = True
+        if not changed:
+            return FraudOutcome("duplicate")
+        store.put(feedback.user, state)
+        return FraudOutcome("ok")
+
     # -- alerts, actions, pruning -------------------------------------------------------------
 
     def _fire(
@@ -782,6 +821,8 @@ class FraudEngine:
         key = _fired_key(rule, level, window)
         if key in ctx.state.fired:
             return
+        if ctx.state.muted and at < ctx.state.muted.get(rule.name, 0):
+            return  # an analyst's verdict: no alert from this rule for the user until then
         ctx.state.fired[key] = at
         if level == "critical":  # a critical supersedes the warning of the same window
             ctx.state.fired.setdefault(_fired_key(rule, "warning", window), at)
@@ -857,6 +898,9 @@ class FraudEngine:
                 del state.bindings[identity]
         if state.fresh:
             state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
+        if state.muted:
+            for name in [n for n, until in state.muted.items() if until < windows]:
+                del state.muted[name]
 
     def _prune_networks(self, state: FraudState) -> None:
         memory = max(self._network_days, 1) * DAY_MS

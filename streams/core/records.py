@@ -76,6 +76,22 @@ class Subscriber:
     plan: str | None  # None: deleted record (tombstone) → default plan
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """A ``fraud-feedback`` message: an analyst's verdict on a fraud alert, which the worker holding
+    the user applies to its fraud state. ``acknowledge`` changes nothing; ``false_positive`` and
+    ``lift`` mute the alert's rule for the user until ``mute_until_ms`` and trust the ``networks``."""
+
+    feedback_id: str
+    kind: str  # acknowledge | false_positive | lift
+    alert_id: str
+    user: str
+    rule_name: str
+    networks: tuple[str, ...]  # networks the user may register from without new_network counting them
+    mute_until_ms: int | None  # the rule raises no alert for the user before this instant
+    time_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """A ``fairuse-alerts`` payload."""

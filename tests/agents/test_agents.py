@@ -105,3 +105,29 @@ async def test_subscriber_with_unknown_plan_is_rejected(pipeline: Pipeline) -> N
     dead = await drain(pipeline, "subscribers-dlq")
     assert "unknown plan 'gold'" in dict(dead[0].headers)["cdrwatch-reason"].decode()
     assert b"erin" not in pipeline.subscribers
+
+
+def verdict(**change: Any) -> bytes:
+    payload = {
+        "feedback_id": "b" * 32, "kind": "false_positive", "alert_id": "a" * 32, "user": "frank",
+        "customer": "acme", "rule": "new_network", "rule_name": "new_network", "trust_networks": ["198.51.100.0/24"],
+        "suppress_until": "2026-11-06T09:00:00+01:00", "by": "ana", "reason": "her home router",
+        "time": "2026-11-05T09:00:00+01:00",
+    }
+    return orjson.dumps(payload | change)
+
+
+async def test_an_analyst_s_verdict_lands_in_the_user_s_fraud_state(pipeline: Pipeline) -> None:
+    from streams.core.fraud import FraudState
+
+    agent = pipeline.agents["fraud-feedback"]
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"frank", value=verdict())
+        await ctx.put(key=b"frank", value=verdict())  # the same verdict again
+        await ctx.put(key=b"frank", value=verdict(kind="ignore"))
+    state = FraudState.decode(pipeline.fraud_table.get(b"frank"))
+    assert list(state.trusted) == ["198.51.100.0/24"] and list(state.muted) == ["new_network"]
+    assert pipeline.metrics.counts == {("fraud-feedback", "ok"): 1, ("fraud-feedback", "duplicate"): 1,
+                                       ("fraud-feedback", "dlq"): 1}
+    dead = await drain(pipeline, "fraud-feedback-dlq")
+    assert "kind" in dict(dead[0].headers)["cdrwatch-reason"].decode()

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
+from streams.codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_feedback, decode_registration, decode_subscriber
 from streams.core.errors import InvalidRecord
 from streams.core.records import CallEvent, Registration, Subscriber
 from tests.factories import cdr_payload, ms, registration_payload, start_payload
@@ -257,3 +257,30 @@ def test_bad_subscribers(key: bytes | None, raw: bytes, needles: list[str]) -> N
         decode_subscriber(key, raw, _known)
     for needle in needles:
         assert needle in str(info.value), (needle, str(info.value))
+
+
+FEEDBACK = {
+    "feedback_id": "b" * 32, "kind": "false_positive", "alert_id": "a" * 32, "user": "alice", "customer": "acme",
+    "rule": "new_network", "rule_name": "new_network", "trust_networks": ["198.51.100.0/24"],
+    "suppress_until": "2026-03-05T10:00:00+01:00", "by": "ana", "reason": "her home router", "time":
+    "2026-03-04T10:00:00+01:00",
+}
+
+
+def test_a_verdict_decodes_to_what_the_fraud_engine_applies() -> None:
+    fb = decode_feedback(orjson.dumps(FEEDBACK))
+    assert (fb.kind, fb.user, fb.rule_name, fb.networks) == ("false_positive", "alice", "new_network",
+                                                             ("198.51.100.0/24",))
+    assert (fb.mute_until_ms, fb.time_ms) == (1772701200000, 1772614800000)
+    assert decode_feedback(orjson.dumps({**FEEDBACK, "suppress_until": None})).mute_until_ms is None
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"kind": "ignore"}, "kind"),
+    ({"trust_networks": ["198.51.100.7"]}, "trust_networks"),
+    ({"by": ""}, "by"),
+    ({"suppress_until": "2026-03-05T10:00:00"}, "suppress_until"),
+])
+def test_a_bad_verdict_is_refused_with_its_reason(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidRecord, match=reason):
+        decode_feedback(orjson.dumps({**FEEDBACK, **change}))

@@ -45,7 +45,7 @@ README = ROOT / "README.md"
 # The topics of the README's "Topics and payloads" table: the inputs, the outputs, and the
 # dead-letter topic of each input (`<topic>-dlq`). test_readme_topics_are_the_topics_laid_out
 # keeps these lists honest.
-INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
+INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers", "fraud-feedback")
 DLQ_TOPICS = frozenset(f"{topic}-dlq" for topic in INPUT_TOPICS)
 OUTPUT_TOPICS = frozenset({"fairuse-alerts", "rebilled-calls", "fraud-alerts", "account-actions"})
 DAY_MS = 86_400_000
@@ -724,6 +724,7 @@ def test_create_topics_lays_out_every_topic_idempotently(tmp_path: Path) -> None
     for topic in ("cdrs", "sip-registrations"):
         assert configs(created[topic]) == {"retention.ms": str(40 * DAY_MS)}
     assert configs(created["subscribers"]) == {"cleanup.policy": "compact"}
+    assert configs(created["fraud-feedback"]) == {"retention.ms": str(400 * DAY_MS)}, "an audit trail"
     for topic in OUTPUT_TOPICS:
         assert configs(created[topic]) == {"retention.ms": str(400 * DAY_MS)}
     describes = [call for call in run.calls if "--describe" in call]

@@ -28,7 +28,7 @@ from streams.core.fraud import (
 from streams.core.plans import parse_plans
 from streams.core.rates import parse_rate_deck
 from streams.core.rating import stable_id
-from streams.core.records import CallEvent, Registration
+from streams.core.records import CallEvent, Feedback, Registration
 from streams.core.schemas import validator
 from tests.factories import DECK_CSV, end_cdr, plans_data, registration, start_cdr
 
@@ -848,3 +848,78 @@ def test_money_is_shown_as_decimal_strings() -> None:
     assert (alert.observed, alert.threshold, alert.unit) == ("0.01", "0.0125", "EUR")
     assert alert.evidence["calls"][0]["amount"] == "0.01"
     validator("fraud-alerts")(alert.payload())
+
+
+# --------------------------------------------------------------------- an analyst's verdicts
+
+
+def verdict(kind: str = "false_positive", *, rule_name: str = "calls_per_minute", networks: tuple[str, ...] = (),
+            until: datetime | None = None, given: datetime = B) -> Feedback:
+    return Feedback(feedback_id=stable_id("feedback", "a" * 32, kind), kind=kind, alert_id="a" * 32, user="alice",
+                    rule_name=rule_name, networks=networks,
+                    mute_until_ms=int(until.timestamp() * 1000) if until is not None else None,
+                    time_ms=int(given.timestamp() * 1000))
+
+
+def test_a_muted_rule_raises_nothing_for_the_user_until_the_verdict_s_instant() -> None:
+    """calls_per_minute at 3 calls in 60 s; muted until 11:00: a burst at 10:30 raises nothing, the
+    same burst at 11:00 (the instant itself is no longer muted) raises the warning."""
+    eng, store = make_engine(only("calls_per_minute", 3)), DictFraudStore()
+    assert eng.on_feedback(store, verdict(until=paris("2026-03-04T11:00:00"))).status == "ok"
+    muted = feed(eng, [start_cdr(f"m{i}", at(1800 + i)) for i in range(3)], store)
+    assert muted.alerts == []
+    loud = feed(eng, [start_cdr(f"l{i}", at(3600 + i)) for i in range(3)], store)
+    assert [(a.rule_name, a.level, a.time) for a in loud.alerts] == [
+        ("calls_per_minute", "warning", "2026-03-04T11:00:02+01:00")]
+
+
+def test_a_muted_rule_leaves_the_user_s_other_rules_and_other_users_alone() -> None:
+    eng, store = make_engine({**only("calls_per_minute", 3), **only("sequential_calls", 3)}), DictFraudStore()
+    eng.on_feedback(store, verdict(until=paris("2026-03-05T10:00:00")))
+    run = feed(eng, [start_cdr(f"c{i}", at(i), callee=france(1)) for i in range(3)], store)
+    assert [a.rule_name for a in run.alerts] == ["sequential_calls"]
+    other = [dataclasses.replace(start_cdr(f"o{i}", at(i)), user="bob") for i in range(3)]
+    assert [a.rule_name for a in feed(eng, other, store).alerts] == ["calls_per_minute", "sequential_calls"]
+
+
+def test_a_trusted_network_is_never_new_for_the_user() -> None:
+    """Without the verdict the softphone's network is new (warning); trusted, it is not, even
+    after the rule's 30 days of memory have passed."""
+    events = [reg("desk", B, "192.0.2.10", expires=90 * 86400), reg("soft", at(40 * 86400), "198.51.100.7")]
+    assert feed(make_engine(NEW), events).levels() == [("warning", 1)]
+    eng, store = make_engine(NEW), DictFraudStore()
+    eng.on_feedback(store, verdict(rule_name="new_network", networks=("198.51.100.0/24",)))
+    assert feed(eng, events, store).levels() == []
+    # another new network still counts
+    assert feed(eng, [reg("pbx", at(40 * 86400 + 60), "203.0.113.5")], store).levels() == [("warning", 1)]
+
+
+def test_a_verdict_applied_twice_changes_nothing_more() -> None:
+    eng, store = make_engine(NEW), DictFraudStore()
+    given = verdict(rule_name="new_network", networks=("198.51.100.0/24",), until=paris("2026-03-05T10:00:00"))
+    assert eng.on_feedback(store, given).status == "ok"
+    before = store.states["alice"].encode()
+    assert eng.on_feedback(store, given).status == "duplicate"
+    assert store.states["alice"].encode() == before
+    # an earlier end of the mute does not shorten a later one
+    assert eng.on_feedback(store, verdict(rule_name="new_network", until=paris("2026-03-04T12:00:00"))).status == (
+        "duplicate")
+    assert eng.on_feedback(store, verdict("acknowledge")).status == "duplicate"
+
+
+def test_verdicts_survive_the_state_encoding_and_are_absent_from_a_state_without_any() -> None:
+    eng, store = make_engine(NEW), DictFraudStore()
+    feed(eng, [reg("desk", B)], store)
+    assert b'"t"' not in store.states["alice"].encode() and b'"m"' not in store.states["alice"].encode()
+    eng.on_feedback(store, verdict(rule_name="new_network", networks=("198.51.100.0/24",),
+                                   until=paris("2026-03-05T10:00:00")))
+    decoded = FraudState.decode(store.states["alice"].encode())
+    assert decoded.trusted == {"198.51.100.0/24": int(B.timestamp() * 1000)}
+    assert decoded.muted == {"new_network": int(paris("2026-03-05T10:00:00").timestamp() * 1000)}
+
+
+def test_a_mute_is_forgotten_once_both_clocks_are_well_past_it() -> None:
+    eng, store = make_engine(only("calls_per_minute", 3)), DictFraudStore()
+    eng.on_feedback(store, verdict(until=paris("2026-03-04T11:00:00")))
+    feed(eng, [reg("desk", at(5 * 86400)), start_cdr("late", at(5 * 86400))], store)
+    assert store.states["alice"].muted == {}
