@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio poppler
+.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio poppler chromium
 
 install: $(STAMP)
 
@@ -63,7 +63,16 @@ poppler:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 			--no-install-recommends poppler-utils libharfbuzz-subset0 >/dev/null; }
 
-test: install kafka prometheus kamailio poppler
+# Chromium, for the alert console's browser test (Playwright drives it; it downloads no browser of
+# its own): Debian's package, when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing Debian's chromium package (apt-get)"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			--no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+
+test: install kafka prometheus kamailio poppler chromium
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -37,7 +37,7 @@ EXIT_USAGE = 2
 # Commands that live in their own module: each has `register(subparsers)`, which adds its parser
 # and sets `func` (a function of the parsed args returning the exit code).
 PLUGIN_COMMANDS: tuple[str, ...] = ("streams.bench", "streams.generator", "streams.evaluate", "streams.importers",
-                                     "streams.ingest", "streams.statement")
+                                     "streams.ingest", "streams.statement", "streams.console")
 
 ENV_HELP = env_help()
 

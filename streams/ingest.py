@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 import os
 import signal
@@ -53,7 +52,7 @@ from .checks import positive_float, positive_int
 from .codecs import DLQ_REASON_HEADER, MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from .core.errors import ConfigError, InvalidRecord
 from .importers import ImportOptions, RowError, convert_freeswitch, iso_time
-from .settings import Settings, is_loopback, settings_from_env
+from .settings import Settings, authorized_caller, is_loopback, settings_from_env
 
 log = logging.getLogger(__name__)
 
@@ -264,18 +263,8 @@ class Ingest:
         return response
 
     def _authorized(self, request: web.Request) -> bool:
-        token = self.config.token
-        if not token:
-            return True
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "basic":  # mod_json_cdr's `cred` param: any user name, the token as password
-            try:
-                given = base64.b64decode(given.strip()).decode().partition(":")[2]
-            except (binascii.Error, UnicodeDecodeError):
-                return False
-        elif scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(given.strip().encode(), token.encode())
+        # mod_json_cdr's `cred` param sends Basic auth: any user name, the token as password
+        return authorized_caller(self.config.token, request.headers.get("Authorization")) is not None
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         if not self._authorized(request):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import ipaddress
 import os
 import ssl
@@ -231,6 +234,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def authorized_caller(token: str, authorization: str | None) -> str | None:
+    """Who is asking, when allowed: ``""`` without a token (loopback), the user name of Basic auth
+    (the token as its password) or ``"bearer"``; None when refused."""
+    if not token:
+        return ""
+    scheme, _, given = (authorization or "").partition(" ")
+    name = "bearer"
+    if scheme.lower() == "basic":
+        try:
+            name, _, given = base64.b64decode(given.strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    elif scheme.lower() != "bearer":
+        return None
+    return name if hmac.compare_digest(given.strip().encode(), token.encode()) else None
 
 
 def check_broker_url(url: str) -> None:
