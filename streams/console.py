@@ -68,6 +68,7 @@ BACKLOG = 500  # records a newly opened live view starts with
 TIMELINE_MAX_RECORDS = 2_000_000  # read at most this many input records for one user's chart
 HEARTBEAT_S = 15.0
 _PERIOD = re.compile(r"(20[0-9]{2})-(0[1-9]|1[0-2])")
+WHO = web.RequestKey("who", str)  # who is asking (see authorized_caller)
 
 
 class BadRequest(ValueError):
@@ -260,10 +261,11 @@ def month_days(period: str) -> list[str]:
 
 
 def timeline(cdrs: Iterable[dict[str, Any]], registrations: Iterable[dict[str, Any]], period: str,
-             tz: ZoneInfo) -> dict[str, Day]:
+             tz: ZoneInfo, max_open_ms: int = 4 * 3_600_000) -> dict[str, Day]:
     """Per local day of ``period``: calls started, the peak of simultaneous calls, REGISTERs and the
-    distinct networks they came from. Calls are the ``end`` CDRs' [start, end) (a call still open
-    counts from its ``start`` event, to the last instant read)."""
+    distinct networks they came from. Calls are the ``end`` CDRs' [start, end); a call whose ``end``
+    has not been read counts from its ``start`` event to the last instant read, at most
+    ``max_open_ms`` (the workers' maximum call duration)."""
     days = {d: Day() for d in month_days(period)}
     spans: dict[str, list[int]] = {}
     last = 0
@@ -280,7 +282,7 @@ def timeline(cdrs: Iterable[dict[str, Any]], registrations: Iterable[dict[str, A
             day = days.get(from_ms(start, tz).date().isoformat())
             if day is not None:
                 day.calls += 1
-        points += [(start, 1), (end if end >= 0 else max(last, start + 1), -1)]
+        points += [(start, 1), (end if end >= 0 else max(min(last, start + max_open_ms), start + 1), -1)]
     live = 0
     for at, step in sorted(points):  # an end before a start at the same instant: not simultaneous
         live += step
@@ -483,7 +485,7 @@ class Console:
             return web.Response(status=401, text=f"this console needs Basic auth (any user name, {TOKEN_ENV} as the "
                                 "password) or Authorization: Bearer <token>\n",
                                 headers={"WWW-Authenticate": 'Basic realm="cdrwatch console"'})
-        request["who"] = who
+        request[WHO] = who
         try:
             return await handler(request)
         except BadRequest as exc:
@@ -504,7 +506,7 @@ class Console:
     async def _index(self, request: web.Request) -> web.Response:
         filters = parse_filters(request.query.items())
         return self._page("console.html.j2", filters={name: filters.get(name, "") for name in FILTERS},
-                          who=request["who"],
+                          who=request[WHO],
                           mute_hours=self.config.mute_hours)
 
     def _shown(self, entry: Entry) -> dict[str, Any]:
@@ -562,7 +564,7 @@ class Console:
         alert_id, kind = str(body.get("alert_id", "")), str(body.get("kind", ""))
         reason = str(body.get("reason") or "").strip()
         # the signed-in name when there is one; else what the analyst typed (loopback, no token)
-        by = request["who"] if request["who"] not in ("", "bearer") else str(body.get("by") or "").strip()
+        by = request[WHO] if request[WHO] not in ("", "bearer") else str(body.get("by") or "").strip()
         if not by:
             raise BadRequest("by: who gives the verdict (the name field of the page)")
         if kind == "false_positive" and not reason:
@@ -603,7 +605,7 @@ class Console:
         settings = self.config.settings
         (cdrs, cut), (regs, cut2) = await asyncio.gather(read_user(settings, "cdrs", user, since),
                                                          read_user(settings, "sip-registrations", user, since))
-        days = timeline(cdrs, regs, period, tz)
+        days = timeline(cdrs, regs, period, tz, settings.max_call_duration_s * 1000)
         mine = {"user": user, "period": period}
         alerts = [self._shown(e) for e in self.feed.select(mine) if e.topic in ("fairuse-alerts", "fraud-alerts")]
         actions = [e.payload for e in self.feed.select({**mine, "topic": "account-actions"})]
@@ -611,7 +613,7 @@ class Console:
         total = sum((Decimal(str(line["amount"])) for line in lines), Decimal(0)).quantize(CENT)
         return self._page("console_user.html.j2", user=user, period=period, usage=usage, problem=problem,
                           chart=chart_svg(days), cut=cut or cut2, alerts=alerts, actions=actions, lines=lines,
-                          total=total, who=request["who"], mute_hours=self.config.mute_hours,
+                          total=total, who=request[WHO], mute_hours=self.config.mute_hours,
                           evidence=lambda e: orjson.dumps(e, option=orjson.OPT_INDENT_2).decode())
 
     async def _usage(self, user: str, period: str | None) -> tuple[dict[str, Any] | None, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -27,6 +28,14 @@ def tool(name: str, make_target: str) -> str:
     found = shutil.which(name)
     assert found, f"{name} is not installed: `make {make_target}` installs it (Debian's packages)"
     return found
+
+
+def keep_screenshot(shot: Path) -> None:
+    """A copy of a test's screenshot in ``$CDRWATCH_SCREENSHOTS``, when set (the README's pictures)."""
+    target = os.environ.get("CDRWATCH_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / shot.name)
 
 
 def wait_for(what: str, check: Callable[[], bool], why: Callable[[], str] = str, timeout_s: float = 60.0) -> None:

@@ -15,7 +15,6 @@ pictures are made so).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -30,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.peers import assigned_worker, get_json, run_settings, tool, topic_records, wait_for
+from tests.peers import assigned_worker, get_json, keep_screenshot, run_settings, tool, topic_records, wait_for
 from tests.workers import workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration]
@@ -38,13 +37,6 @@ pytestmark = [pytest.mark.integration]
 TOKEN = "s3cret-console-token"
 ANALYST = "ana"
 BURST = 20  # calls_per_minute: warning at 10 calls within 60 s, critical at 20 (the bundled rules)
-
-
-def browser_path() -> str:
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return tool(name, "chromium")
-    return tool("chromium", "chromium")
 
 
 def burst(user: str, first: datetime, tag: str) -> list[dict[str, Any]]:
@@ -112,13 +104,6 @@ def console(tmp_path: Path) -> Iterator[Any]:
             proc.wait(timeout=10)
 
 
-def keep(shot: Path) -> None:
-    target = os.environ.get("CDRWATCH_SCREENSHOTS")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(target) / shot.name)
-
-
 async def fraud_alerts(settings: Settings, user: str) -> list[tuple[str, str]]:
     return sorted((r["rule_name"], r["level"]) for r in (orjson.loads(m.value) for m in
                   await topic_records(settings, "fraud-alerts")) if r["user"] == user)
@@ -135,7 +120,7 @@ async def test_an_alert_arrives_live_the_analyst_marks_it_false_positive_and_the
     now = datetime.now(timezone.utc).replace(microsecond=0)
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=browser_path(), args=["--no-sandbox"])
+        browser = await pw.chromium.launch(executable_path=tool("chromium", "chromium"), args=["--no-sandbox"])
         context = await browser.new_context(http_credentials={"username": ANALYST, "password": TOKEN},
                                             viewport={"width": 1400, "height": 900})
         page = await context.new_page()
@@ -156,7 +141,7 @@ async def test_an_alert_arrives_live_the_analyst_marks_it_false_positive_and_the
         await expect(critical).to_contain_text("suspend_unlimited")
         shot = tmp_path / "console-live.png"
         await page.screenshot(path=str(shot))
-        keep(shot)
+        keep_screenshot(shot)
 
         # the analyst: a false positive, then the account action lifted
         await critical.get_by_role("button", name="false positive").click()
@@ -169,7 +154,7 @@ async def test_an_alert_arrives_live_the_analyst_marks_it_false_positive_and_the
         await expect(critical.locator(".status")).to_contain_text("(lifted)")
         shot = tmp_path / "console-verdict.png"
         await page.screenshot(path=str(shot))
-        keep(shot)
+        keep_screenshot(shot)
 
         feedback = [orjson.loads(m.value) for m in await topic_records(settings, "fraud-feedback")]
         assert sorted((f["kind"], f["user"], f["rule_name"], f["by"]) for f in feedback) == [
@@ -213,7 +198,7 @@ async def test_an_alert_arrives_live_the_analyst_marks_it_false_positive_and_the
         await expect(page.locator("#rebill-total")).to_have_text(f"{sum(amounts)} EUR")
         shot = tmp_path / "console-user.png"
         await page.screenshot(path=str(shot), full_page=True)
-        keep(shot)
+        keep_screenshot(shot)
         assert problems == [], problems
         await browser.close()
     assert "Traceback" not in log.read_text(errors="replace")

@@ -23,6 +23,7 @@ from streams.generator import generate_month
 from streams.replay import read_stream, replay
 from streams.settings import Settings
 from streams.statement import build_statement, write_statement
+from tests.peers import keep_screenshot
 from tests.peers import tool as peers_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,10 +71,13 @@ def test_the_statement_amounts_are_the_rebill_lines_to_the_cent(replayed: Path, 
     for user in statement.users:
         if user.total:
             assert f"{user.user}: re-billed" in words and str(user.total) in words
-    subprocess.run([tool("pdftoppm"), "-png", "-r", "50", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")],
-                   check=True)
-    [png] = tmp_path.glob("page*.png")
-    assert png.stat().st_size > 5000  # a page with text and tables, not a blank one
+    subprocess.run([tool("pdftoppm"), "-png", "-r", "70", "-f", "1", "-l", "2", str(pdf),
+                    str(tmp_path / "statement-page")], check=True)
+    pages = sorted(tmp_path.glob("statement-page*.png"))
+    assert len(pages) == 2
+    for png in pages:
+        assert png.stat().st_size > 5000  # a page with text and tables, not a blank one
+        keep_screenshot(png)
 
 
 def test_the_statement_command_writes_both_files_and_refuses_what_it_cannot_do(
