@@ -50,7 +50,7 @@ from .core.fraud import network_of
 from .core.rating import CENT, stable_id
 from .core.schemas import explain, validator
 from .core.timeutil import from_ms, instant_us, period_of
-from .settings import Settings, authorized_caller, is_loopback, settings_from_env
+from .settings import Settings, authorized_caller, service_settings
 
 log = logging.getLogger(__name__)
 
@@ -666,13 +666,8 @@ def register(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
-    settings = settings_from_env()
-    if args.broker:
-        settings = settings.with_(broker=args.broker)
-    token = os.environ.get(TOKEN_ENV, "")
-    if not token and not is_loopback(args.host):
-        raise ConfigError(f"--host {args.host} is reachable beyond this machine: set {TOKEN_ENV} (the console shows "
-                          "personal data and takes verdicts), or listen on 127.0.0.1")
+    settings, token = service_settings(args.broker, args.host, TOKEN_ENV,
+                                       "the console shows personal data and takes verdicts")
     if not re.fullmatch(r"https?://[^/\s]+/?", args.worker_url):
         raise ConfigError(f"--worker-url: expected http://host:port, got {args.worker_url!r}")
     return ConsoleConfig(settings=settings, token=token, worker_url=args.worker_url,

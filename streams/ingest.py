@@ -34,7 +34,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -50,9 +49,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .checks import positive_float, positive_int
 from .codecs import DLQ_REASON_HEADER, MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
-from .core.errors import ConfigError, InvalidRecord
+from .core.errors import InvalidRecord
 from .importers import ImportOptions, RowError, convert_freeswitch, iso_time
-from .settings import Settings, authorized_caller, is_loopback, settings_from_env
+from .settings import Settings, authorized_caller, service_settings
 
 log = logging.getLogger(__name__)
 
@@ -509,13 +508,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
-    settings = settings_from_env()
-    if args.broker:
-        settings = settings.with_(broker=args.broker)
-    token = os.environ.get(TOKEN_ENV, "")
-    if not token and not is_loopback(args.host):
-        raise ConfigError(f"--host {args.host} is reachable beyond this machine: set {TOKEN_ENV} (the posts carry "
-                          "personal data), or listen on 127.0.0.1")
+    settings, token = service_settings(args.broker, args.host, TOKEN_ENV, "the posts carry personal data")
     return IngestConfig(settings=settings, token=token, max_body=args.max_body, max_pending=args.max_pending,
                         send_timeout_s=args.send_timeout)
 

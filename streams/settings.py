@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from .core.errors import ConfigError
+
 
 class SecretStr:
     """A string that never shows itself in logs, reprs or tracebacks."""
@@ -251,6 +253,19 @@ def authorized_caller(token: str, authorization: str | None) -> str | None:
     elif scheme.lower() != "bearer":
         return None
     return name if hmac.compare_digest(given.strip().encode(), token.encode()) else None
+
+
+def service_settings(broker: str | None, host: str, token_env: str, shows: str) -> tuple["Settings", str]:
+    """An HTTP service's settings (the environment's, ``--broker`` winning) and its token, from
+    ``token_env``: required when ``host`` is reachable beyond this machine, because ``shows``."""
+    settings = settings_from_env()
+    if broker:
+        settings = settings.with_(broker=broker)
+    token = os.environ.get(token_env, "")
+    if not token and not is_loopback(host):
+        raise ConfigError(f"--host {host} is reachable beyond this machine: set {token_env} ({shows}), or listen "
+                          "on 127.0.0.1")
+    return settings, token
 
 
 def check_broker_url(url: str) -> None:

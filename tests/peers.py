@@ -38,6 +38,17 @@ def keep_screenshot(shot: Path) -> None:
         shutil.copy(shot, Path(target) / shot.name)
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop a test's peer processes: SIGTERM, then SIGKILL for one still there after 10 s."""
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def wait_for(what: str, check: Callable[[], bool], why: Callable[[], str] = str, timeout_s: float = 60.0) -> None:
     """Until ``check()`` holds (a peer not answering yet counts as not yet); else fail with ``why()``."""
     deadline = time.monotonic() + timeout_s

@@ -29,7 +29,16 @@ from aiokafka import AIOKafkaProducer
 
 from streams.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.peers import assigned_worker, get_json, keep_screenshot, run_settings, tool, topic_records, wait_for
+from tests.peers import (
+    assigned_worker,
+    get_json,
+    keep_screenshot,
+    run_settings,
+    stop_processes,
+    tool,
+    topic_records,
+    wait_for,
+)
 from tests.workers import workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration]
@@ -95,13 +104,7 @@ def console(tmp_path: Path) -> Iterator[Any]:
         return url, log
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_processes(procs)
 
 
 async def fraud_alerts(settings: Settings, user: str) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from streams.embedded import EmbeddedBroker, free_port
 from streams.generator import generate_month
 from streams.replay import InputMessage, read_stream, replay_external
 from tests.peers import tool as peers_tool
-from tests.peers import assigned_worker, get_json, run_settings, wait_for
+from tests.peers import assigned_worker, get_json, run_settings, stop_processes, wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,13 +75,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
         return url
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs)
 
 
 def month(directory: Path) -> list[InputMessage]:
