@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio poppler chromium
+.PHONY: install run test test-fast bench soak clean uncompiled kafka prometheus kamailio poppler chromium check
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ chromium:
 
 test: install kafka prometheus kamailio poppler chromium
 	$(BIN)/python -m pytest
+
+# Static checks, zero errors: ruff (pyflakes, pycodestyle, no naive datetime) on the code and the
+# tests, and mypy --strict on the whole streams package (pyproject.toml's [tool.ruff], [tool.mypy]).
+check: install
+	$(BIN)/ruff check streams tests
+	$(BIN)/mypy
 
 test-fast: install
 	$(BIN)/python -m pytest -m 'not integration'

@@ -69,7 +69,7 @@ def synthetic_stream(users: int, cdrs: int, seed: int = 1, month: str = "2026-11
         out.append((user.encode(), orjson.dumps(cdr)))
     regs = []
     for u in range(users):
-        reg = {"user": f"bench{u:06d}", "customer": f"cust{u % 997}", "contact": f"sip:bench{u}@10.0.0.1:5060",
+        reg: dict[str, Any] = {"user": f"bench{u:06d}", "customer": f"cust{u % 997}", "contact": f"sip:bench{u}@10.0.0.1:5060",
                "instance_id": f"<urn:uuid:{u:08d}>", "user_agent": "Yealink SIP-T46S 66.86.0.15",
                "source_ip": "10.0.0.1", "expires": 3600, "time": f"{month}-01T08:00:00+01:00"}
         regs.append((reg["user"].encode(), orjson.dumps(reg)))
@@ -315,9 +315,11 @@ async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate:
     alerted_at: dict[str, float] = {}
     reader: asyncio.Task[None] | None = None
     if guarantee is None:
-        pipeline.on_output.append(
-            lambda topic, p: alerted_at.setdefault(p["user"], time.monotonic()) if topic == "fairuse-alerts" else None
-        )
+        def first_alert(topic: str, payload: dict[str, Any]) -> None:
+            if topic == "fairuse-alerts":
+                alerted_at.setdefault(payload["user"], time.monotonic())
+
+        pipeline.on_output.append(first_alert)
     else:
         ready = asyncio.Event()
         reader = asyncio.create_task(_read_alerts(settings, alerted_at, ready))

@@ -115,8 +115,8 @@ async def check_broker(settings: Settings, timeout_s: float = BROKER_CHECK_TIMEO
         logger.removeHandler(collect)
         logger.setLevel(saved_level)
         logger.propagate = saved_propagate
-    for host, port, exc in failures:
-        problem = security_problem(settings, host, port, exc)
+    for host, port, error in failures:
+        problem = security_problem(settings, host, port, error)
         if problem:
             raise ConfigError(problem) from None
     last = failures[-1][2] if failures else asyncio.TimeoutError()

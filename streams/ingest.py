@@ -104,9 +104,10 @@ def _validated(topic: str, value: bytes, known_plans: Callable[[str], bool]) -> 
             user = decode_registration(value).user
         else:
             data = orjson.loads(value)
-            user = data.get("user") if isinstance(data, dict) else None
-            if not isinstance(user, str) or not user:
+            named = data.get("user") if isinstance(data, dict) else None
+            if not isinstance(named, str) or not named:
                 raise Rejected("missing required field(s): user")
+            user = named
             decode_subscriber(user.encode(), value, known_plans)
     except InvalidRecord as exc:
         raise Rejected(str(exc)) from None

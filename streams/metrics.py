@@ -57,8 +57,10 @@ CLOCK_JUMP_CONFIRMATIONS = 3
 
 
 class FraudAlertLike(Protocol):
-    rule: str
-    level: str
+    @property
+    def rule(self) -> str: ...
+    @property
+    def level(self) -> str: ...
 
 
 class _Open(NamedTuple):  # a tuple: built for every start and REGISTER, half the cost of a dataclass

@@ -208,7 +208,7 @@ async def produce(settings: Settings, messages: list[InputMessage],
     first_ms = min(timed) if timed else 0.0
     started = time.monotonic()
     try:
-        batch = []
+        batch: list[asyncio.Future[Any]] = []
         for n, msg in enumerate(messages, start=1):
             if speed and msg.time_ms not in (float("inf"), float("-inf")):
                 due = (msg.time_ms - first_ms) / 1000 / speed - (time.monotonic() - started)
@@ -300,7 +300,7 @@ async def replay(
         pipeline = build_pipeline(run_settings.with_(web_enabled=False), plans, rates)
         sent_outputs: dict[str, set[str]] = {t: set() for t in OUTPUT_TOPICS}
         pipeline.on_output.append(
-            lambda topic, p: sent_outputs[topic].add(p.get("alert_id") or p.get("line_id") or p.get("action_id"))
+            lambda topic, p: sent_outputs[topic].add(str(p.get("alert_id") or p.get("line_id") or p.get("action_id")))
         )
         if on_pipeline:
             on_pipeline(pipeline)

@@ -57,4 +57,4 @@ def write_summary(rows: Iterable[SummaryRow], path: Path, timezone: str) -> int:
                 writer.writerow(row.values())
     else:
         pq.write_table(table, path)
-    return table.num_rows
+    return int(table.num_rows)

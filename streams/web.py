@@ -13,7 +13,7 @@ import re
 import time
 from collections import deque
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, cast
 
 import faust
 import faust.web
@@ -326,9 +326,9 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
             denied = refused(request)
             if denied is not None:
                 return _json(self, denied)
-            if not app.tables.recovery.completed.is_set() or not _assigned(app, inputs):
+            if not cast(Any, app.tables).recovery.completed.is_set() or not _assigned(app, inputs):
                 return _json(self, (503, {"error": "this worker is starting (tables not recovered yet): retry"}))
-            return await self.routed(request, user=user)  # type: ignore[no-any-return]
+            return await self.routed(request, user=user)  # type: ignore[call-arg]  # table_route's wrapper
 
         # the users table is keyed by the user's UTF-8 bytes and written from the user's input
         # partition, which the producers chose by murmur2 of that same key: Faust's router hashes

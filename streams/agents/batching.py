@@ -55,12 +55,12 @@ check_versions()
 
 def aiokafka_producer(app: faust.App) -> Any:
     """The aiokafka producer under Faust's (its record batches, ``send_batch``)."""
-    return app.producer._producer
+    return cast(Any, app.producer)._producer
 
 
 def transaction_producer(app: faust.App, transactional_id: str) -> Any:
     """The aiokafka producer of one of Faust's open transactions (exactly_once)."""
-    return app.producer._transaction_producers[transactional_id]
+    return cast(Any, app.producer)._transaction_producers[transactional_id]
 
 
 def transactional_id(app: faust.App, topic: str, partition: int) -> str:
@@ -99,7 +99,7 @@ class _Fetched(dict[Any, Any]):
     positions: dict[TP, int]
 
 
-class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
+class _ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust asks the broker to hold a fetch up to 1.5 s; Tansu holds it that long even when
@@ -107,19 +107,20 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
 
-    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int | None]:
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets for table recovery, not trusting Tansu's ListOffsets (see
         ``embedded.true_end_offsets``; on Apache Kafka the reported ones are kept)."""
         if self.consumer.in_transaction:
             # Faust takes each partition's last stable offset from the consumer's fetch responses:
             # -1 for a partition not fetched yet, and its recovery then refuses a persisted offset
             # above it. ListOffsets at isolation read_committed answers the last stable offset.
-            return cast("Mapping[TP, int | None]", await self._ensure_consumer().end_offsets(partitions))
+            return cast("Mapping[TP, int]", await self._ensure_consumer().end_offsets(partitions))
         reported = await super()._highwaters(partitions)
         client_kwargs = getattr(self.consumer.app, "cdrwatch_client_kwargs", None)
         if client_kwargs is None:
-            return reported  # type: ignore[no-any-return]
-        return await true_end_offsets(client_kwargs, reported)
+            return reported
+        # Faust's own type leaves out the None it gives a partition without an end offset
+        return cast("Mapping[TP, int]", await true_end_offsets(client_kwargs, reported))
 
     async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
                              max_records: int | None = None) -> Any:
@@ -157,7 +158,9 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
 FETCH_MAX_WAIT_MS = 100
 
 
-class BatchConsumer(driver.Consumer):  # type: ignore[misc]
+class BatchConsumer(driver.Consumer):
+    _thread: _ConsumerThread
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Offsets whose commit the broker refused (a rebalance under way): Faust has already taken
@@ -190,7 +193,7 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                         index.add(offset)
                         acked.append(offset)
             gaps.chop(0, top + 1)
-        return cast("int | None", super()._new_offset(tp))
+        return super()._new_offset(tp)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
@@ -244,7 +247,7 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
         (outputs → changelogs → offsets); the rest as Faust does it."""
         checkpoint = getattr(self.app, "cdrwatch_checkpoint", None)
         if checkpoint is None:
-            return await super()._commit_offsets(offsets, start_new_transaction)  # type: ignore[no-any-return]
+            return await super()._commit_offsets(offsets, start_new_transaction)
         if self.in_transaction:  # exactly_once: Faust's commit of its transactions, offsets included
             async def commit_transactions(_offsets: Mapping[TP, int]) -> bool:
                 return bool(await super(BatchConsumer, self)._commit_offsets(_offsets, start_new_transaction))
@@ -323,7 +326,7 @@ class BatchConsumer(driver.Consumer):  # type: ignore[misc]
                                 gaps.append((tp, last + 1, offset))
                             else:
                                 await self._add_gap(tp, last + 1, offset)
-                        message = to_message(tp, record)
+                        message: Message = to_message(tp, record)
                         if batched:
                             batch.append(message)
                         else:
@@ -469,11 +472,11 @@ def cached_prometheus_monitor() -> type:
     return CachedPrometheusMonitor
 
 
-class BatchTransport(driver.Transport):  # type: ignore[misc]
+class BatchTransport(driver.Transport):
     Consumer = BatchConsumer
 
 
-class App(faust.App):  # type: ignore[misc]
+class App(faust.App):
     """faust.App whose consumer hands batches of the input topics to ``cdrwatch_batch_handler``."""
 
     cdrwatch_batch_handler: BatchHandler | None = None
@@ -507,7 +510,7 @@ Runner = Callable[[list[Message]], Awaitable[None]]
 def attach(app: faust.App, topics: frozenset[str], run: Runner) -> None:
     handler = cast(Any, run)
     handler.topics = topics
-    app.cdrwatch_batch_handler = handler
+    cast(Any, app).cdrwatch_batch_handler = handler
 
 
 __all__ = ["App", "BatchConsumer", "PartitionContext", "attach", "TP"]

@@ -21,7 +21,7 @@ class _DecodeCache(Generic[T]):
     """Decoded states keyed by table key, valid while the table still holds the same bytes."""
 
     def __init__(self, decode: Callable[[bytes], T], size: int = 200_000) -> None:
-        self._decode = decode
+        self._decode: Callable[[bytes], T] = decode
         self._entries: OrderedDict[bytes, tuple[bytes, T]] = OrderedDict()
         self._size = size
 

@@ -97,7 +97,7 @@ class Pipeline:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def handle_event(self, event: EventT) -> None:
+    async def handle_event(self, event: EventT[Any]) -> None:
         """Faust's per-event path (agents, ``test_context``): a batch of one, written in the
         stream's own event context."""
         await self.handle_batch([event.message], context=None)
@@ -178,7 +178,8 @@ class Pipeline:
             out.counts.append((topic, "rekeyed"))
             return
         try:
-            outcome = self.engine.on_call(store, record) if cdr else self.engine.on_registration(store, record)
+            outcome = (self.engine.on_call(store, record) if isinstance(record, CallEvent)
+                       else self.engine.on_registration(store, record))
         except Exception as exc:  # a bug must cost one message, not the worker
             log.exception("engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
             out.dead_letter(topic, message, f"internal error: {exc!r}")
@@ -197,7 +198,7 @@ class Pipeline:
         if self.fraud is not None:
             plan = store.plan_of(record.user)
             try:
-                found = self.fraud.on_call(store, record, plan=plan) if cdr else self.fraud.on_registration(
+                found = self.fraud.on_call(store, record, plan=plan) if isinstance(record, CallEvent) else self.fraud.on_registration(
                     store, record, plan=plan, calls_read_ms=self.calls_read_ms.get(message.partition, 0))
             except Exception:  # the fair-use outcome stands; a fraud bug costs this event's fraud check
                 log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
@@ -295,8 +296,8 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     topics = {name: app.topic(settings.topic(name), partitions=settings.partitions, **raw) for name in ALL_TOPICS}
     restored: dict[str, int] = {}
 
-    def counter(name: str) -> Callable[[EventT], Awaitable[None]]:
-        async def on_changelog_event(_event: EventT) -> None:
+    def counter(name: str) -> Callable[[EventT[Any]], Awaitable[None]]:
+        async def on_changelog_event(_event: EventT[Any]) -> None:
             restored[name] = restored.get(name, 0) + 1
 
         return on_changelog_event

@@ -4,14 +4,12 @@ not trust Tansu's short end offsets, and a worker killed with SIGKILL in the mid
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -22,7 +20,7 @@ from aiokafka.partitioner import murmur2
 from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import build_engine, load_config
 from streams.core.usage import PeriodState
-from streams.embedded import create_topics, free_port, is_tansu
+from streams.embedded import create_topics, is_tansu
 from streams.replay import (InputMessage, _message, _wait_processed, end_offsets, produce, read_stream,
                             replay, replay_external)
 from streams.settings import Settings, bundled_file
