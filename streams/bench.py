@@ -479,8 +479,7 @@ def format_guarantees(f: dict[str, Any]) -> str:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "bench", help="throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size",
-        description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
+        "bench", description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
         "Faust program (one table write per event), and the full cdrwatch pipeline on the same generated stream; "
         "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales, "
         "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month. "

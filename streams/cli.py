@@ -15,29 +15,32 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
+from typing import TYPE_CHECKING
+
 from . import __version__
-from .config import load_config
-from .connect import check_broker, check_port_free, check_transactions
-from .core.errors import ConfigError
-from .core.summary import SummaryRow, summary_rows
-from .replay import (
-    ReplayResult,
-    read_stream,
-    replay,
-    replay_external,
-    run_offline,
-    stderr_report,
-)
-from .reports import write_summary
 from .checks import output_dir, output_file, period, positive_float, positive_int
+from .core.errors import ConfigError
 from .settings import PROCESSING_GUARANTEES, Settings, bundled_file, env_help, settings_from_env
+
+if TYPE_CHECKING:
+    from .core.summary import SummaryRow
+    from .replay import ReplayResult
 
 EXIT_USAGE = 2
 
-# Commands that live in their own module: each has `register(subparsers)`, which adds its parser
-# and sets `func` (a function of the parsed args returning the exit code).
-PLUGIN_COMMANDS: tuple[str, ...] = ("streams.bench", "streams.generator", "streams.evaluate", "streams.importers",
-                                     "streams.ingest", "streams.statement", "streams.console")
+# Commands that live in their own module, with the line `cdrwatch --help` shows for them: each
+# module has `register(subparsers)`, which adds its parser and sets `func` (a function of the parsed
+# args returning the exit code). Only the module of the command being run is imported, so that a
+# command starts without loading what the others need (Faust, aiokafka, pyarrow, WeasyPrint).
+PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("streams.bench", "throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size"),
+    "generate": ("streams.generator", "write a synthetic, labelled month of CDRs and registrations"),
+    "evaluate": ("streams.evaluate", "score fair-use alerts against labels: per-rule precision and recall"),
+    "import": ("streams.importers", "convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)"),
+    "ingest": ("streams.ingest", "HTTP service: switches post CDRs and events, produced to the input topics"),
+    "statement": ("streams.statement", "a customer's monthly fair-use statement, HTML and PDF"),
+    "console": ("streams.console", "web console for fraud analysts: live alerts, per-user pages, verdicts"),
+}
 
 ENV_HELP = env_help()
 
@@ -49,7 +52,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command`` (the one being run), only that plugin command's module is
+    imported, the others are listed by name and help."""
     parser = argparse.ArgumentParser(
         prog="cdrwatch",
         description="Fair-use alerts and per-minute re-billing from streams of CDRs and SIP registrations.",
@@ -131,9 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.add_argument("--port", type=positive_int, metavar="N", help="default: a free port")
     br.add_argument("--partitions", type=positive_int, default=4, metavar="N")
-    for module in PLUGIN_COMMANDS:
-        importlib.import_module(module).register(sub)
+    for name, (module, help) in PLUGIN_COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(module).register(_Listed(sub, help))
+        else:
+            sub.add_parser(name, help=help)
     return parser
+
+
+class _Listed:
+    """The subparsers as a plugin's ``register`` sees them: its parser is listed with its help line."""
+
+    def __init__(self, sub: Any, help: str) -> None:
+        self.sub, self.help = sub, help
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.sub.add_parser(name, help=self.help, **kwargs)
+        return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -186,6 +205,8 @@ def format_alert(payload: dict[str, Any]) -> str:
 
 
 def read_inputs(args: argparse.Namespace) -> list[Any]:
+    from .replay import read_stream
+
     messages = read_stream(args.cdrs, "cdrs", "start_time")
     if args.registrations:
         messages += read_stream(args.registrations, "sip-registrations", "time")
@@ -223,6 +244,11 @@ SUMMARY_SUFFIXES = (".parquet", ".csv")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .core.summary import summary_rows
+    from .replay import run_offline
+    from .reports import write_summary
+
     output_file(args.out, "--out", SUMMARY_SUFFIXES)
     settings = settings_from_args(args)
     plans, rates = load_config(settings)
@@ -236,6 +262,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .connect import check_broker
+    from .replay import replay, replay_external, stderr_report
+
     output_dir(args.out, "--out")
     if args.external_workers and not args.broker:
         raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
@@ -256,6 +286,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .connect import check_port_free
+    from .replay import read_stream
+
     settings = settings_from_args(args)
     check_port_free(settings.web_host, settings.web_port)
     sample = bundled_file("sample")
@@ -267,8 +300,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) -> int:
     from .agents.usage import ALL_TOPICS, build_pipeline
+    from .config import load_config
     from .embedded import EmbeddedBroker, create_topics
-    from .replay import _wait_processed, produce
+    from .replay import _wait_processed, produce, stderr_report
 
     plans, rates = load_config(settings)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="cdrwatch-run-") as scratch:
@@ -310,7 +344,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from .agents.usage import build_pipeline
-
+    from .config import load_config
+    from .connect import check_broker, check_port_free, check_transactions
     from .web import format_endpoints
 
     settings = settings_from_args(args)
@@ -363,7 +398,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in given if not a.startswith("-")), None)
+    args = parse_args(build_parser(command if command in PLUGIN_COMMANDS else ""), given)
     logging.basicConfig(
         level=(getattr(args, "log_level", None) or "warning").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -638,8 +638,7 @@ class Console:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "console", help="web console for fraud analysts: live alerts, per-user pages, verdicts",
-        description="Serve the alert console: the output topics (fair-use and fraud alerts, account actions, "
+        "console", description="Serve the alert console: the output topics (fair-use and fraud alerts, account actions, "
         "re-bill lines) read from their beginning and pushed live to the page, with filters; a page per user "
         "and month (counters against limits from a worker, a day-by-day chart, alerts with their evidence, "
         "re-bill lines and their total); and the analysts' verdicts on fraud alerts (acknowledge, false "

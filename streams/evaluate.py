@@ -170,8 +170,7 @@ def format_evaluation(ev: Evaluation, *, show: int = 20) -> str:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "evaluate", help="score fair-use alerts against labels: per-rule precision and recall",
-        description="Compare alerts (e.g. DIR/alerts.jsonl from `cdrwatch replay`) with labels (e.g. "
+        "evaluate", description="Compare alerts (e.g. DIR/alerts.jsonl from `cdrwatch replay`) with labels (e.g. "
         "DIR/labels.jsonl from `cdrwatch generate`): per rule, true positives, false positives, false "
         "negatives, precision and recall, where a (user, period, rule) triple is the unit. Precision or "
         "recall shows '—' when undefined (nothing alerted / nothing labelled). Exit 0; with --strict, exit 1 "

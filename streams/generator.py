@@ -1155,8 +1155,7 @@ def _int(text: str) -> int:
 def register(sub: Any) -> None:
     scenarios = "\n".join(f"  {s.name:<12} {', '.join(s.rules)}: {s.description}" for s in SCENARIOS)
     parser = sub.add_parser(
-        "generate", help="write a synthetic, labelled month of CDRs and registrations",
-        description="Generate a realistic month of hosted-telephony traffic for N users — business-hours "
+        "generate", description="Generate a realistic month of hosted-telephony traffic for N users — business-hours "
         "and weekly profile, heavy-tailed durations, ~25 % unanswered, address books, supplied phones "
         "re-registering — with injected fair-use abuse, and write DIR/cdrs.jsonl, DIR/registrations.jsonl "
         "(or .parquet) and DIR/labels.jsonl ({user, period, rule, scenario}: exactly the alerts the "

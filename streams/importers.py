@@ -746,8 +746,7 @@ def format_import(summary: ImportSummary) -> str:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "import", help="convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)",
-        description="Convert a switch's CDR file into `cdrs` `end` payloads, one JSON object per line, ready "
+        "import", description="Convert a switch's CDR file into `cdrs` `end` payloads, one JSON object per line, ready "
         "for `cdrwatch replay --cdrs`. Every row is validated as a worker would; rows that cannot be "
         "converted go to the rejects file with their line number and reason. Exit 0 when rows were converted "
         "(even if some were rejected, up to --max-rejects); 2 when the file cannot be read, nothing could be "

@@ -472,8 +472,7 @@ def producer_for(settings: Settings) -> AIOKafkaProducer:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "ingest", help="HTTP service: switches post CDRs and events, produced to the input topics",
-        description="Take CDRs and events over HTTP and produce them to the input topics, keyed by user: "
+        "ingest", description="Take CDRs and events over HTTP and produce them to the input topics, keyed by user: "
         "FreeSWITCH mod_json_cdr posts (POST /freeswitch/cdr, every encoding), Kamailio's events (POST "
         "/kamailio/event, or read from its evapi with --evapi), and cdrwatch's own payloads, one "
         "JSON object or JSON Lines (POST /cdrs, /sip-registrations, /subscribers). Each record is validated as a "

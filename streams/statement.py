@@ -154,8 +154,7 @@ def _safe(name: str) -> str:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "statement", help="a customer's monthly fair-use statement, HTML and PDF",
-        description="Write a customer's monthly statement: per user the counters against the plan's limits, "
+        "statement", description="Write a customer's monthly statement: per user the counters against the plan's limits, "
         "each breach with its time and evidence, the re-billed calls with their amounts; the customer's totals, a "
         "chart, and the plan and rates that applied. From the files `cdrwatch replay --out DIR` writes "
         "(summary.parquet, rebills.jsonl, alerts.jsonl). Amounts are the re-bill lines' to the cent.",

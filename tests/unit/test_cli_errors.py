@@ -179,3 +179,15 @@ def test_the_command_exits_2_without_a_traceback_as_a_process(tmp_path: Path) ->
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"cdrwatch summary: error: --out {tmp_path}: expected a file name ending in .parquet or .csv"]
+
+
+def test_a_command_s_help_loads_only_what_that_command_needs() -> None:
+    """`cdrwatch evaluate --help` imports neither Faust, aiokafka nor pyarrow (only the module of
+    the command being run is imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom streams.cli import main\ntry:\n    main(['evaluate', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint(sorted(m for m in ('faust', 'aiokafka', 'pyarrow', 'weasyprint') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.strip().splitlines()[-1] == "[]"
