@@ -18,7 +18,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _EARLIEST_US = instant_us("2000-01-01T00:00:00+00:00")
 _LATEST_US = instant_us("2100-01-01T00:00:00+00:00")
 
-DLQ_REASON_HEADER = "cdrwatch-reason"
 MAX_CALL_US = 31 * 86_400 * 1_000_000  # 31 days: the schema's billsec ceiling too
 
 

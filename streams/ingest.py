@@ -48,10 +48,11 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .checks import positive_float, positive_int
-from .codecs import DLQ_REASON_HEADER, MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
+from .codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from .core.errors import InvalidRecord
 from .importers import ImportOptions, RowError, convert_freeswitch, iso_time
 from .settings import Settings, authorized_caller, service_settings
+from .topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, EVENT_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_SEND_TIMEOUT_S = 10.0
 RETRY_AFTER_S = 1
-SOURCE_HEADER = "cdrwatch-source"
 TOKEN_ENV = "CDRWATCH_INGEST_TOKEN"
-INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")  # what a DLQ is named after
 
 
 class Rejected(Exception):
@@ -244,7 +243,7 @@ class Ingest:
         app = web.Application(client_max_size=self.config.max_body, middlewares=[self._errors])
         app.router.add_post("/freeswitch/cdr", self._freeswitch)
         app.router.add_post("/kamailio/event", self._kamailio())
-        for topic in ("cdrs", "sip-registrations", "subscribers"):
+        for topic in EVENT_TOPICS:
             app.router.add_post(f"/{topic}", self._payloads(topic))
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -310,7 +309,7 @@ class Ingest:
             bad: list[tuple[Record, str]] = []
             lines: list[int] = []
             for line, value in enumerate(values, start=1):
-                record = _converted(convert, value, name if name in INPUT_TOPICS else "cdrs")
+                record = _converted(convert, value, name if name in EVENT_TOPICS else "cdrs")
                 if isinstance(record, Record):
                     good.append(record)
                 else:
@@ -352,7 +351,7 @@ class Ingest:
         try:
             futures = [await self.producer.send(settings.topic(r.topic), r.value, key=r.key) for r in good]
             for record, reason in bad:
-                headers = [(DLQ_REASON_HEADER, reason.encode()), (SOURCE_HEADER, source.encode())]
+                headers = [(DLQ_REASON_HEADER, reason.encode()), (DLQ_SOURCE_HEADER, source.encode())]
                 futures.append(await self.producer.send(settings.topic(f"{record.topic}-dlq"), record.value[:MAX_MESSAGE_BYTES],
                                                         key=record.key, headers=headers))
             await asyncio.wait_for(asyncio.gather(*futures), self.config.send_timeout_s)

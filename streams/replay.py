@@ -18,15 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from .agents.batching import refresh_metadata
-from .agents.usage import (
-    ALL_TOPICS,
-    DLQ_TOPICS,
-    OUTPUT_TOPICS,
-    Pipeline,
-    build_pipeline,
-)
+from .agents.usage import Pipeline, build_pipeline
 from .codecs import (
-    DLQ_REASON_HEADER,
     decode_cdr,
     decode_registration,
     decode_subscriber,
@@ -41,6 +34,7 @@ from .jsonl import iter_jsonl
 from .checks import input_file
 from .reports import write_summary
 from .settings import Settings
+from .topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +252,7 @@ async def collect(settings: Settings, expected: Callable[[], dict[str, int]],
                         row = {
                             "topic": base[: -len("-dlq")],
                             "reason": headers.get(DLQ_REASON_HEADER, b"").decode(errors="replace"),
-                            "source": headers.get("cdrwatch-source", b"").decode(errors="replace"),
+                            "source": headers.get(DLQ_SOURCE_HEADER, b"").decode(errors="replace"),
                             "value": (rec.value or b"").decode("utf-8", errors="replace"),
                         }
                         got[base][f"{tp.partition}/{rec.offset}"] = (row, rec)
@@ -319,7 +313,7 @@ async def replay(
 
             def expected() -> dict[str, int]:
                 want = {t: len(ids) for t, ids in sent_outputs.items()}
-                for topic in ("cdrs", "sip-registrations", "subscribers"):
+                for topic in INPUT_TOPICS:
                     want[f"{topic}-dlq"] = pipeline.metrics.counts.get((topic, "dlq"), 0)
                 return want
 
@@ -436,7 +430,7 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
     sent, and de-duplicated by id (consumption is at-least-once)."""
     started = time.monotonic()
     outputs = [settings.topic(t) for t in OUTPUT_TOPICS + DLQ_TOPICS]
-    inputs_topics = [settings.topic(t) for t in ("cdrs", "sip-registrations", "subscribers")]
+    inputs_topics = [settings.topic(t) for t in INPUT_TOPICS]
     await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions,
                         replication_factor=settings.replication_factor)
     before = await end_offsets(settings, outputs)

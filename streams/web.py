@@ -26,6 +26,7 @@ from .core.rating import CENT
 from .core.summary import summarise
 from .core.timeutil import from_ms, parse_rfc3339, to_ms
 from .core.usage import PeriodState, UserState
+from .topics import EVENT_TOPICS, period_key
 
 if TYPE_CHECKING:
     from .agents.usage import Pipeline
@@ -137,7 +138,7 @@ def usage_view(
                      "worker": worker}
     ustate = UserState.decode(raw_user)
     period = period or ustate.watermark
-    raw = periods.get(f"{user}|{period}".encode())
+    raw = periods.get(period_key(user, period))
     if raw is None:
         return 404, {
             "error": f"no usage of user {user!r} in {period} (months held: {', '.join(ustate.periods) or 'none'})",
@@ -293,7 +294,7 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
     ring = AlertRing()
     pipeline.on_output.append(ring.record)
     inputs = {topic.get_topic_name(): name for name, topic in pipeline.topics.items()
-              if name in ("cdrs", "sip-registrations", "subscribers")}
+              if name in EVENT_TOPICS}
 
     def worker() -> str:
         return str(app.conf.canonical_url)

@@ -13,6 +13,7 @@ from faust.types import TP
 from ..core.fraud import FraudState
 from .batching import aiokafka_producer, transaction_producer
 from ..core.usage import PeriodState, UserState
+from ..topics import period_key
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
 
@@ -204,9 +205,7 @@ class TableStore:
         # what get_period answered, by (user, period): an event asks for its month several times
         self._seen_periods: dict[tuple[str, str], PeriodState | None] = {}
 
-    @staticmethod
-    def period_key(user: str, period: str) -> bytes:
-        return f"{user}|{period}".encode()
+    period_key = staticmethod(period_key)
 
     def get_period(self, user: str, period: str) -> PeriodState | None:
         seen = self._seen_periods.get((user, period), _UNSEEN)

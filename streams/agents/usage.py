@@ -16,7 +16,6 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import EventT, Message
 
 from ..codecs import (
-    DLQ_REASON_HEADER,
     decode_cdr,
     decode_feedback,
     decode_key,
@@ -33,6 +32,7 @@ from ..core.records import Alert, CallEvent, RebillLine
 from ..core.usage import UsageEngine
 from ..metrics import Metrics
 from ..settings import Settings
+from ..topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
 from .batching import App as BatchApp
 from .batching import PartitionContext, attach, transactional_id
 from .checkpoint import Checkpoint
@@ -40,11 +40,6 @@ from .store import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
 
-# fraud-feedback: an analyst's verdicts (cdrwatch console), keyed by user like the others
-INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers", "fraud-feedback")
-OUTPUT_TOPICS = ("fairuse-alerts", "rebilled-calls", "fraud-alerts", "account-actions")
-DLQ_TOPICS = tuple(f"{t}-dlq" for t in INPUT_TOPICS)
-ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS + DLQ_TOPICS
 
 OutputHook = Callable[[str, dict[str, Any]], None]
 
@@ -280,7 +275,7 @@ class _Outputs:
     def dead_letter(self, topic: str, message: Message, reason: str) -> None:
         headers = [
             (DLQ_REASON_HEADER, reason.encode()),
-            ("cdrwatch-source", f"{message.topic}/{message.partition}/{message.offset}".encode()),
+            (DLQ_SOURCE_HEADER, f"{message.topic}/{message.partition}/{message.offset}".encode()),
         ]
         self.sends.append((f"{topic}-dlq", message.key, message.value, headers))
         self.counts.append((topic, "dlq"))

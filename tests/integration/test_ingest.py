@@ -19,7 +19,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from streams.codecs import DLQ_REASON_HEADER, decode_cdr
+from streams.codecs import decode_cdr
+from streams.topics import DLQ_REASON_HEADER
 from streams.embedded import EmbeddedBroker, free_port
 from streams.importers import ImportOptions, convert_freeswitch
 from streams.ingest import Ingest, IngestConfig, producer_for

@@ -33,7 +33,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
-from streams.codecs import DLQ_REASON_HEADER, decode_cdr, decode_registration
+from streams.codecs import decode_cdr, decode_registration
+from streams.topics import DLQ_REASON_HEADER
 from streams.config import build_fraud_engine, load_config
 from streams.core.fraud import FraudEngine, FraudState
 from streams.core.errors import InvalidRecord

@@ -26,7 +26,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.agents.usage import ALL_TOPICS, Pipeline
+from streams.agents.usage import ALL_TOPICS, INPUT_TOPICS, Pipeline
 from streams.embedded import create_topics, free_port
 from streams.replay import InputMessage, produce, replay
 from streams.settings import Settings
@@ -200,7 +200,7 @@ def nonzero(series: dict[Any, float]) -> dict[Any, float]:
 def assert_exact_counts(samples: Samples) -> None:
     events = by_label(samples, "cdrwatch_events_total", "topic", "outcome")
     assert nonzero(events) == {k: float(v) for k, v in EVENTS.items()}
-    assert {k for k in events if k[1] == "dlq"} == {(t, "dlq") for t in ("cdrs", "sip-registrations", "subscribers")}
+    assert {k for k in events if k[1] == "dlq"} == {(t, "dlq") for t in INPUT_TOPICS}
     assert nonzero(by_label(samples, "cdrwatch_alerts_total", "rule")) == {(k,): float(v) for k, v in ALERTS.items()}
     euros = nonzero(by_label(samples, "cdrwatch_rebilled_euros_total", "rule"))
     assert {k[0]: f"{v:.2f}" for k, v in euros.items()} == REBILLED
