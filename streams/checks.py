@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .core.errors import ConfigError
+from .core.timeutil import check_period
 
 
 def input_file(path: Path, flag: str, *, allow_dir: bool = False) -> Path:
@@ -84,6 +85,7 @@ def positive_float(text: str) -> float:
 
 
 def period(text: str) -> str:
-    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit() or not 1 <= int(text[5:]) <= 12:
-        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {text!r}")
-    return text
+    try:
+        return check_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

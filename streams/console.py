@@ -50,7 +50,7 @@ from .core.errors import ConfigError, InvalidRecord
 from .core.fraud import network_of
 from .core.rating import CENT, stable_id
 from .core.schemas import explain, validator
-from .core.timeutil import from_ms, instant_us, period_of
+from .core.timeutil import check_period, from_ms, instant_us, period_of
 from .settings import Settings, authorized_caller, service_settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,6 @@ DEFAULT_MUTE_HOURS = 24.0
 BACKLOG = 500  # records a newly opened live view starts with
 TIMELINE_MAX_RECORDS = 2_000_000  # read at most this many input records for one user's chart
 HEARTBEAT_S = 15.0
-_PERIOD = re.compile(r"(20[0-9]{2})-(0[1-9]|1[0-2])")
 WHO = web.RequestKey("who", str)  # who is asking (see authorized_caller)
 
 
@@ -126,6 +125,13 @@ def matches(entry: Entry, filters: dict[str, str]) -> bool:
     return True
 
 
+def _period_parameter(text: str) -> None:
+    try:
+        check_period(text)
+    except ValueError as exc:
+        raise BadRequest(f"period: {exc}") from None
+
+
 def parse_filters(query: Iterable[tuple[str, str]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, value in query:
@@ -135,8 +141,8 @@ def parse_filters(query: Iterable[tuple[str, str]]) -> dict[str, str]:
             continue  # an empty filter field on the page: no filter
         if name in found:
             raise BadRequest(f"parameter {name!r} given more than once")
-        if name == "period" and not _PERIOD.fullmatch(value):
-            raise BadRequest(f"period: expected a month as YYYY-MM (2000-2099), got {value!r}")
+        if name == "period":
+            _period_parameter(value)
         if name == "level" and value not in ("warning", "critical"):
             raise BadRequest(f"level: expected warning or critical, got {value!r}")
         if name == "topic" and value not in TOPICS:
@@ -599,8 +605,7 @@ class Console:
             raise BadRequest(f"unknown parameter(s): {', '.join(unknown)} (allowed: period)")
         usage, problem = await self._usage(user, params.get("period"))
         period = params.get("period") or (usage or {}).get("period") or rfc3339(self.clock_ms())[:7]
-        if not _PERIOD.fullmatch(period):
-            raise BadRequest(f"period: expected a month as YYYY-MM (2000-2099), got {period!r}")
+        _period_parameter(period)
         tz = ZoneInfo((usage or {}).get("timezone") or "UTC")
         since = int(datetime(int(period[:4]), int(period[5:]), 1, tzinfo=tz).timestamp() * 1000) - 86_400_000
         settings = self.config.settings

@@ -9,13 +9,13 @@ Pure: reads two files, no Kafka.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from .core.errors import ConfigError
 from .core.plans import RULES
+from .core.timeutil import check_period
 from .jsonl import iter_jsonl
 
 __all__ = ["EvaluateInputError", "Evaluation", "RuleScore", "evaluate", "format_evaluation", "read_triples", "register"]
@@ -24,7 +24,6 @@ Triple = tuple[str, str, str]  # (user, period, rule)
 
 RULE_ORDER = ("distinct_numbers", "simultaneous_calls", "registered_devices", "third_party_device",
               "pbx_or_gateway", "autodialer")
-_PERIOD = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
 class EvaluateInputError(ConfigError):
@@ -104,8 +103,10 @@ def _triple(data: Any, path: Path, line_no: int) -> Triple:
     for key in ("user", "period", "rule"):
         if not isinstance(data[key], str) or not data[key]:
             raise EvaluateInputError(f"{path}:{line_no}: {key} must be a non-empty string, got {data[key]!r}")
-    if not _PERIOD.fullmatch(data["period"]):
-        raise EvaluateInputError(f"{path}:{line_no}: period must be YYYY-MM, got {data['period']!r}")
+    try:
+        check_period(data["period"])
+    except ValueError as exc:
+        raise EvaluateInputError(f"{path}:{line_no}: period: {exc}") from None
     return data["user"], data["period"], data["rule"]
 
 

@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from .core.errors import ConfigError
+from .core.timeutil import check_period
 from .checks import output_dir
 
 __all__ = [
@@ -1055,13 +1056,13 @@ assert set(_SETUP) == set(_SCENARIO_BY_NAME)
 
 
 def parse_month(text: str) -> tuple[int, int]:
-    parts = text.split("-")
-    if len(parts) != 2 or len(parts[0]) != 4 or len(parts[1]) != 2 or not (parts[0] + parts[1]).isdigit():
-        raise ConfigError(f"--month: expected YYYY-MM, got {text!r}")
-    year, month = int(parts[0]), int(parts[1])
-    if not 1 <= month <= 12 or not 2000 <= year <= 2098:
-        raise ConfigError(f"--month: expected YYYY-MM between 2000-01 and 2098-12, got {text!r}")
-    return year, month
+    try:
+        check_period(text)
+    except ValueError as exc:
+        raise ConfigError(f"--month: {exc}") from None
+    if text > "2098-12":  # the month's late CDRs are written into the next one
+        raise ConfigError(f"--month: expected a month up to 2098-12, got {text!r}")
+    return int(text[:4]), int(text[5:])
 
 
 def generate_month(

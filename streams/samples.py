@@ -28,7 +28,6 @@ do not depend on how many normal users are generated. Pure: no I/O except ``writ
 from __future__ import annotations
 
 import random
-import re
 import uuid
 import zlib
 from calendar import monthrange
@@ -39,6 +38,8 @@ from typing import Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 import orjson
+
+from .core.timeutil import check_period
 
 __all__ = ["SampleStream", "build_sample", "write_jsonl", "write_sample", "SAMPLE_TIMEZONE"]
 
@@ -59,7 +60,6 @@ ALLOWED_UAS: tuple[str, ...] = (
 THIRD_PARTY_UA = "Zoiper rv2.10.20.2"
 PBX_UA = "Asterisk PBX 18.20.0"
 
-_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _MIN_START_SPACING = 400  # seconds between two call starts of a normal user: <= 9 calls per hour
 
 
@@ -675,12 +675,10 @@ def _edge_60perhour(b: _Builder) -> None:
 
 def build_sample(*, normal_users: int = 300, month: str = "2026-11", seed: int = 7) -> SampleStream:
     """The labelled sample stream for ``month`` (``YYYY-MM``); same arguments, same stream."""
-    match = _MONTH.match(month)
-    if match is None:
-        raise ValueError(f"month must be YYYY-MM, got {month!r}")
+    check_period(month)
     if normal_users < 0:
         raise ValueError("normal_users must be >= 0")
-    b = _Builder(seed, int(match.group(1)), int(match.group(2)))
+    b = _Builder(seed, int(month[:4]), int(month[5:]))
     _normal_users(b, normal_users)
     for make in (_abuse_distinct, _abuse_simultaneous, _abuse_devices, _abuse_thirdparty, _abuse_pbx,
                  _abuse_autodialer, _edge_150, _edge_backtoback, _edge_unregister, _edge_rebind,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 from collections import deque
 from decimal import Decimal
@@ -24,7 +23,7 @@ from .core.plans import PlanBook
 from .core.rates import RateDeck
 from .core.rating import CENT
 from .core.summary import summarise
-from .core.timeutil import from_ms, parse_rfc3339, to_ms
+from .core.timeutil import check_period, from_ms, parse_rfc3339, to_ms
 from .core.usage import PeriodState, UserState
 from .topics import EVENT_TOPICS, period_key
 
@@ -56,7 +55,6 @@ VIEW_PATHS = (METRICS_PATH, HEALTH_PATH, USAGE_PATH, ALERTS_PATH)
 
 ALERT_TOPICS = ("fairuse-alerts", "fraud-alerts")
 ALERT_RING_SIZE = 1000
-_PERIOD = re.compile(r"(20[0-9]{2})-(0[1-9]|1[0-2])")
 
 
 class BadRequest(ValueError):
@@ -88,9 +86,10 @@ def _params(query: Iterable[tuple[str, str]], allowed: tuple[str, ...]) -> dict[
 
 
 def parse_period(text: str) -> str:
-    if not _PERIOD.fullmatch(text):
-        raise BadRequest(f"period: expected a month as YYYY-MM (2000-2099), got {text!r}")
-    return text
+    try:
+        return check_period(text)
+    except ValueError as exc:
+        raise BadRequest(f"period: {exc}") from None
 
 
 def parse_since(text: str) -> int:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-__all__ = ["parse_rfc3339", "instant_us", "to_ms", "from_ms", "period_of", "period_bounds_ms", "shift_period"]
+__all__ = ["check_period", "parse_rfc3339", "instant_us", "to_ms", "from_ms", "period_of", "shift_period"]
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
@@ -100,10 +100,12 @@ def shift_period(period: str, months: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
-def period_bounds_ms(period: str, tz: ZoneInfo) -> tuple[int, int]:
-    """``[start, end)`` of a calendar month in epoch milliseconds."""
-    year, month = int(period[:4]), int(period[5:7])
-    nxt = shift_period(period, 1)
-    start = datetime(year, month, 1, tzinfo=tz)
-    end = datetime(int(nxt[:4]), int(nxt[5:7]), 1, tzinfo=tz)
-    return to_ms(start), to_ms(end)
+_PERIOD = re.compile(r"20[0-9]{2}-(0[1-9]|1[0-2])")
+
+
+def check_period(text: str) -> str:
+    """``text`` when it is a month ``YYYY-MM`` of 2000-2099 (the years an event time may have), else
+    a ValueError saying so: every flag, parameter and file field naming a month is checked here."""
+    if not _PERIOD.fullmatch(text):
+        raise ValueError(f"expected a month as YYYY-MM (2000-2099), got {text!r}")
+    return text

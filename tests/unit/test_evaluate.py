@@ -119,7 +119,7 @@ def test_read_triples_counts_repeats_and_accepts_a_directory(tmp_path: Path) -> 
         ([{"user": "a", "period": P, "rule": "autodialer"}, [1, 2]], r"labels.jsonl:2: expected a JSON object, got list"),
         ([{"user": "a", "rule": "autodialer"}], r"labels.jsonl:1: missing field\(s\) period"),
         ([{"user": "", "period": P, "rule": "autodialer"}], r"labels.jsonl:1: user must be a non-empty string"),
-        ([{"user": "a", "period": "2026-13", "rule": "autodialer"}], r"labels.jsonl:1: period must be YYYY-MM"),
+        ([{"user": "a", "period": "2026-13", "rule": "autodialer"}], r"labels.jsonl:1: period: expected a month as YYYY-MM"),
     ],
 )
 def test_malformed_files_are_config_errors_naming_the_line(rows: list[Any], message: str, tmp_path: Path) -> None:

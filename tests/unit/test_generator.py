@@ -321,8 +321,8 @@ def test_parquet_output_is_typed_and_replays_without_rejects(tmp_path: Path) -> 
     ("kwargs", "message"),
     [
         ({"users": 0}, "--users: expected at least 1"),
-        ({"month": "2026-13"}, "--month: expected YYYY-MM"),
-        ({"month": "Nov 2026"}, "--month: expected YYYY-MM"),
+        ({"month": "2026-13"}, "--month: expected a month as YYYY-MM"),
+        ({"month": "Nov 2026"}, "--month: expected a month as YYYY-MM"),
         ({"fmt": "csv"}, "--format: expected jsonl or parquet"),
         ({"timezone": "Mars/Olympus_Mons"}, "--timezone: unknown time zone"),
         ({"abuse_scale": -1.0}, "--abuse-scale: expected >= 0"),
@@ -340,4 +340,4 @@ def test_cli_generate_prints_a_summary_and_exits_2_on_a_bad_month(tmp_path: Path
     assert "generated 2026-11 for 30 users" in out and "labels:" in out
     assert (tmp_path / "labels.jsonl").is_file()
     assert main(["generate", "--users", "30", "--month", "2026-00", "--out", str(tmp_path)]) == 2
-    assert "--month: expected YYYY-MM" in capsys.readouterr().err
+    assert "--month: expected a month as YYYY-MM" in capsys.readouterr().err
