@@ -22,8 +22,6 @@ __all__ = ["EvaluateInputError", "Evaluation", "RuleScore", "evaluate", "format_
 
 Triple = tuple[str, str, str]  # (user, period, rule)
 
-RULE_ORDER = ("distinct_numbers", "simultaneous_calls", "registered_devices", "third_party_device",
-              "pbx_or_gateway", "autodialer")
 
 
 class EvaluateInputError(ConfigError):
@@ -119,10 +117,10 @@ def evaluate(labels: Iterable[Triple], alerts: Iterable[Triple], *, rules: Itera
         keep = set(rules)
         wanted = {t for t in wanted if t[2] in keep}
         got = {t for t in got if t[2] in keep}
-        names = [r for r in RULE_ORDER if r in keep] + sorted(keep - set(RULE_ORDER))
+        names = [r for r in RULES if r in keep] + sorted(keep - set(RULES))
     else:
         present = {t[2] for t in wanted | got}
-        names = list(RULE_ORDER) + sorted(present - set(RULE_ORDER))
+        names = list(RULES) + sorted(present - set(RULES))
     scores = []
     for rule in names:
         w = {t for t in wanted if t[2] == rule}

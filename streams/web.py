@@ -24,6 +24,7 @@ from .core.rates import RateDeck
 from .core.rating import CENT
 from .core.summary import summarise
 from .core.timeutil import check_period, from_ms, parse_rfc3339, to_ms
+from .core.records import json_number
 from .core.usage import PeriodState, UserState
 from .topics import EVENT_TOPICS, period_key
 
@@ -106,10 +107,6 @@ def parse_since(text: str) -> int:
 # ------------------------------------------------------------------------------------ usage
 
 
-def _number(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
-
-
 def usage_view(
     user: str,
     query: Iterable[tuple[str, str]],
@@ -149,7 +146,7 @@ def usage_view(
     breaches = [
         {
             "rule": rule,
-            "multiplier": _number(Decimal(state.breaches[rule])),
+            "multiplier": json_number(Decimal(state.breaches[rule])),
             "time": from_ms(state.breach_ms[rule], plan.timezone).isoformat(timespec="seconds"),
         }
         for rule in row.rules_breached
@@ -173,7 +170,7 @@ def usage_view(
             "max_calls_per_hour": plan.max_calls_per_hour,
         },
         "breaches": breaches,
-        "multiplier": _number(row.multiplier),
+        "multiplier": json_number(row.multiplier),
         "rebilled_amount": str(row.rebilled_amount.quantize(CENT)),
         "currency": row.currency,
         "periods": list(ustate.periods),

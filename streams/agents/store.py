@@ -281,10 +281,10 @@ class TableStore:
         self._plans[key] = plan
         self._sources[b"s:" + key] = self.source
 
-    def flush(self, context: Any = None) -> None:
+    def flush(self) -> None:
         """Write every put state once, through the tables (Faust's per-event path: the stream's
         own event context says which changelog partition)."""
-        self._write(_TableSink(), context)
+        self._write(_TableSink(), None)
 
     async def flush_fast(self, writer: ChangelogWriter, context: Any) -> None:
         """Write every put state once, with ``writer`` (see ChangelogWriter); ``context`` names the

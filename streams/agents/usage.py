@@ -82,10 +82,14 @@ class Pipeline:
         log.error("changelog write to %s failed (%r): stopping the worker", where, exc)
         topic = where.rpartition("/")[0]
         self.metrics.changelog_failure(topic.removeprefix(f"{self.app.conf.id}-").removesuffix("-changelog"))
+        self.failed(exc)
+        asyncio.ensure_future(self.app.crash(exc))
+
+    def failed(self, exc: BaseException) -> None:
+        """The worker stops: what stopped it, for whoever waits on its progress."""
         self.failure = exc
         if self.progress is not None:
             self.progress.set()
-        asyncio.ensure_future(self.app.crash(exc))
 
     def store(self) -> TableStore:
         return TableStore(self.periods, self.users, self.subscribers, self.caches, self.fraud_table)
@@ -341,13 +345,7 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
         attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
         app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
         app.cdrwatch_batch_lock = pipeline.lock  # type: ignore[attr-defined]
-
-        def failed(exc: BaseException) -> None:
-            pipeline.failure = exc
-            if pipeline.progress is not None:
-                pipeline.progress.set()
-
-        app.cdrwatch_failure = failed  # type: ignore[attr-defined]
+        app.cdrwatch_failure = pipeline.failed  # type: ignore[attr-defined]
     from ..web import (
         install_views,  # metrics and web views: /metrics, /healthz, /users/{user}/usage, /alerts
     )

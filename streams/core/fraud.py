@@ -21,7 +21,6 @@ that instant, so every event of the user — including a registration — re-eva
 from __future__ import annotations
 
 import bisect
-import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -34,9 +33,9 @@ import orjson
 from .numbering import NumberKind, normalise
 from .plans import FraudConfig, FraudRule, Plan, PlanBook
 from .rates import RateDeck
-from .rating import CENT, stable_id
-from .records import CallEvent, Feedback, Registration
-from .timeutil import from_ms
+from .rating import CENT, number_hash, number_hash_key, stable_id
+from .records import OPEN, CallEvent, Feedback, Registration
+from .timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
 
 __all__ = [
     "AccountAction",
@@ -50,11 +49,6 @@ __all__ = [
     "network_of",
 ]
 
-SECOND_MS = 1000
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
-OPEN = -1  # end of a call whose `end` has not arrived yet
 
 # A call event this much older than the newest call event of its user (a registration: than the
 # newest registration) is ignored: fraud alerting is live, and the state does not reach that far back.
@@ -391,9 +385,7 @@ class FraudEngine:
     ) -> None:
         self.plans = plans
         self.rates = rates
-        self._secret = hash_secret
-        # blake2b keys are at most 64 bytes: a secret of any length is first hashed to one
-        self._hash_key = hashlib.blake2b(hash_secret, digest_size=64).digest()
+        self._hash_key = number_hash_key(hash_secret)
         self.max_call_ms = max_call_duration_s * SECOND_MS
         configs = [plan.fraud for plan in plans.plans.values()]
         self._prefixes = sorted(
@@ -499,9 +491,7 @@ class FraudEngine:
         return not time or time.matches(*_local_minute(start_ms // MINUTE_MS, plan.timezone))
 
     def _callee_hash(self, callee: str) -> int:
-        number = normalise(callee)
-        digest = hashlib.blake2b(number.digits.encode(), key=self._hash_key, digest_size=8).digest()
-        return int.from_bytes(digest, "big") >> 1
+        return number_hash(normalise(callee).digits, self._hash_key)
 
     # -- rules on a new call ------------------------------------------------------------------
 
@@ -555,7 +545,7 @@ class FraudEngine:
                     if _fired(ctx, rule.rule, level.name, window):
                         continue
                     evidence = {
-                        "window_start": self._fmt(first, ctx.plan),
+                        "window_start": local_iso(first, ctx.plan.timezone),
                         "window_seconds": span // SECOND_MS,
                         "call_ids": [cid for _, cid in group[:EVIDENCE_CALLS]],
                     }
@@ -656,8 +646,8 @@ class FraudEngine:
             parts.sort(key=lambda p: (-p[1], p[0]))
             evidence = {
                 "amount": _money(total / MINUTE_MS),
-                "window_start": self._fmt(lo, ctx.plan),
-                "window_end": self._fmt(now, ctx.plan),
+                "window_start": local_iso(lo, ctx.plan.timezone),
+                "window_end": local_iso(now, ctx.plan.timezone),
                 "calls": [
                     {
                         "call_id": call_id,
@@ -684,7 +674,7 @@ class FraudEngine:
                 continue
             evidence = {
                 "call_id": call_id,
-                "start_time": self._fmt(record[0], ctx.plan),
+                "start_time": local_iso(record[0], ctx.plan.timezone),
                 "destination": self._rate(record[3])[0],
                 "in_progress": live,
                 "seconds": duration // SECOND_MS,
@@ -772,7 +762,7 @@ class FraudEngine:
                 continue
             evidence = {
                 "networks": sorted(networks),
-                "last_used": {n: (self._fmt(p, ctx.plan) if p >= 0 else None) for n, p in sorted(networks.items())},
+                "last_used": {n: (local_iso(p, ctx.plan.timezone) if p >= 0 else None) for n, p in sorted(networks.items())},
                 "source_ip": reg.source_ip,
                 "binding": identity,
                 "user_agent": reg.user_agent,
@@ -846,7 +836,7 @@ class FraudEngine:
             observed=observed,
             threshold=shown,
             unit=UNITS[rule.kind],
-            time=self._fmt(at, plan),
+            time=local_iso(at, plan.timezone),
             evidence=evidence,
         )
         ctx.outcome.alerts.append(alert)
@@ -910,12 +900,7 @@ class FraudEngine:
 
     def _hour(self, ms: int, plan: Plan) -> str:
         """The clock hour containing ``ms``, as the local time of its start (offset included)."""
-        return self._fmt(ms - ms % HOUR_MS, plan)
-
-    @staticmethod
-    def _fmt(ms: int, plan: Plan) -> str:
-        moment = from_ms(ms, plan.timezone)
-        return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
+        return local_iso(ms - ms % HOUR_MS, plan.timezone)
 
 
 def _fired_key(rule: FraudRule, level: str, window: str) -> str:

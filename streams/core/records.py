@@ -7,6 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 
+OPEN = -1  # in a call index, the end of a call whose `end` has not arrived yet
+
+
 @dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class CallEvent:
     """A ``cdrs`` message: ``start`` (call setup, live) or ``end`` (the final CDR). Not to be changed."""
@@ -118,7 +121,7 @@ class Alert:
             "period": self.period,
             "observed": self.observed,
             "limit": self.limit,
-            "multiplier": _number(self.multiplier),
+            "multiplier": json_number(self.multiplier),
             "time": self.time,
             "evidence": self.evidence,
         }
@@ -154,11 +157,12 @@ class RebillLine:
             "billsec": self.billsec,
             "billed_seconds": self.billed_seconds,
             "rate_per_minute": str(self.rate_per_minute),
-            "multiplier": _number(self.multiplier),
+            "multiplier": json_number(self.multiplier),
             "amount": str(self.amount),
             "currency": self.currency,
         }
 
 
-def _number(value: Decimal) -> int | float:
+def json_number(value: Decimal) -> int | float:
+    """A multiplier as JSON shows it: 4, or 1.5."""
     return int(value) if value == value.to_integral_value() else float(value)

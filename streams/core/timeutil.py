@@ -8,8 +8,13 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-__all__ = ["check_period", "parse_rfc3339", "instant_us", "to_ms", "from_ms", "period_of", "shift_period"]
+__all__ = ["SECOND_MS", "MINUTE_MS", "HOUR_MS", "DAY_MS", "check_period", "local_iso", "parse_rfc3339", "instant_us", "to_ms", "from_ms", "period_of", "shift_period"]
 
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?")
 
@@ -109,3 +114,8 @@ def check_period(text: str) -> str:
     if not _PERIOD.fullmatch(text):
         raise ValueError(f"expected a month as YYYY-MM (2000-2099), got {text!r}")
     return text
+
+
+def local_iso(ms: int, tz: tzinfo) -> str:
+    """An instant as an output shows it: RFC 3339 in the zone, with milliseconds only when it has some."""
+    return from_ms(ms, tz).isoformat(timespec="milliseconds" if ms % 1000 else "seconds")

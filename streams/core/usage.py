@@ -15,7 +15,6 @@ in unit tests and on Faust tables in a worker.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -25,12 +24,9 @@ import orjson
 from .numbering import NumberKind, normalise
 from .plans import Plan, PlanBook
 from .rates import RateDeck
-from .rating import rate_call, stable_id
-from .records import Alert, CallEvent, RebillLine, Registration
-from .timeutil import from_ms, period_of, shift_period
-
-HOUR_MS = 3_600_000
-OPEN = -1  # end of a call whose `end` has not arrived yet
+from .rating import number_hash, number_hash_key, rate_call, stable_id
+from .records import OPEN, Alert, CallEvent, RebillLine, Registration
+from .timeutil import HOUR_MS, local_iso, period_of, shift_period
 
 
 # --------------------------------------------------------------------------------------- state
@@ -241,9 +237,7 @@ class UsageEngine:
             raise ValueError("retention_months must be at least 2 (current and previous month)")
         self.plans = plans
         self.rates = rates
-        self._secret = hash_secret
-        # blake2b keys are at most 64 bytes: a secret of any length is first hashed to one
-        self._hash_key = hashlib.blake2b(hash_secret, digest_size=64).digest()
+        self._hash_key = number_hash_key(hash_secret)
         self.max_call_ms = max_call_duration_s * 1000
         self.retention_months = retention_months
 
@@ -257,9 +251,7 @@ class UsageEngine:
 
     def number_key(self, digits: str) -> int:
         """Keyed hash of a called number: state never holds the number in clear."""
-        # blake2b's own keyed mode (a MAC, like HMAC, at a fraction of the cost)
-        digest = hashlib.blake2b(digits.encode(), key=self._hash_key, digest_size=8).digest()
-        return int.from_bytes(digest, "big") >> 1
+        return number_hash(digits, self._hash_key)
 
     def _admit(self, store: StateStore, user: str, period: str) -> tuple[UserState, str | None]:
         """Move the user's watermark; ``(state, None)`` if the period is open, else a DLQ reason."""
@@ -303,10 +295,6 @@ class UsageEngine:
                 found.append((period, state))
             period = shift_period(period, 1)
         return found
-
-    def _fmt(self, ms: int, plan: Plan) -> str:
-        moment = from_ms(ms, plan.timezone)
-        return moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
 
     # -- CDRs ---------------------------------------------------------------------------------
 
@@ -443,7 +431,7 @@ class UsageEngine:
             breaches[period] = Breach(
                 "autodialer", period, last[0], len(window), limit,
                 {
-                    "window_start": self._fmt(first[0], plan),
+                    "window_start": local_iso(first[0], plan.timezone),
                     "first_call_id": first[1],
                     "breaching_call_id": last[1],
                     "calls_in_window": len(window),
@@ -551,7 +539,7 @@ class UsageEngine:
                 observed=breach.observed,
                 limit=breach.limit,
                 multiplier=multiplier,
-                time=self._fmt(breach.at_ms, plan),
+                time=local_iso(breach.at_ms, plan.timezone),
                 evidence=breach.evidence,
             )
         )
