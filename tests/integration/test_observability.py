@@ -332,7 +332,7 @@ def test_two_workers_scraped_over_http_count_exactly(cluster: Cluster) -> None:
 
 
 def test_consumer_lag_per_partition_drops_to_zero(cluster: Cluster) -> None:
-    inputs = {cluster.settings.topic(t) for t in ("cdrs", "sip-registrations", "subscribers")}
+    inputs = {cluster.settings.topic(t) for t in INPUT_TOPICS}
 
     def lags() -> dict[tuple[str, str], float]:
         return by_label(cluster.scrape(), "cdrwatch_consumer_lag", "topic", "partition")  # type: ignore[return-value]
