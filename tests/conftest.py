@@ -9,7 +9,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from streams.agents.usage import Pipeline, build_pipeline
+from streams.agents.usage import INPUT_TOPICS, Pipeline, build_pipeline
 from streams.core.plans import PlanBook
 from streams.core.rates import RateDeck
 from streams.embedded import EmbeddedBroker
@@ -36,7 +36,7 @@ async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck], tmp_pa
     pipe = build_pipeline(settings.with_(app_id=f"test-{uuid.uuid4().hex[:8]}", data_dir=tmp_path), plans, rates)
     taps: dict[str, object] = {}
     for name in list(pipe.topics):
-        if name not in ("cdrs", "sip-registrations", "subscribers"):
+        if name not in INPUT_TOPICS:
             channel = pipe.app.channel(key_type=bytes, value_type=bytes)
             pipe.topics[name] = channel
             # a channel only delivers to iterators that exist when a message is sent

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import orjson
 import pytest
 
+from streams.topics import EVENT_TOPICS
 from streams.codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from streams.core.errors import InvalidRecord
 from streams.replay import InputMessage, replay, run_offline
@@ -29,7 +30,7 @@ SEED = 2026
 GOOD_USERS = 50
 CALLS_PER_USER = 56
 ABUSER = "vol-distinct"  # 160 distinct covered numbers: one alert and re-bill lines among the noise
-TOPICS = ("cdrs", "sip-registrations", "subscribers")
+TOPICS = EVENT_TOPICS
 STATUSES = ("ok", "late", "duplicate", "dlq")
 
 

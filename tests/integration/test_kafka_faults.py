@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 
 from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
 from streams.codecs import decode_cdr, decode_registration
-from streams.topics import DLQ_REASON_HEADER
+from streams.topics import DLQ_REASON_HEADER, EVENT_TOPICS
 from streams.config import build_fraud_engine, load_config
 from streams.core.fraud import FraudEngine, FraudState
 from streams.core.errors import InvalidRecord
@@ -51,7 +51,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 USERS = 200  # a generated month of ~41,000 messages
 PARTITIONS = 4
 BROKEN = 12  # malformed messages mixed into the month: the DLQ must hold each of them, once
-INPUT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
 TABLES = ("periods", "users", "subscribers", "fraud")
 # where the traffic goes: what the killed broker should lead as much of as possible
 BUSY_TOPICS = ("cdrs", "sip-registrations")
@@ -310,7 +309,7 @@ async def send_with_faults(run: Run, ordered: list[InputMessage], faults: list[F
 
 async def committed_and_end(settings: Settings) -> dict[TopicPartition, tuple[int | None, int]]:
     """Per input partition: the group's committed offset (None: none yet) and the end."""
-    ends = await end_offsets(settings, [settings.topic(t) for t in INPUT_TOPICS])
+    ends = await end_offsets(settings, [settings.topic(t) for t in EVENT_TOPICS])
     committed = await committed_offsets(settings, list(ends), request_timeout_ms=5000)
     return {tp: (committed[tp], end) for tp, end in ends.items()}
 
