@@ -160,7 +160,7 @@ class Feed:
         self.entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         self.actions: dict[str, dict[str, Any]] = {}  # alert_id -> its account action (not lift)
         self.verdicts: dict[str, dict[str, dict[str, Any]]] = {}  # alert_id -> kind -> feedback
-        self.listeners: set[asyncio.Queue[Entry]] = set()
+        self.listeners: set[asyncio.Queue[Entry | None]] = set()  # None: the console is stopping
         self.caught_up = asyncio.Event()  # every topic read up to where it ended when the console started
         self._seq = 0
 
@@ -180,6 +180,11 @@ class Feed:
         for queue in self.listeners:
             queue.put_nowait(entry)
         return entry
+
+    def close(self) -> None:
+        """End every live view's stream (the console is stopping)."""
+        for queue in self.listeners:
+            queue.put_nowait(None)
 
     def select(self, filters: dict[str, str], last: int | None = None) -> list[Entry]:
         found = [e for e in self.entries.values() if matches(e, filters)]
@@ -533,17 +538,19 @@ class Console:
         filters = parse_filters(request.query.items())
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        queue: asyncio.Queue[Entry] = asyncio.Queue()
+        queue: asyncio.Queue[Entry | None] = asyncio.Queue()
         self.feed.listeners.add(queue)
         try:
-            for entry in self.feed.select(filters, last=BACKLOG):
-                await response.write(self._event(entry))
+            for old in self.feed.select(filters, last=BACKLOG):
+                await response.write(self._event(old))
             while True:
                 try:
                     entry = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                 except asyncio.TimeoutError:
                     await response.write(b": still here\n\n")
                     continue
+                if entry is None:
+                    break
                 # a verdict changes how its alert is shown, whatever the filters
                 if matches(entry, filters) or entry.topic in ("fraud-feedback", "account-actions"):
                     await response.write(self._event(entry))
@@ -699,7 +706,8 @@ async def serve(config: ConsoleConfig, host: str, port: int, stop: asyncio.Event
             reader.result()  # a reader that died: say why
     finally:
         stop.set()
-        await runner.shutdown()  # the live views' streams end
+        console.feed.close()  # the live views' streams end
+        await runner.shutdown()
         await runner.cleanup()
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
