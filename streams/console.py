@@ -45,7 +45,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from .checks import positive_float, positive_int
-from .codecs import decode_feedback, encode
+from .codecs import decode_cdr, decode_feedback, decode_registration, encode
 from .core.errors import ConfigError, InvalidRecord
 from .core.fraud import network_of
 from .core.rating import CENT, stable_id
@@ -68,6 +68,8 @@ DEFAULT_MUTE_HOURS = 24.0
 BACKLOG = 500  # records a newly opened live view starts with
 TIMELINE_MAX_RECORDS = 2_000_000  # read at most this many input records for one user's chart
 HEARTBEAT_S = 15.0
+MAX_MUTE_HOURS = 24 * 366
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 WHO = web.RequestKey("who", str)  # who is asking (see authorized_caller)
 
 
@@ -112,7 +114,7 @@ def matches(entry: Entry, filters: dict[str, str]) -> bool:
     p = entry.payload
     for name, wanted in filters.items():
         if name == "topic":
-            if entry.topic != wanted:
+            if entry.topic != wanted if wanted else entry.topic in ("rebilled-calls", "fraud-feedback"):
                 return False
         elif name == "rule":
             if wanted not in (p.get("rule"), p.get("rule_name")):
@@ -171,7 +173,10 @@ class Feed:
         self._seq += 1
         entry = self.entries[ident] = Entry(self._seq, topic, payload)
         if len(self.entries) > self.keep:
-            self.entries.popitem(last=False)
+            (old_topic, old_id), _ = self.entries.popitem(last=False)
+            if old_topic == "fraud-alerts":  # what was kept about it goes with it
+                self.actions.pop(old_id, None)
+                self.verdicts.pop(old_id, None)
         alert_id = str(payload.get("alert_id"))
         if topic == "account-actions" and payload.get("action") != "lift":
             self.actions[alert_id] = payload
@@ -343,6 +348,7 @@ async def read_user(settings: Settings, topic: str, user: str, since_ms: int,
     """The ``topic`` records of ``user`` written since ``since_ms``: its partition only (the one its
     key hashes to, as every producer here and the workers' re-keying choose), up to where it ends
     now. Returns (records, whether ``limit`` cut the read short)."""
+    decode = decode_cdr if topic == "cdrs" else decode_registration
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.client_kwargs(), **_isolation(settings))
     await consumer.start()
     try:
@@ -372,10 +378,11 @@ async def read_user(settings: Settings, topic: str, user: str, since_ms: int,
                 read += 1
                 if message.key == key and message.value is not None:
                     try:
-                        payload = orjson.loads(message.value)
-                    except orjson.JSONDecodeError:
-                        continue  # the worker sends it to the DLQ; the chart leaves it out
-                    if isinstance(payload, dict) and payload.get("user") == user:
+                        decode(message.value)  # what the workers accept; the rest went to the DLQ
+                    except InvalidRecord:
+                        continue
+                    payload = orjson.loads(message.value)
+                    if payload.get("user") == user:
                         out.append(payload)
             if read >= limit:
                 return out, True
@@ -415,6 +422,7 @@ class Console:
         self.config = config
         self.feed = Feed(config.keep)
         self.producer = producer
+        self.sending: set[tuple[str, str]] = set()  # verdicts on their way to the broker
         self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         import jinja2
 
@@ -492,6 +500,11 @@ class Console:
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
+        if not self.config.token and request.url.host not in LOOPBACK_NAMES:
+            # no token: only this machine may ask, by its loopback name (a page of another site whose
+            # name now points to 127.0.0.1 would otherwise be same-origin with the console)
+            return web.Response(status=403, text=f"this console answers on a loopback name only (Host "
+                                f"{request.host!r}); set {TOKEN_ENV} to serve it under another name\n")
         who = authorized_caller(self.config.token, request.headers.get("Authorization"))
         if who is None:
             return web.Response(status=401, text=f"this console needs Basic auth (any user name, {TOKEN_ENV} as the "
@@ -541,8 +554,11 @@ class Console:
         queue: asyncio.Queue[Entry | None] = asyncio.Queue()
         self.feed.listeners.add(queue)
         try:
-            for old in self.feed.select(filters, last=BACKLOG):
-                await response.write(self._event(old))
+            # the live view's rows: without a topic filter, the alerts and actions (re-bill lines and
+            # verdicts update rows, they are not rows)
+            shown = filters if "topic" in filters else {**filters, "topic": ""}
+            for old in self.feed.select(shown, last=BACKLOG):
+                await response.write(self._event(old, True))
             while True:
                 try:
                     entry = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
@@ -551,17 +567,19 @@ class Console:
                     continue
                 if entry is None:
                     break
-                # a verdict changes how its alert is shown, whatever the filters
-                if matches(entry, filters) or entry.topic in ("fraud-feedback", "account-actions"):
-                    await response.write(self._event(entry))
+                # a verdict or an action changes how its alert is shown, whatever the filters
+                match = matches(entry, filters)
+                if match or entry.topic in ("fraud-feedback", "account-actions"):
+                    await response.write(self._event(entry, match))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.feed.listeners.discard(queue)
         return response
 
-    def _event(self, entry: Entry) -> bytes:
-        return b"id: %d\ndata: %s\n\n" % (entry.seq, orjson.dumps(self._shown(entry)))
+    def _event(self, entry: Entry, match: bool) -> bytes:
+        """An SSE event; ``match``: it passes the view's filters (a row), else it only updates one."""
+        return b"id: %d\ndata: %s\n\n" % (entry.seq, orjson.dumps({**self._shown(entry), "match": match}))
 
     async def _feedback(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # a form posted from another site cannot be JSON
@@ -583,24 +601,31 @@ class Console:
             raise BadRequest("by: who gives the verdict (the name field of the page)")
         if kind == "false_positive" and not reason:
             raise BadRequest("reason: say why the alert is a false positive")
+        if not self.feed.caught_up.is_set():  # an earlier verdict may not have been read yet
+            return _answer(503, {"error": "the console is still reading the topics: retry in a moment"},
+                           {"Retry-After": "2"})
         alert = self.feed.alert(alert_id)
         if alert is None:
             return _answer(404, {"error": f"no fraud alert {alert_id!r} has been read by this console"})
         given = self.feed.verdicts.get(alert_id, {}).get(kind)
-        if given is not None:  # idempotent: the same verdict twice is sent once
+        if given is not None or (alert_id, kind) in self.sending:  # the same verdict twice is sent once
             return _answer(200, {"feedback": given, "sent": False})
         feedback, lift = verdict_records(alert, self.feed.actions.get(alert_id), kind, by, reason, self.clock_ms(),
                                          self.config.mute_hours)
         assert self.producer is not None
         settings = self.config.settings
         key = alert["user"].encode()
-        sends = [await self.producer.send(settings.topic("fraud-feedback"), encode(feedback), key=key)]
-        if lift is not None:
-            sends.append(await self.producer.send(settings.topic("account-actions"), encode(lift), key=key))
-        await asyncio.gather(*sends)  # the broker has them (acks=all) before the analyst is told
-        self.feed.add("fraud-feedback", feedback)
-        if lift is not None:
-            self.feed.add("account-actions", lift)
+        self.sending.add((alert_id, kind))
+        try:
+            sends = [await self.producer.send(settings.topic("fraud-feedback"), encode(feedback), key=key)]
+            if lift is not None:
+                sends.append(await self.producer.send(settings.topic("account-actions"), encode(lift), key=key))
+            await asyncio.gather(*sends)  # the broker has them (acks=all) before the analyst is told
+            self.feed.add("fraud-feedback", feedback)
+            if lift is not None:
+                self.feed.add("account-actions", lift)
+        finally:
+            self.sending.discard((alert_id, kind))
         log.info("verdict %s on alert %s (user %s) by %s", kind, alert_id, alert["user"], by)
         return _answer(200, {"feedback": feedback, "lift": lift, "sent": True})
 
@@ -680,6 +705,8 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
     settings, token = service_settings(args.broker, args.host, TOKEN_ENV,
                                        "the console shows personal data and takes verdicts")
+    if args.mute_hours > MAX_MUTE_HOURS:
+        raise ConfigError(f"--mute-hours: at most {MAX_MUTE_HOURS} (a year), got {args.mute_hours:g}")
     if not re.fullmatch(r"https?://[^/\s]+/?", args.worker_url):
         raise ConfigError(f"--worker-url: expected http://host:port, got {args.worker_url!r}")
     return ConsoleConfig(settings=settings, token=token, worker_url=args.worker_url,

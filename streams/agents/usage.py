@@ -218,7 +218,12 @@ class Pipeline:
         if self.fraud is None:  # no plan has fraud rules: nothing to honour
             out.counts.append(("fraud-feedback", "ignored"))
             return
-        outcome = self.fraud.on_feedback(store, feedback) if feedback.kind != "acknowledge" else None
+        try:
+            outcome = self.fraud.on_feedback(store, feedback) if feedback.kind != "acknowledge" else None
+        except Exception as exc:  # a bug must cost one message, not the worker
+            log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
+            out.dead_letter("fraud-feedback", message, f"internal error: {exc!r}")
+            return
         out.counts.append(("fraud-feedback", outcome.status if outcome is not None else "ok"))
         log.info("FEEDBACK %s user=%s rule=%s alert=%s", feedback.kind, feedback.user, feedback.rule_name,
                  feedback.alert_id)
