@@ -24,7 +24,7 @@ from .settings import PROCESSING_GUARANTEES, Settings, bundled_file, env_help, s
 
 if TYPE_CHECKING:
     from .core.summary import SummaryRow
-    from .replay import ReplayResult
+    from .tools.replay import ReplayResult
 
 EXIT_USAGE = 2
 
@@ -33,12 +33,12 @@ EXIT_USAGE = 2
 # args returning the exit code). Only the module of the command being run is imported, so that a
 # command starts without loading what the others need (Faust, aiokafka, pyarrow, WeasyPrint).
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("streams.bench", "throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size"),
-    "generate": ("streams.generator", "write a synthetic, labelled month of CDRs and registrations"),
-    "evaluate": ("streams.evaluate", "score fair-use alerts against labels: per-rule precision and recall"),
-    "import": ("streams.importers", "convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)"),
+    "bench": ("streams.tools.bench", "throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size"),
+    "generate": ("streams.tools.generator", "write a synthetic, labelled month of CDRs and registrations"),
+    "evaluate": ("streams.tools.evaluate", "score fair-use alerts against labels: per-rule precision and recall"),
+    "import": ("streams.tools.importers", "convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)"),
     "ingest": ("streams.ingest", "HTTP service: switches post CDRs and events, produced to the input topics"),
-    "statement": ("streams.statement", "a customer's monthly fair-use statement, HTML and PDF"),
+    "statement": ("streams.tools.statement", "a customer's monthly fair-use statement, HTML and PDF"),
     "console": ("streams.console", "web console for fraud analysts: live alerts, per-user pages, verdicts"),
 }
 
@@ -205,7 +205,7 @@ def format_alert(payload: dict[str, Any]) -> str:
 
 
 def read_inputs(args: argparse.Namespace) -> list[Any]:
-    from .replay import read_stream
+    from .tools.replay import read_stream
 
     messages = read_stream(args.cdrs, "cdrs", "start_time")
     if args.registrations:
@@ -246,8 +246,8 @@ SUMMARY_SUFFIXES = (".parquet", ".csv")
 def cmd_summary(args: argparse.Namespace) -> int:
     from .config import load_config
     from .core.summary import summary_rows
-    from .replay import run_offline
-    from .reports import write_summary
+    from .tools.replay import run_offline
+    from .tools.reports import write_summary
 
     output_file(args.out, "--out", SUMMARY_SUFFIXES)
     settings = settings_from_args(args)
@@ -264,7 +264,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .config import load_config
     from .connect import check_broker
-    from .replay import replay, replay_external, stderr_report
+    from .tools.replay import replay, replay_external, stderr_report
 
     output_dir(args.out, "--out")
     if args.external_workers and not args.broker:
@@ -287,7 +287,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .connect import check_port_free
-    from .replay import read_stream
+    from .tools.replay import read_stream
 
     settings = settings_from_args(args)
     check_port_free(settings.web_host, settings.web_port)
@@ -301,8 +301,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) -> int:
     from .agents.usage import ALL_TOPICS, build_pipeline
     from .config import load_config
-    from .embedded import EmbeddedBroker, create_topics
-    from .replay import _wait_processed, produce, stderr_report
+    from .tools.embedded import EmbeddedBroker, create_topics
+    from .tools.replay import _wait_processed, produce, stderr_report
 
     plans, rates = load_config(settings)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="cdrwatch-run-") as scratch:
@@ -368,7 +368,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from .agents.usage import ALL_TOPICS
-    from .embedded import EmbeddedBroker, create_topics
+    from .tools.embedded import EmbeddedBroker, create_topics
 
     with EmbeddedBroker(port=args.port) as broker:
         asyncio.run(create_topics(broker.bootstrap, ALL_TOPICS, args.partitions))

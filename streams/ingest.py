@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from .checks import positive_float, positive_int
 from .codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from .core.errors import InvalidRecord
-from .importers import ImportOptions, RowError, convert_freeswitch, iso_time
+from .tools.importers import ImportOptions, RowError, convert_freeswitch, iso_time
 from .settings import Settings, authorized_caller, service_settings
 from .topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, EVENT_TOPICS
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 
 class Broker(Protocol):
-    """The embedded Tansu broker (``streams.embedded.EmbeddedBroker``) or Apache Kafka
+    """The embedded Tansu broker (``streams.tools.embedded.EmbeddedBroker``) or Apache Kafka
     (``tests.kafka_cluster.KafkaCluster``): where to connect."""
 
     @property

@@ -12,7 +12,7 @@ import pytest
 from streams.agents.usage import INPUT_TOPICS, Pipeline, build_pipeline
 from streams.core.plans import PlanBook
 from streams.core.rates import RateDeck
-from streams.embedded import EmbeddedBroker
+from streams.tools.embedded import EmbeddedBroker
 from streams.config import load_config
 from streams.settings import Settings
 from tests.brokers import Broker

@@ -49,7 +49,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterable, Mapping, TypeV
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streams.embedded import free_port
+from streams.tools.embedded import free_port
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaConsumer
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import create_topics, free_port
-from streams.replay import end_offsets
+from streams.tools.embedded import create_topics, free_port
+from streams.tools.replay import end_offsets
 from streams.settings import Settings
 from tests.workers import start_worker
 

@@ -11,7 +11,7 @@ from typing import Iterator, Mapping
 
 import pytest
 
-from streams.embedded import free_port
+from streams.tools.embedded import free_port
 from streams.settings import Settings
 
 

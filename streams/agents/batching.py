@@ -24,7 +24,7 @@ from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
 
-from ..embedded import true_end_offsets
+from ..tools.embedded import true_end_offsets
 
 log = logging.getLogger(__name__)
 

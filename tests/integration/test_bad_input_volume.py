@@ -19,7 +19,7 @@ import pytest
 from streams.topics import EVENT_TOPICS
 from streams.codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
 from streams.core.errors import InvalidRecord
-from streams.replay import InputMessage, replay, run_offline
+from streams.tools.replay import InputMessage, replay, run_offline
 from streams.settings import Settings
 from tests.brokers import Broker
 

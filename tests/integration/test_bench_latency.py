@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.bench import measure_latency
+from streams.tools.bench import measure_latency
 from tests.brokers import Broker
 
 pytestmark = pytest.mark.integration

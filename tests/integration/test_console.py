@@ -27,7 +27,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.embedded import EmbeddedBroker, free_port
+from streams.tools.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.peers import (
     assigned_worker,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import create_topics
-from streams.replay import end_offsets, read_stream, replay, replay_external
+from streams.tools.embedded import create_topics
+from streams.tools.replay import end_offsets, read_stream, replay, replay_external
 from streams.settings import Settings
 from tests.integration.test_restart_and_failover import _worker
 from tests.brokers import Broker

@@ -12,7 +12,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import EmbeddedBroker, create_topics
+from streams.tools.embedded import EmbeddedBroker, create_topics
 
 pytestmark = pytest.mark.integration
 

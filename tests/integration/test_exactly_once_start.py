@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from streams.connect import check_transactions
-from streams.embedded import EmbeddedBroker, free_port
+from streams.tools.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster
 

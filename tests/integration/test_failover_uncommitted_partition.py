@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import create_topics, free_port
-from streams.replay import committed_offsets, end_offsets, read_stream
+from streams.tools.embedded import create_topics, free_port
+from streams.tools.replay import committed_offsets, end_offsets, read_stream
 from streams.settings import Settings, bundled_file
 from tests.brokers import Broker
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)

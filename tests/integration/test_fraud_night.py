@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from streams.agents.usage import Pipeline
-from streams.replay import InputMessage, _message, replay
+from streams.tools.replay import InputMessage, _message, replay
 from streams.settings import Settings
 from tests.brokers import Broker
 

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from streams.codecs import decode_cdr
 from streams.topics import DLQ_REASON_HEADER
-from streams.embedded import EmbeddedBroker, free_port
-from streams.importers import ImportOptions, convert_freeswitch
+from streams.tools.embedded import EmbeddedBroker, free_port
+from streams.tools.importers import ImportOptions, convert_freeswitch
 from streams.ingest import Ingest, IngestConfig, producer_for
 from streams.settings import Settings
 from tests.peers import run_settings, topic_records

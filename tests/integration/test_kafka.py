@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from streams.embedded import create_topics
+from streams.tools.embedded import create_topics
 from streams.settings import bundled_file
 from tests.kafka_cluster import KAFKA_SH, KafkaCluster
 from tests.unit.test_deploy import CREATE_TOPICS, DAY_MS, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS

@@ -35,8 +35,8 @@ from aiokafka.partitioner import murmur2
 
 from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import load_config
-from streams.embedded import create_topics
-from streams.replay import InputMessage, _message, _wait_processed, committed_offsets, end_offsets, group_lag, produce
+from streams.tools.embedded import create_topics
+from streams.tools.replay import InputMessage, _message, _wait_processed, committed_offsets, end_offsets, group_lag, produce
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster
 

@@ -38,9 +38,9 @@ from streams.topics import DLQ_REASON_HEADER, EVENT_TOPICS
 from streams.config import build_fraud_engine, load_config
 from streams.core.fraud import FraudEngine, FraudState
 from streams.core.errors import InvalidRecord
-from streams.embedded import create_topics
-from streams.generator import generate_month
-from streams.replay import (InputMessage, ReplayResult, committed_offsets, end_offsets, read_stream, replay,
+from streams.tools.embedded import create_topics
+from streams.tools.generator import generate_month
+from streams.tools.replay import (InputMessage, ReplayResult, committed_offsets, end_offsets, read_stream, replay,
                             run_offline)
 from streams.settings import Settings
 from tests.kafka_cluster import KafkaCluster

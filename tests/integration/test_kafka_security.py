@@ -29,7 +29,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from streams.agents.usage import ALL_TOPICS
 from streams.connect import check_broker
 from streams.core.errors import ConfigError
-from streams.embedded import create_topics, free_port
+from streams.tools.embedded import create_topics, free_port
 from streams.settings import Settings, bundled_file, settings_from_env
 from tests.kafka_cluster import KAFKA_DIR, KAFKA_SH, KafkaCluster, SaslSsl, make_certificates
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from streams.embedded import EmbeddedBroker, free_port
+from streams.tools.embedded import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.peers import tool as peers_tool
 from tests.peers import assigned_worker, get_json, run_settings, topic_records, wait_for

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from streams.agents.usage import Pipeline
-from streams.replay import _message, replay
+from streams.tools.replay import _message, replay
 from streams.settings import Settings
 from tests.factories import cdr_payload
 from tests.brokers import Broker

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.replay import InputMessage, replay
+from streams.tools.replay import InputMessage, replay
 from streams.settings import Settings
 from tests.brokers import Broker
 

@@ -27,8 +27,8 @@ from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.agents.usage import ALL_TOPICS, INPUT_TOPICS, Pipeline
-from streams.embedded import create_topics, free_port
-from streams.replay import InputMessage, produce, replay
+from streams.tools.embedded import create_topics, free_port
+from streams.tools.replay import InputMessage, produce, replay
 from streams.settings import Settings
 from tests.brokers import Broker
 

@@ -31,8 +31,8 @@ from streams.codecs import decode_cdr, decode_registration
 from streams.config import build_engine, load_config
 from streams.core.records import CallEvent, Registration
 from streams.core.usage import DictStore, UsageEngine
-from streams.replay import InputMessage, replay, run_offline
-from streams.samples import build_sample
+from streams.tools.replay import InputMessage, replay, run_offline
+from streams.tools.samples import build_sample
 from streams.settings import Settings
 from tests.factories import end_cdr, engine as small_engine, registration, start_cdr
 from tests.brokers import Broker

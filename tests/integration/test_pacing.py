@@ -8,8 +8,8 @@ import time
 import pytest
 
 from streams.agents.usage import ALL_TOPICS
-from streams.embedded import create_topics
-from streams.replay import InputMessage, produce
+from streams.tools.embedded import create_topics
+from streams.tools.replay import InputMessage, produce
 from streams.settings import Settings
 from tests.brokers import Broker
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from streams.embedded import EmbeddedBroker, free_port
-from streams.generator import generate_month
-from streams.replay import InputMessage, read_stream, replay_external
+from streams.tools.embedded import EmbeddedBroker, free_port
+from streams.tools.generator import generate_month
+from streams.tools.replay import InputMessage, read_stream, replay_external
 from tests.peers import tool as peers_tool
 from tests.peers import assigned_worker, get_json, run_settings, stop_processes, wait_for
 from tests.workers import start_worker, workers  # noqa: F401  (a fixture)

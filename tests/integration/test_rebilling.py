@@ -13,7 +13,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from streams.replay import InputMessage, _message, replay, run_offline
+from streams.tools.replay import InputMessage, _message, replay, run_offline
 from streams.config import load_config
 from streams.core.summary import summary_rows
 from streams.settings import Settings

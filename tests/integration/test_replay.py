@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.embedded import free_port
+from streams.tools.embedded import free_port
 from streams.settings import bundled_file
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from aiokafka.partitioner import murmur2
 from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
 from streams.config import build_engine, load_config
 from streams.core.usage import PeriodState
-from streams.embedded import create_topics, is_tansu
-from streams.replay import (InputMessage, _message, _wait_processed, end_offsets, produce, read_stream,
+from streams.tools.embedded import create_topics, is_tansu
+from streams.tools.replay import (InputMessage, _message, _wait_processed, end_offsets, produce, read_stream,
                             replay, replay_external)
 from streams.settings import Settings, bundled_file
 from tests.brokers import Broker

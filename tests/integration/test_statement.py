@@ -18,11 +18,11 @@ import pytest
 from streams.cli import main
 from streams.config import load_config
 from streams.core.errors import ConfigError
-from streams.embedded import EmbeddedBroker
-from streams.generator import generate_month
-from streams.replay import read_stream, replay
+from streams.tools.embedded import EmbeddedBroker
+from streams.tools.generator import generate_month
+from streams.tools.replay import read_stream, replay
 from streams.settings import Settings
-from streams.statement import build_statement, write_statement
+from streams.tools.statement import build_statement, write_statement
 from tests.peers import keep_screenshot
 from tests.peers import tool as peers_tool
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from streams.embedded import free_port
+from streams.tools.embedded import free_port
 from tests.brokers import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.bench import BUSY_CALLS, BenchResult, compiled, measure_busy_user, synthetic_stream
+from streams.tools.bench import BUSY_CALLS, BenchResult, compiled, measure_busy_user, synthetic_stream
 
 
 def test_busy_user_state_grows_with_the_month_and_the_cost_is_measured() -> None:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from streams.cli import main
-from streams.embedded import free_port
+from streams.tools.embedded import free_port
 from streams.settings import bundled_file
 
 SAMPLE = bundled_file("sample")

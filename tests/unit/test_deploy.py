@@ -403,7 +403,7 @@ def test_worker_tables_each_get_files_in_the_state_volume(
     such a URL would put all tables in one /path-<partition>.db, outside the volume.)
     """
     from streams.agents.usage import build_pipeline
-    from streams.replay import load_config
+    from streams.tools.replay import load_config
     from streams.settings import settings_from_env
 
     worker = services["worker"]

@@ -11,7 +11,7 @@ import pytest
 
 from streams.cli import main
 from streams.core.errors import ConfigError
-from streams.evaluate import evaluate, format_evaluation, read_triples
+from streams.tools.evaluate import evaluate, format_evaluation, read_triples
 
 P = "2026-11"
 

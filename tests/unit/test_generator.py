@@ -18,7 +18,7 @@ from streams.config import load_config
 from streams.core.errors import ConfigError
 from streams.core.numbering import NumberKind, normalise
 from streams.core.timeutil import parse_rfc3339
-from streams.generator import (
+from streams.tools.generator import (
     DECT_UAS,
     DIALLER_UA,
     FRAUD_UAS,
@@ -32,7 +32,7 @@ from streams.generator import (
     french_holidays,
     generate_month,
 )
-from streams.replay import read_stream, run_offline
+from streams.tools.replay import read_stream, run_offline
 from streams.settings import Settings
 
 MONTH = "2026-11"

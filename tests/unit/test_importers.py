@@ -18,7 +18,7 @@ from streams.codecs import decode_cdr
 from streams.core.errors import ConfigError
 from streams.config import build_engine, load_config
 from streams.core.usage import DictStore
-from streams.importers import (DEFAULT_INBOUND_CONTEXTS, ImportOptions, convert_file, convert_freeswitch,
+from streams.tools.importers import (DEFAULT_INBOUND_CONTEXTS, ImportOptions, convert_file, convert_freeswitch,
                                default_rejects_path, format_import)
 from streams.settings import Settings
 
@@ -399,7 +399,7 @@ def test_cli_import_exits_2_on_unreadable_input_or_bad_options(
 
 def test_imported_rows_replay_offline(tmp_path: Path) -> None:
     """Converted files are `cdrs` streams: the engine takes every row (no DLQ)."""
-    from streams.replay import read_stream, run_offline
+    from streams.tools.replay import read_stream, run_offline
     from streams.settings import Settings
 
     shutil.copy(DATA / "asterisk-master-21.csv", tmp_path / "Master.csv")

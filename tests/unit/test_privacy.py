@@ -17,9 +17,9 @@ from streams.codecs import decode_cdr, decode_registration
 from streams.config import build_engine, load_config
 from streams.core.numbering import normalise
 from streams.core.usage import DictStore
-from streams.embedded import EmbeddedBroker
-from streams.replay import InputMessage, replay
-from streams.samples import build_sample
+from streams.tools.embedded import EmbeddedBroker
+from streams.tools.replay import InputMessage, replay
+from streams.tools.samples import build_sample
 from streams.settings import SecretStr, Settings, settings_from_env
 
 SECRET = "privacy-test-secret-0f9d8c7b"

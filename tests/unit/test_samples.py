@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from streams.samples import SampleStream, build_sample, write_jsonl, write_sample
+from streams.tools.samples import SampleStream, build_sample, write_jsonl, write_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "streams" / "data"

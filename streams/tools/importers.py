@@ -43,9 +43,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from .codecs import decode_cdr
-from .core.errors import ConfigError, InvalidRecord
-from .checks import count, input_file, output_file
+from ..codecs import decode_cdr
+from ..core.errors import ConfigError, InvalidRecord
+from ..checks import count, input_file, output_file
 
 __all__ = [
     "ASTERISK_COLUMNS",

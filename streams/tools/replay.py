@@ -17,24 +17,24 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from .agents.batching import refresh_metadata
-from .agents.usage import Pipeline, build_pipeline
-from .codecs import (
+from ..agents.batching import refresh_metadata
+from ..agents.usage import Pipeline, build_pipeline
+from ..codecs import (
     decode_cdr,
     decode_registration,
     decode_subscriber,
 )
-from .config import build_engine, load_config
-from .core.errors import ConfigError, InvalidRecord
-from .core.summary import SummaryRow, summary_rows
-from .core.timeutil import parse_rfc3339, to_ms
-from .core.usage import DictStore, PeriodState
+from ..config import build_engine, load_config
+from ..core.errors import ConfigError, InvalidRecord
+from ..core.summary import SummaryRow, summary_rows
+from ..core.timeutil import parse_rfc3339, to_ms
+from ..core.usage import DictStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics, true_end_offsets
-from .jsonl import iter_jsonl
-from .checks import input_file
+from ..jsonl import iter_jsonl
+from ..checks import input_file
 from .reports import write_summary
-from .settings import Settings
-from .topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
+from ..settings import Settings
+from ..topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from .core.timeutil import check_period
+from ..core.timeutil import check_period
 
 __all__ = ["SampleStream", "build_sample", "write_jsonl", "write_sample", "SAMPLE_TIMEZONE"]
 

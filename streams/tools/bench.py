@@ -21,17 +21,17 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from . import codecs
-from .agents.usage import ALL_TOPICS, build_pipeline
-from .checks import output_file, positive_int
-from .config import build_engine, build_fraud_engine, load_config
-from .connect import check_broker
-from .core.errors import ConfigError
-from .core.fraud import DictFraudStore
-from .core.records import CallEvent
-from .core.usage import DictStore
+from .. import codecs
+from ..agents.usage import ALL_TOPICS, build_pipeline
+from ..checks import output_file, positive_int
+from ..config import build_engine, build_fraud_engine, load_config
+from ..connect import check_broker
+from ..core.errors import ConfigError
+from ..core.fraud import DictFraudStore
+from ..core.records import CallEvent
+from ..core.usage import DictStore
 from .embedded import EmbeddedBroker, create_topics
-from .settings import PROCESSING_GUARANTEES, Settings
+from ..settings import PROCESSING_GUARANTEES, Settings
 
 
 @dataclass(frozen=True)

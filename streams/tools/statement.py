@@ -23,11 +23,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
-from .checks import input_file, output_dir, period
-from .core.errors import ConfigError
-from .core.plans import Plan, PlanBook
-from .core.rating import CENT
-from .jsonl import iter_jsonl
+from ..checks import input_file, output_dir, period
+from ..core.errors import ConfigError
+from ..core.plans import Plan, PlanBook
+from ..core.rating import CENT
+from ..jsonl import iter_jsonl
 
 TEMPLATE = "statement.html.j2"
 
@@ -117,7 +117,7 @@ def build_statement(source: Path, customer: str, month: str, plans: PlanBook,
 def render_html(statement: Statement) -> str:
     import jinja2
 
-    from . import __version__
+    from .. import __version__
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("streams", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -170,8 +170,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .settings import settings_from_env
+    from ..config import load_config
+    from ..settings import settings_from_env
 
     input_file(args.source, "--from", allow_dir=True)
     if not args.source.is_dir():

@@ -39,9 +39,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from .core.errors import ConfigError
-from .core.timeutil import check_period
-from .checks import output_dir
+from ..core.errors import ConfigError
+from ..core.timeutil import check_period
+from ..checks import output_dir
 
 __all__ = [
     "SCENARIOS",

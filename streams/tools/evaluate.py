@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .core.errors import ConfigError
-from .core.plans import RULES
-from .core.timeutil import check_period
-from .jsonl import iter_jsonl
+from ..core.errors import ConfigError
+from ..core.plans import RULES
+from ..core.timeutil import check_period
+from ..jsonl import iter_jsonl
 
 __all__ = ["EvaluateInputError", "Evaluation", "RuleScore", "evaluate", "format_evaluation", "read_triples", "register"]
 

@@ -9,7 +9,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core.summary import SummaryRow
+from ..core.summary import SummaryRow
 
 MONEY = pa.decimal128(14, 2)
 
