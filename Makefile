@@ -10,7 +10,7 @@ install: $(STAMP)
 
 # The install compiles streams/core and streams/codecs.py with mypyc (hatch-mypyc, ~30 s), so it
 # runs again when they change: a stale extension would shadow the new source.
-COMPILED := $(wildcard streams/core/*.py) streams/codecs.py
+COMPILED := $(wildcard streams/core/*.py) streams/codecs.py streams/processor.py
 
 $(STAMP): pyproject.toml $(COMPILED)
 	$(PYTHON) -m venv $(VENV)

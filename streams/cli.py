@@ -244,14 +244,14 @@ SUMMARY_SUFFIXES = (".parquet", ".csv")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .settings import load_plans_and_rates
     from .core.summary import summary_rows
     from .tools.replay import run_offline
     from .tools.reports import write_summary
 
     output_file(args.out, "--out", SUMMARY_SUFFIXES)
     settings = settings_from_args(args)
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     store, counts = run_offline(settings, read_inputs(args))
     states = [(u, p, s) for (u, p), s in store.periods.items() if args.period in (None, p)]
     rows = summary_rows(states, plans, rates)
@@ -262,7 +262,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .settings import load_plans_and_rates
     from .connect import check_broker
     from .tools.replay import replay, replay_external, stderr_report
 
@@ -270,7 +270,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.external_workers and not args.broker:
         raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
     settings = settings_from_args(args)
-    load_config(settings)
+    load_plans_and_rates(settings)
     messages = read_inputs(args)
     if args.broker:
         asyncio.run(check_broker(settings))
@@ -299,12 +299,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) -> int:
-    from .agents.usage import ALL_TOPICS, build_pipeline
-    from .config import load_config
+    from .agents.pipeline import build_pipeline
+    from .topics import ALL_TOPICS
+    from .settings import load_plans_and_rates
     from .tools.embedded import EmbeddedBroker, create_topics
     from .tools.replay import _wait_processed, produce, stderr_report
 
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="cdrwatch-run-") as scratch:
         settings = settings.with_(broker=broker.url, data_dir=Path(scratch))
         print(f"embedded broker on {broker.bootstrap}", flush=True)
@@ -343,13 +344,13 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from .agents.usage import build_pipeline
-    from .config import load_config
+    from .agents.pipeline import build_pipeline
+    from .settings import load_plans_and_rates
     from .connect import check_broker, check_port_free, check_transactions
     from .web import format_endpoints
 
     settings = settings_from_args(args)
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     if settings.web_enabled:
         check_port_free(settings.web_host, settings.web_port)
     asyncio.run(check_broker(settings))
@@ -367,7 +368,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .agents.usage import ALL_TOPICS
+    from .topics import ALL_TOPICS
     from .tools.embedded import EmbeddedBroker, create_topics
 
     with EmbeddedBroker(port=args.port) as broker:

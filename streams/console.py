@@ -742,12 +742,12 @@ async def serve(config: ConsoleConfig, host: str, port: int, stop: asyncio.Event
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .settings import load_plans_and_rates
     from .connect import check_broker, check_port_free
 
     config = config_from_args(args)
     check_port_free(args.host, args.port)
-    load_config(config.settings)  # the same settings errors as a worker's, before anything starts
+    load_plans_and_rates(config.settings)  # the same settings errors as a worker's, before anything starts
     asyncio.run(check_broker(config.settings))
 
     async def main() -> None:

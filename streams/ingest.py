@@ -513,12 +513,12 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .settings import load_plans_and_rates
     from .connect import check_broker, check_port_free
 
     config = config_from_args(args)
     check_port_free(args.host, args.port)
-    plans, _rates = load_config(config.settings)
+    plans, _rates = load_plans_and_rates(config.settings)
     asyncio.run(check_broker(config.settings))
 
     async def serve() -> None:

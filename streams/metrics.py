@@ -18,6 +18,7 @@ dashboard does not depend on ``CDRWATCH_APP_ID``.
 from __future__ import annotations
 
 import bisect
+import collections
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Protocol
@@ -35,6 +36,8 @@ from .core.records import Alert, CallEvent, RebillLine, Registration
 if TYPE_CHECKING:
     import faust
     from faust.types import TP
+
+    from .processor import Outputs
 
 __all__ = [
     "ConsumerLagCollector",
@@ -314,6 +317,20 @@ class Metrics:
         for kind in FRAUD_RULES:
             for level in LEVELS:
                 self.fraud_alerts.labels(kind, level)
+
+    def report(self, out: "Outputs") -> None:
+        """What a batch did, once its outputs are delivered: the data path's one place of metrics."""
+        for (topic, outcome), n in collections.Counter(out.counts).items():
+            self.event(topic, outcome, n)
+        for record, outcome, source in out.applied:
+            # a Faust message's topic-partition (dropped when this worker loses it); a partition otherwise
+            self.applied(record, outcome, getattr(source, "tp", source.partition))
+        for alert in out.alerts:
+            self.alert(alert)
+        for line in out.lines:
+            self.rebill(line)
+        for fraud in out.fraud_alerts:
+            self.fraud_alert(fraud)
 
     def event(self, topic: str, outcome: str, n: int = 1) -> None:
         """``n`` input messages handled (counted once their outputs are delivered)."""

@@ -13,7 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from .checks import input_file
 from .core.errors import ConfigError
+from .core.plans import PlanBook, load_plans
+from .core.rates import RateDeck, load_rate_deck
 
 
 class SecretStr:
@@ -295,3 +298,9 @@ def _coerce(name: str, raw: str, default: object) -> object:
         except ValueError:
             raise ValueError(f"{name}: expected a number, got {raw!r}") from None
     return raw
+
+
+def load_plans_and_rates(settings: Settings) -> tuple[PlanBook, RateDeck]:
+    """The operator's plans and rate deck, from the files the settings name."""
+    rates = load_rate_deck(input_file(settings.rates_path, "--rates"))
+    return load_plans(input_file(settings.plans_path, "--plans"), rates), rates

@@ -25,11 +25,11 @@ from .core.rating import CENT
 from .core.summary import summarise
 from .core.timeutil import check_period, from_ms, parse_rfc3339, to_ms
 from .core.records import json_number
-from .core.usage import PeriodState, UserState
+from .core.state import PeriodState, UserState
 from .topics import EVENT_TOPICS, period_key
 
 if TYPE_CHECKING:
-    from .agents.usage import Pipeline
+    from .agents.pipeline import Pipeline
 
 __all__ = [
     "ALERT_TOPICS",
@@ -332,7 +332,7 @@ def install_views(app: faust.App, pipeline: "Pipeline") -> AlertRing:
         # the path's user the same way and forwards the request to the worker holding it
         @app.table_route(table=pipeline.users, match_info="user")  # type: ignore[arg-type]  # `user` from the path
         async def routed(self, request: faust.web.Request, user: str) -> faust.web.Response:
-            engine = pipeline.engine
+            engine = pipeline.processor.fairuse
             return _json(self, usage_view(user, request.query.items(), pipeline.users, pipeline.periods,
                                           engine.plans, engine.rates, worker()))
 

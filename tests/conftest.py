@@ -9,11 +9,12 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from streams.agents.usage import INPUT_TOPICS, Pipeline, build_pipeline
+from streams.agents.pipeline import Pipeline, build_pipeline
+from streams.topics import INPUT_TOPICS
 from streams.core.plans import PlanBook
 from streams.core.rates import RateDeck
 from streams.tools.embedded import EmbeddedBroker
-from streams.config import load_config
+from streams.settings import load_plans_and_rates
 from streams.settings import Settings
 from tests.brokers import Broker
 from tests.kafka_cluster import KafkaCluster
@@ -26,7 +27,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def config(settings: Settings) -> tuple[PlanBook, RateDeck]:
-    return load_config(settings)
+    return load_plans_and_rates(settings)
 
 
 @pytest.fixture()

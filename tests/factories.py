@@ -14,7 +14,8 @@ from typing import Any, Iterable
 from streams.core.plans import PlanBook, parse_plans
 from streams.core.rates import RateDeck, parse_rate_deck
 from streams.core.records import Alert, CallEvent, RebillLine, Registration
-from streams.core.usage import DictStore, Outcome, UsageEngine
+from streams.core.state import MemoryStore
+from streams.core.fairuse import FairUseEngine, Outcome
 
 UTC = timezone.utc
 
@@ -87,8 +88,8 @@ def plan_book() -> PlanBook:
     return parse_plans(plans_data(), deck())
 
 
-def engine(**kwargs: Any) -> UsageEngine:
-    return UsageEngine(plan_book(), deck(), hash_secret=b"unit-test-secret", **kwargs)
+def engine(**kwargs: Any) -> FairUseEngine:
+    return FairUseEngine(plan_book(), deck(), hash_secret=b"unit-test-secret", **kwargs)
 
 
 # ------------------------------------------------------------------------------------- times
@@ -226,12 +227,12 @@ class Run:
 
 def feed(
     events: Iterable[CallEvent | Registration],
-    eng: UsageEngine | None = None,
-    store: DictStore | None = None,
+    eng: FairUseEngine | None = None,
+    store: MemoryStore | None = None,
 ) -> Run:
     """Events through an engine, in order (a fresh engine and store unless given)."""
     eng = eng or engine()
-    store = store if store is not None else DictStore()
+    store = store if store is not None else MemoryStore()
     run = Run()
     for ev in events:
         if isinstance(ev, CallEvent):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.tools.embedded import create_topics, free_port
 from streams.tools.replay import end_offsets
 from streams.settings import Settings

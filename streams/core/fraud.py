@@ -1,7 +1,7 @@
 """Live fraud rules (hacked accounts, toll fraud): per-user state in, (fraud alerts, account actions) out.
 
-One ``FraudState`` per user, read and written through a ``FraudStore`` (plain dict in tests, a Faust
-table in a worker), holds what the rules need and nothing older:
+One ``FraudState`` per user (``streams.core.state``), read and written through a ``Store``, holds
+what the rules need and nothing older:
 
 * the user's calls of the last ~26 h (start, end or open, talk time, a rate-deck/scope prefix of the
   callee — never the whole number), the duplicate filter and the clock of every call rule;
@@ -22,30 +22,26 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
-from typing import Any, Iterable, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
-
-from .numbering import NumberKind, normalise
+from .callee import Callee
 from .plans import FraudConfig, FraudRule, Plan, PlanBook
 from .rates import RateDeck
-from .rating import CENT, number_hash, number_hash_key, stable_id
-from .records import OPEN, CallEvent, Feedback, Registration
+from .rating import CENT, number_hash_key, stable_id
+from .records import OPEN, AccountAction, CallEvent, Feedback, FraudAlert, Registration
+from .state import FraudState, Store
 from .timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
 
 __all__ = [
     "AccountAction",
-    "DictFraudStore",
     "FraudAlert",
     "FraudEngine",
     "FraudOutcome",
     "FraudState",
-    "FraudStore",
-    "apply_fraud",
     "network_of",
 ]
 
@@ -78,176 +74,7 @@ UNITS = {
 _CALL_COUNT_RULES = ("calls_per_minute", "total_calls_per_day", "sequential_calls", "high_risk_destination")
 
 
-# --------------------------------------------------------------------------------------- state
-
-
 @dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
-class FraudState:
-    """One user's fraud state. Encoded compactly (orjson) for the table changelog."""
-
-    # call_id -> [start_ms, end_ms | OPEN, talk_ms, key, counted]; key = the longest rate-deck or
-    # configured prefix of the callee (enough to find its rate and scope, not the number itself);
-    # counted = 1 for a call the rules look at (a configured direction, not an emergency number)
-    calls: dict[str, list[Any]]
-    # rule -> [callee hash, count, first call_id, last start_ms]: the current same-callee run
-    runs: dict[str, list[Any]]
-    days: dict[str, list[int]]  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
-    networks: dict[str, int]  # "203.0.113.0/24" -> last registration ms
-    bindings: dict[str, list[Any]]  # identity -> [time_ms, expiry_ms, network]
-    # registrations from a network unused for a while, while another binding was active:
-    # [time_ms, network, previous use ms or -1]
-    fresh: list[list[Any]]
-    fired: dict[str, int]  # "rule|level|window" -> event time of the alert
-    trusted: dict[str, int]  # network an analyst trusted for the user -> when (never new for new_network)
-    muted: dict[str, int]  # rule name -> until when (event time) the rule raises no alert for the user
-    newest_call_ms: int
-    newest_registration_ms: int
-    # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
-    prune_due: int = field(repr=False, compare=False)
-
-    def __init__(self, calls: dict[str, list[Any]] | None = None, runs: dict[str, list[Any]] | None = None,
-                 days: dict[str, list[int]] | None = None, networks: dict[str, int] | None = None,
-                 bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
-                 fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
-                 prune_due: int = 0, trusted: dict[str, int] | None = None,
-                 muted: dict[str, int] | None = None) -> None:
-        self.calls = calls if calls is not None else {}
-        self.runs = runs if runs is not None else {}
-        self.days = days if days is not None else {}
-        self.networks = networks if networks is not None else {}
-        self.bindings = bindings if bindings is not None else {}
-        self.fresh = fresh if fresh is not None else []
-        self.fired = fired if fired is not None else {}
-        self.trusted = trusted if trusted is not None else {}
-        self.muted = muted if muted is not None else {}
-        self.newest_call_ms, self.newest_registration_ms, self.prune_due = (
-            newest_call_ms, newest_registration_ms, prune_due)
-
-    def encode(self) -> bytes:
-        data: dict[str, Any] = {
-            "c": self.calls,
-            "r": self.runs,
-            "d": self.days,
-            "n": self.networks,
-            "b": self.bindings,
-            "x": self.fresh,
-            "f": self.fired,
-            "tc": self.newest_call_ms,
-            "tr": self.newest_registration_ms,
-        }
-        if self.trusted:  # an analyst's verdicts: absent from most states
-            data["t"] = self.trusted
-        if self.muted:
-            data["m"] = self.muted
-        return orjson.dumps(data)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "FraudState":
-        data = orjson.loads(raw)
-        return cls(
-            calls=data["c"],
-            runs=data["r"],
-            days=data["d"],
-            networks=data["n"],
-            bindings=data["b"],
-            fresh=data["x"],
-            fired=data["f"],
-            newest_call_ms=data["tc"],
-            newest_registration_ms=data["tr"],
-            trusted=data.get("t"),
-            muted=data.get("m"),
-        )
-
-
-class FraudStore(Protocol):
-    def get(self, user: str) -> FraudState | None: ...
-    def put(self, user: str, state: FraudState) -> None: ...
-
-
-class DictFraudStore:
-    """A ``FraudStore`` on a plain dict: unit tests and offline runs."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, FraudState] = {}
-
-    def get(self, user: str) -> FraudState | None:
-        return self.states.get(user)
-
-    def put(self, user: str, state: FraudState) -> None:
-        self.states[user] = state
-
-
-# ------------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True, slots=True)
-class FraudAlert:
-    """A ``fraud-alerts`` payload: one per (user, rule, level, window)."""
-
-    alert_id: str
-    rule: str  # the kind: cost_burst, long_call, ...
-    rule_name: str  # the table name in plans.toml ([fraud.rules.NAME])
-    level: str  # warning | critical
-    user: str
-    customer: str
-    plan: str
-    window: str
-    observed: int | str  # EUR amounts as decimal strings
-    threshold: int | str
-    unit: str
-    time: str
-    evidence: dict[str, Any]
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "alert_id": self.alert_id,
-            "rule": self.rule,
-            "rule_name": self.rule_name,
-            "level": self.level,
-            "user": self.user,
-            "customer": self.customer,
-            "plan": self.plan,
-            "window": self.window,
-            "observed": self.observed,
-            "threshold": self.threshold,
-            "unit": self.unit,
-            "time": self.time,
-            "evidence": self.evidence,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AccountAction:
-    """An ``account-actions`` payload: what a critical alert asks the switch/provisioning to do.
-    Applying the same action twice is harmless; ``action_id`` de-duplicates redeliveries."""
-
-    action_id: str
-    action: str  # restrict_to_emergency | suspend_unlimited
-    user: str
-    customer: str
-    plan: str
-    rule: str
-    rule_name: str
-    alert_id: str
-    reason: str
-    time: str
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "action_id": self.action_id,
-            "action": self.action,
-            "user": self.user,
-            "customer": self.customer,
-            "plan": self.plan,
-            "rule": self.rule,
-            "rule_name": self.rule_name,
-            "alert_id": self.alert_id,
-            "reason": self.reason,
-            "time": self.time,
-        }
-
-
-@dataclass(init=False)  # see FraudState
 class FraudOutcome:
     """What one event did: ``ok``; ``duplicate`` (seen before), ``late`` (a REGISTER older than the
     binding held) or ``stale`` (older than the state reaches) change nothing and emit nothing."""
@@ -385,7 +212,7 @@ class FraudEngine:
     ) -> None:
         self.plans = plans
         self.rates = rates
-        self._hash_key = number_hash_key(hash_secret)
+        self.hash_key = number_hash_key(hash_secret)  # of the callees' hashes (see Callee)
         self.max_call_ms = max_call_duration_s * SECOND_MS
         configs = [plan.fraud for plan in plans.plans.values()]
         self._prefixes = sorted(
@@ -405,21 +232,18 @@ class FraudEngine:
         """False when no plan has a fraud rule: the caller may skip the engine (and its table)."""
         return any(plan.fraud for plan in self.plans.plans.values())
 
-    def plan_for(self, name: str | None) -> Plan:
-        if name is not None and name in self.plans.plans:
-            return self.plans.plans[name]
-        return self.plans.get(None)
-
     # -- CDRs ---------------------------------------------------------------------------------
 
-    def on_call(self, store: FraudStore, ev: CallEvent, *, plan: str | None = None) -> FraudOutcome:
-        """One ``cdrs`` event. ``plan`` is the user's plan name (None: the default plan)."""
-        the_plan = self.plan_for(plan)
+    def on_call(self, store: Store, ev: CallEvent, *, plan: Plan | None = None,
+                callee: Callee | None = None) -> FraudOutcome:
+        """One ``cdrs`` event. ``plan``: the user's plan (None: from the store), ``callee``: the
+        event's called number when the caller has it already."""
+        the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(ev.user))
         if not the_plan.fraud:
             return FraudOutcome("ok")
         rules = self._compiled(the_plan)
         now = ev.event_ms
-        state = store.get(ev.user) or FraudState()
+        state = store.get_fraud(ev.user) or FraudState()
         if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
             return FraudOutcome("stale")
         record = state.calls.get(ev.call_id)
@@ -427,7 +251,9 @@ class FraudEngine:
             return FraudOutcome("duplicate")
         new = record is None
         if record is None:
-            key, counted = self._classify(ev.callee, ev.direction, the_plan.fraud)
+            if callee is None:
+                callee = Callee(ev.callee, self.rates, self.hash_key)
+            key, counted = self._classify(callee, ev.direction, the_plan.fraud)
             record = [ev.start_ms, OPEN, 0, key, counted]
             state.calls[ev.call_id] = record
         if ev.is_end:
@@ -438,13 +264,14 @@ class FraudEngine:
 
         ctx = _Eval(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"))
         if new and record[4] and rules.on_new_call:
-            self._count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], ev.callee)
+            assert callee is not None  # classified above: a new call
+            self._count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], callee)
         if rules.live:
             self._live(ctx, rules)
         if ev.is_end and record[4]:
             for rule in rules.long_call:
                 self._long_call(ctx, rule, ev.call_id, record, record[2], False)
-        store.put(ev.user, state)
+        store.put_fraud(ev.user, state)
         return ctx.outcome
 
     def _compiled(self, plan: Plan) -> _PlanRules:
@@ -453,14 +280,13 @@ class FraudEngine:
             rules = self._rules[plan.name] = _PlanRules.of(plan)
         return rules
 
-    def _classify(self, callee: str, direction: str, config: FraudConfig) -> tuple[str, int]:
-        number = normalise(callee)
-        if number.is_emergency or direction not in config.directions:
+    def _classify(self, callee: Callee, direction: str, config: FraudConfig) -> tuple[str, int]:
+        if callee.number.is_emergency or direction not in config.directions:
             return "", 0
-        if number.kind is not NumberKind.E164:
+        if not callee.is_e164:
             return "", 1  # counted (an attempt), but no rate and no destination
-        digits = number.digits
-        rate = self.rates.lookup(digits)
+        digits = callee.number.digits
+        rate = callee.rate()
         key = rate.prefix if rate is not None else ""
         for prefix in self._prefixes:  # longest first
             if digits.startswith(prefix):
@@ -490,12 +316,9 @@ class FraudEngine:
                 return False
         return not time or time.matches(*_local_minute(start_ms // MINUTE_MS, plan.timezone))
 
-    def _callee_hash(self, callee: str) -> int:
-        return number_hash(normalise(callee).digits, self._hash_key)
-
     # -- rules on a new call ------------------------------------------------------------------
 
-    def _count_rules(self, ctx: _Eval, rules: _PlanRules, call_id: str, start: int, key: str, callee: str) -> None:
+    def _count_rules(self, ctx: _Eval, rules: _PlanRules, call_id: str, start: int, key: str, callee: Callee) -> None:
         # the span rules need at least `span_least` counted calls near this one: most users have fewer
         # calls in the whole state, and then the rules cannot fire (the state only grows their count)
         spans = rules.span_least and len(ctx.state.calls) >= rules.span_least
@@ -565,9 +388,9 @@ class FraudEngine:
                 self._fire(ctx, rule.rule, level.name, day, start, counter[0], level.threshold,
                            {"day": day, "call_id": call_id})
 
-    def _sequence_rule(self, ctx: _Eval, rule: _Rule, call_id: str, start: int, callee: str) -> None:
+    def _sequence_rule(self, ctx: _Eval, rule: _Rule, call_id: str, start: int, callee: Callee) -> None:
         """In-scope calls to the same callee in a row, each within an hour of the previous one."""
-        h = self._callee_hash(callee)
+        h = callee.hash()
         name = rule.rule.name
         run = ctx.state.runs.get(name)
         if run is not None and run[0] == h and abs(start - run[3]) <= SEQUENCE_GAP_MS:
@@ -683,9 +506,9 @@ class FraudEngine:
 
     # -- registrations ------------------------------------------------------------------------
 
-    def on_registration(self, store: FraudStore, reg: Registration, *, plan: str | None = None,
+    def on_registration(self, store: Store, reg: Registration, *, plan: Plan | None = None,
                         calls_read_ms: int | None = None) -> FraudOutcome:
-        """One ``sip-registrations`` event. ``plan`` is the user's plan name (None: the default plan).
+        """One ``sip-registrations`` event. ``plan`` as in ``on_call``.
 
         ``calls_read_ms``: how far, in event time, the caller has read the ``cdrs`` partition of this
         user (None: as far as this registration, e.g. events fed in event-time order). The two topics
@@ -693,12 +516,12 @@ class FraudEngine:
         in progress are valued up to ``min(registration time, max(calls_read_ms, newest call event of
         the user))`` only: a call whose ``end`` is still unread is not taken for a call lasting until
         the registration's time."""
-        the_plan = self.plan_for(plan)
+        the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(reg.user))
         config = the_plan.fraud
         if not config:
             return FraudOutcome("ok")
         now = reg.time_ms
-        state = store.get(reg.user) or FraudState()
+        state = store.get_fraud(reg.user) or FraudState()
         if state.newest_registration_ms and now < state.newest_registration_ms - STALE_MS:
             return FraudOutcome("stale")
         identity = reg.binding
@@ -736,7 +559,7 @@ class FraudEngine:
             clock = now if calls_read_ms is None else min(now, max(calls_read_ms, state.newest_call_ms))
             self._live(ctx if clock == now else _Eval(reg.user, reg.customer, the_plan, state, clock, ctx.outcome),
                        rules)
-        store.put(reg.user, state)
+        store.put_fraud(reg.user, state)
         return ctx.outcome
 
     def _new_network(self, ctx: _Eval, rule: FraudRule, reg: Registration, identity: str) -> None:
@@ -773,11 +596,11 @@ class FraudEngine:
 
     # -- an analyst's verdicts ----------------------------------------------------------------
 
-    def on_feedback(self, store: FraudStore, feedback: Feedback) -> FraudOutcome:
+    def on_feedback(self, store: Store, feedback: Feedback) -> FraudOutcome:
         """One ``fraud-feedback`` message: trust its networks for the user, mute its rule until its
         instant. ``duplicate`` when the state already holds the verdict (a redelivery, or the same
         verdict given twice): applying it again changes nothing."""
-        state = store.get(feedback.user) or FraudState()
+        state = store.get_fraud(feedback.user) or FraudState()
         changed = False
         for network in feedback.networks:
             if network not in state.trusted:
@@ -792,7 +615,7 @@ class FraudEngine:
             changed = True
         if not changed:
             return FraudOutcome("duplicate")
-        store.put(feedback.user, state)
+        store.put_fraud(feedback.user, state)
         return FraudOutcome("ok")
 
     # -- alerts, actions, pruning -------------------------------------------------------------
@@ -925,20 +748,3 @@ def _reason(alert: FraudAlert) -> str:
         f"(critical at {t})",
     }[alert.rule]
     return f"fraud rule {alert.rule_name} ({alert.rule}) critical: {what}"
-
-
-def apply_fraud(
-    engine: FraudEngine,
-    store: FraudStore,
-    events: Iterable[CallEvent | Registration],
-    plan_of: dict[str, str] | None = None,
-) -> list[FraudOutcome]:
-    """Run events through the engine in order (tests, offline replays)."""
-    plans = plan_of or {}
-    out = []
-    for ev in events:
-        if isinstance(ev, CallEvent):
-            out.append(engine.on_call(store, ev, plan=plans.get(ev.user)))
-        else:
-            out.append(engine.on_registration(store, ev, plan=plans.get(ev.user)))
-    return out

@@ -195,6 +195,12 @@ class PlanBook:
             return self.plans[self.default_plan]
         return self.plans[name]
 
+    def resolve(self, name: str | None) -> Plan:
+        """A user's plan from its subscription: the default plan when there is none, or when the
+        subscribed plan is no longer in the book."""
+        plan = self.plans.get(name) if name is not None else None
+        return plan if plan is not None else self.plans[self.default_plan]
+
 
 def load_plans(path: Path, rates: RateDeck | None = None) -> PlanBook:
     try:

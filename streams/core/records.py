@@ -166,3 +166,71 @@ class RebillLine:
 def json_number(value: Decimal) -> int | float:
     """A multiplier as JSON shows it: 4, or 1.5."""
     return int(value) if value == value.to_integral_value() else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class FraudAlert:
+    """A ``fraud-alerts`` payload: one per (user, rule, level, window)."""
+
+    alert_id: str
+    rule: str  # the kind: cost_burst, long_call, ...
+    rule_name: str  # the table name in plans.toml ([fraud.rules.NAME])
+    level: str  # warning | critical
+    user: str
+    customer: str
+    plan: str
+    window: str
+    observed: int | str  # EUR amounts as decimal strings
+    threshold: int | str
+    unit: str
+    time: str
+    evidence: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "level": self.level,
+            "user": self.user,
+            "customer": self.customer,
+            "plan": self.plan,
+            "window": self.window,
+            "observed": self.observed,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "time": self.time,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccountAction:
+    """An ``account-actions`` payload: what a critical alert asks the switch/provisioning to do.
+    Applying the same action twice is harmless; ``action_id`` de-duplicates redeliveries."""
+
+    action_id: str
+    action: str  # restrict_to_emergency | suspend_unlimited
+    user: str
+    customer: str
+    plan: str
+    rule: str
+    rule_name: str
+    alert_id: str
+    reason: str
+    time: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "action": self.action,
+            "user": self.user,
+            "customer": self.customer,
+            "plan": self.plan,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "alert_id": self.alert_id,
+            "reason": self.reason,
+            "time": self.time,
+        }
+

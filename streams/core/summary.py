@@ -16,7 +16,7 @@ from .plans import PlanBook
 from .rates import RateDeck
 from .rating import CENT, rate_call
 from .timeutil import from_ms
-from .usage import PeriodState
+from .state import PeriodState
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,14 +22,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .. import codecs
-from ..agents.usage import ALL_TOPICS, build_pipeline
+from ..agents.pipeline import build_pipeline
+from ..topics import ALL_TOPICS
 from ..checks import output_file, positive_int
-from ..config import build_engine, build_fraud_engine, load_config
+from ..processor import Outputs, Replayed, build_processor
+from ..settings import load_plans_and_rates
 from ..connect import check_broker
 from ..core.errors import ConfigError
-from ..core.fraud import DictFraudStore
 from ..core.records import CallEvent
-from ..core.usage import DictStore
+from ..core.state import MemoryStore
 from .embedded import EmbeddedBroker, create_topics
 from ..settings import PROCESSING_GUARANTEES, Settings
 
@@ -142,7 +143,7 @@ async def measure_naive(bootstrap: str, topic: str, expected: int, partitions: i
 
 
 async def measure_pipeline(settings: Settings, expected: int) -> tuple[float, dict[str, Any]]:
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     pipeline = build_pipeline(settings, plans, rates)
     done = asyncio.Event()
     marks = {"t0": 0.0, "t1": 0.0}
@@ -176,28 +177,26 @@ BUSY_CALLS = (100, 4_000)
 
 
 def measure_busy_user(calls: int) -> tuple[float, int]:
-    """One user's month of ``calls`` covered calls, one every 10 minutes, through the fair-use and
-    fraud engines on plain dicts (no broker): µs per CDR over the month, and the bytes of the
-    month's state records at the end — each table write of that user encodes them whole."""
+    """One user's month of ``calls`` covered calls, one every 10 minutes, through the processor's
+    rules on a ``MemoryStore`` (no broker, no decoding): µs per CDR over the month, and the bytes of
+    the month's state records at the end — each table write of that user encodes them whole."""
     settings = Settings()
-    plans, rates = load_config(settings)
-    usage, fraud = build_engine(settings, plans, rates), build_fraud_engine(settings, plans, rates)
-    store, fraud_store = DictStore(), DictFraudStore()
+    processor = build_processor(settings, *load_plans_and_rates(settings))
+    store, out = MemoryStore(), Outputs()
     start = int(datetime.fromisoformat("2026-11-02T08:00:00+01:00").timestamp() * 1000)
     events = []
     for n in range(calls):
         at = start + n * 600_000
-        stamp = datetime.fromtimestamp(at / 1000).astimezone().isoformat()
+        stamp = datetime.fromtimestamp(at / 1000, timezone.utc).isoformat()
         events.append(CallEvent("end", f"busy-{n}", "busy", "cust", "+33140000000", f"+3314{n * 7919 % 10**8:08d}",
                                 "outbound", at, stamp, at + 5_000, at + 65_000, 60, "ANSWERED"))
+    source = Replayed("cdrs", b"busy", None)
     began = time.perf_counter()
     for event in events:
-        usage.on_call(store, event)
-        if fraud is not None:
-            fraud.on_call(fraud_store, event)
+        processor.apply("cdrs", event, source, store, out)
     per_event = (time.perf_counter() - began) / calls * 1e6
     size = sum(len(state.encode()) for state in store.periods.values())
-    size += sum(len(state.encode()) for state in fraud_store.states.values())
+    size += sum(len(state.encode()) for state in store.fraud.values())
     return per_event, size
 
 
@@ -310,7 +309,7 @@ async def measure_latency(bootstrap: str, partitions: int, data_dir: Path, rate:
     if guarantee is not None:
         settings = settings.with_(processing_guarantee=guarantee)
     await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     pipeline = build_pipeline(settings, plans, rates)
     alerted_at: dict[str, float] = {}
     reader: asyncio.Task[None] | None = None

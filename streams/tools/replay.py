@@ -18,17 +18,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ..agents.batching import refresh_metadata
-from ..agents.usage import Pipeline, build_pipeline
-from ..codecs import (
-    decode_cdr,
-    decode_registration,
-    decode_subscriber,
-)
-from ..config import build_engine, load_config
-from ..core.errors import ConfigError, InvalidRecord
+from ..agents.pipeline import Pipeline, build_pipeline
+from ..processor import Outputs, Replayed, build_processor
+from ..settings import load_plans_and_rates
+from ..core.errors import ConfigError
 from ..core.summary import SummaryRow, summary_rows
 from ..core.timeutil import parse_rfc3339, to_ms
-from ..core.usage import DictStore, PeriodState
+from ..core.state import MemoryStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics, true_end_offsets
 from ..jsonl import iter_jsonl
 from ..checks import input_file
@@ -126,31 +122,16 @@ class ReplayResult:
             write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
 
 
-def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[DictStore, dict[tuple[str, str], int]]:
-    """The same engine without Kafka, in event-time order: the `summary` command and a reference
-    for tests (the streaming result must match it)."""
-    plans, rates = load_config(settings)
-    engine = build_engine(settings, plans, rates)
-    store = DictStore()
+def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[MemoryStore, dict[tuple[str, str], int]]:
+    """The worker's processor without Kafka, in event-time order: the `summary` command and a
+    reference for tests (the streaming result must match it). The counts are per (topic, outcome)."""
+    processor = build_processor(settings, *load_plans_and_rates(settings), partitions=1)
+    store, out = MemoryStore(), Outputs()
+    for n, msg in enumerate(sorted(messages, key=lambda m: m.time_ms)):
+        processor.process(msg.topic, Replayed(msg.topic, msg.key, msg.value, 0, n), store, out)
     counts: dict[tuple[str, str], int] = {}
-    for msg in sorted(messages, key=lambda m: m.time_ms):
-        outcome = "ok"
-        try:
-            if msg.topic == "subscribers":
-                sub = decode_subscriber(msg.key, msg.value, lambda plan: plan in plans.plans)
-                if sub.plan is None:
-                    store.subscribers.pop(sub.user, None)
-                else:
-                    store.subscribers[sub.user] = sub.plan
-            elif msg.topic == "cdrs":
-                outcome = engine.on_call(store, decode_cdr(msg.value)).status
-            else:
-                outcome = engine.on_registration(store, decode_registration(msg.value)).status
-        except InvalidRecord:
-            outcome = "dlq"
-        if outcome == "too_late":
-            outcome = "dlq"
-        counts[(msg.topic, outcome)] = counts.get((msg.topic, outcome), 0) + 1
+    for key in out.counts:
+        counts[key] = counts.get(key, 0) + 1
     return store, counts
 
 
@@ -282,7 +263,7 @@ async def replay(
     speed: float | None = None,
 ) -> ReplayResult:
     """Run ``inputs`` through a broker and an in-process worker; return everything it emitted."""
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     started = time.monotonic()
     async with broker_for(settings, broker_url) as run_settings, _scratch_dir() as scratch:
         run_settings = run_settings.with_(data_dir=scratch)

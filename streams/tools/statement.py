@@ -170,7 +170,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..settings import load_plans_and_rates
     from ..settings import settings_from_env
 
     input_file(args.source, "--from", allow_dir=True)
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.with_(plans_path=args.plans)
     if args.rates:
         settings = settings.with_(rates_path=args.rates)
-    plans, _rates = load_config(settings)
+    plans, _rates = load_plans_and_rates(settings)
     statement = build_statement(args.source, args.customer, args.period, plans)
     html, pdf = write_statement(statement, args.out)
     print(f"{statement.customer} {statement.period}: {len(statement.users)} users, re-billed "

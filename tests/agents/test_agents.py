@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.agents.usage import Pipeline
+from streams.agents.pipeline import Pipeline
 
 
 def cdr(call_id: str, *, user: str = "alice", start: str = "2026-11-03T10:00:00+01:00",
@@ -118,7 +118,7 @@ def verdict(**change: Any) -> bytes:
 
 
 async def test_an_analyst_s_verdict_lands_in_the_user_s_fraud_state(pipeline: Pipeline) -> None:
-    from streams.core.fraud import FraudState
+    from streams.core.state import FraudState
 
     agent = pipeline.agents["fraud-feedback"]
     async with agent.test_context() as ctx:

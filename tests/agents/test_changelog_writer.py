@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from streams.agents.checkpoint import Checkpoint
-from streams.agents.store import ChangelogWriter
+from streams.agents.tables import ChangelogWriter
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.tools.embedded import create_topics
 from streams.tools.replay import end_offsets, read_stream, replay, replay_external
 from streams.settings import Settings

@@ -11,7 +11,7 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.tools.embedded import EmbeddedBroker, create_topics
 
 pytestmark = pytest.mark.integration

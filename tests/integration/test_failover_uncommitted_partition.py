@@ -32,7 +32,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.tools.embedded import create_topics, free_port
 from streams.tools.replay import committed_offsets, end_offsets, read_stream
 from streams.settings import Settings, bundled_file

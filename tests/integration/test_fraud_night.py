@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.agents.usage import Pipeline
+from streams.agents.pipeline import Pipeline
 from streams.tools.replay import InputMessage, _message, replay
 from streams.settings import Settings
 from tests.brokers import Broker
@@ -67,22 +67,24 @@ def test_a_hacked_account_is_stopped_before_its_calls_end(broker: Broker) -> Non
     seen: list[tuple[str, str, list[str]]] = []  # (event, call_id, fraud levels emitted) in engine order
 
     class Spy:
-        """The fraud engine, its call events recorded (a compiled engine's methods cannot be patched)."""
+        """The processor, the fraud levels of each CDR recorded (a compiled processor cannot be patched)."""
 
-        def __init__(self, engine: Any) -> None:
-            self.engine = engine
+        def __init__(self, processor: Any) -> None:
+            self.processor = processor
 
         def __getattr__(self, name: str) -> Any:
-            return getattr(self.engine, name)
+            return getattr(self.processor, name)
 
-        def on_call(self, store: Any, ev: Any, **kwargs: Any) -> Any:
-            found = self.engine.on_call(store, ev, **kwargs)
-            seen.append((ev.event, ev.call_id, [a.level for a in found.alerts]))
-            return found
+        def process(self, topic: str, message: Any, store: Any, out: Any) -> None:
+            before = len(out.fraud_alerts)
+            self.processor.process(topic, message, store, out)
+            if topic == "cdrs":
+                cdr = orjson.loads(message.value)
+                seen.append((cdr["event"], cdr["call_id"], [a.level for a in out.fraud_alerts[before:]]))
 
     def spy(pipeline: Pipeline) -> None:
-        assert pipeline.fraud is not None, "the bundled plans configure fraud rules"
-        pipeline.fraud = Spy(pipeline.fraud)  # type: ignore[assignment]
+        assert pipeline.processor.fraud is not None, "the bundled plans configure fraud rules"
+        pipeline.processor = Spy(pipeline.processor)
 
     result = asyncio.run(replay(Settings(web_enabled=False), messages, broker_url=broker.url, timeout_s=180,
                                 on_pipeline=spy))

@@ -33,8 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
-from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
-from streams.config import load_config
+from streams.agents.pipeline import Pipeline, build_pipeline
+from streams.topics import ALL_TOPICS
+from streams.settings import load_plans_and_rates
 from streams.tools.embedded import create_topics
 from streams.tools.replay import InputMessage, _message, _wait_processed, committed_offsets, end_offsets, group_lag, produce
 from streams.settings import Settings
@@ -270,7 +271,7 @@ async def run_worker(settings: Settings, subscriber_records: int, users: list[st
     """A worker of a new consumer group: it reads ``subscribers`` from the beginning, then a UK
     call of each user; then wait (up to ``commit_timeout_s``) until it has committed the end of
     every ``subscribers`` partition and the group has no lag."""
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     assert plans.default_plan == DEFAULT_PLAN
     pipeline: Pipeline = build_pipeline(settings, plans, rates)
     fraud: list[dict[str, Any]] = []

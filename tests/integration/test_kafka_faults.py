@@ -32,11 +32,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.agents.usage import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
+from streams.topics import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
 from streams.codecs import decode_cdr, decode_registration
 from streams.topics import DLQ_REASON_HEADER, EVENT_TOPICS
-from streams.config import build_fraud_engine, load_config
-from streams.core.fraud import FraudEngine, FraudState
+from streams.processor import build_processor
+from streams.settings import load_plans_and_rates
+from streams.core.state import FraudState
+from streams.core.fraud import FraudEngine
 from streams.core.errors import InvalidRecord
 from streams.tools.embedded import create_topics
 from streams.tools.generator import generate_month
@@ -400,7 +402,7 @@ async def read_tables(run: Run) -> Tables:
 def assert_same_tables(got: Tables, reference: Tables, run: Run) -> None:
     """Each table holds what the uninterrupted run's held at its end: the same keys, each with the
     same state (``comparable``)."""
-    fraud = build_fraud_engine(Settings(), *load_config(Settings()))
+    fraud = build_processor(Settings(), *load_plans_and_rates(Settings())).fraud
     assert fraud is not None
     for table in TABLES:
         want, have = reference[table], got[table]

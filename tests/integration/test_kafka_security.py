@@ -26,7 +26,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.connect import check_broker
 from streams.core.errors import ConfigError
 from streams.tools.embedded import create_topics, free_port

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.agents.usage import Pipeline
+from streams.agents.pipeline import Pipeline
 from streams.tools.replay import _message, replay
 from streams.settings import Settings
 from tests.factories import cdr_payload

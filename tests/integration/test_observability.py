@@ -26,7 +26,8 @@ import pytest
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.agents.usage import ALL_TOPICS, INPUT_TOPICS, Pipeline
+from streams.agents.pipeline import Pipeline
+from streams.topics import ALL_TOPICS, INPUT_TOPICS
 from streams.tools.embedded import create_topics, free_port
 from streams.tools.replay import InputMessage, produce, replay
 from streams.settings import Settings

@@ -8,7 +8,7 @@ that, final CDRs (``end``) may come in any order. Live state is the exception, b
 ``start`` read before an earlier call's ``end`` counts that call as in progress, and a REGISTER
 read before an earlier unregister counts that binding as active — both tested below as such.
 
-The engine tests feed ``UsageEngine`` directly in the order under test (``run_offline`` sorts by
+The engine tests feed ``FairUseEngine`` directly in the order under test (``run_offline`` sorts by
 time, so it cannot show an order effect); the last test sends the duplicated stream through the
 embedded broker and a real worker with ``replay()``.
 """
@@ -28,9 +28,11 @@ import orjson
 import pytest
 
 from streams.codecs import decode_cdr, decode_registration
-from streams.config import build_engine, load_config
+from streams.processor import build_processor
+from streams.settings import load_plans_and_rates
 from streams.core.records import CallEvent, Registration
-from streams.core.usage import DictStore, UsageEngine
+from streams.core.state import MemoryStore
+from streams.core.fairuse import FairUseEngine
 from streams.tools.replay import InputMessage, replay, run_offline
 from streams.tools.samples import build_sample
 from streams.settings import Settings
@@ -93,16 +95,16 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def config() -> Any:
-    return load_config(settings())
+    return load_plans_and_rates(settings())
 
 
-def fresh_engine() -> UsageEngine:
+def fresh_engine() -> FairUseEngine:
     plans, rates = config()
-    return build_engine(settings(), plans, rates)
+    return build_processor(settings(), plans, rates).fairuse
 
 
 def run_engine(msgs: Iterable[Msg]) -> Run:
-    engine, store = fresh_engine(), DictStore()
+    engine, store = fresh_engine(), MemoryStore()
     alerts: Alerts = set()
     sums: dict[str, Decimal] = defaultdict(Decimal)
     statuses: Counter[str] = Counter()
@@ -289,7 +291,7 @@ def paris(day: int, hour: int, minute: int, second: int = 0) -> datetime:
 
 def alerts_of(events: Iterable[Event]) -> Alerts:
     """The factories' plan book (Europe/Paris; 3 simultaneous calls, 3 devices, 60 calls per hour)."""
-    engine, store = small_engine(), DictStore()
+    engine, store = small_engine(), MemoryStore()
     alerts: Alerts = set()
     for ev in events:
         outcome = engine.on_call(store, ev) if isinstance(ev, CallEvent) else engine.on_registration(store, ev)

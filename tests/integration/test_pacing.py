@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from streams.agents.usage import ALL_TOPICS
+from streams.topics import ALL_TOPICS
 from streams.tools.embedded import create_topics
 from streams.tools.replay import InputMessage, produce
 from streams.settings import Settings

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streams.tools.replay import InputMessage, _message, replay, run_offline
-from streams.config import load_config
+from streams.settings import load_plans_and_rates
 from streams.core.summary import summary_rows
 from streams.settings import Settings
 from tests.brokers import Broker
@@ -161,7 +161,7 @@ def test_summary_from_the_worker_equals_the_offline_engine_and_the_lines(
     replayed: tuple[Any, Any], rebill_settings: Settings, tmp_path: Path
 ) -> None:
     first, _ = replayed
-    plans, rates = load_config(rebill_settings)
+    plans, rates = load_plans_and_rates(rebill_settings)
     store, _counts = run_offline(rebill_settings, scenario())
     offline = summary_rows([(u, p, s) for (u, p), s in store.periods.items()], plans, rates)
     assert first.summary == offline

@@ -17,9 +17,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streams.agents.usage import ALL_TOPICS, Pipeline, build_pipeline
-from streams.config import build_engine, load_config
-from streams.core.usage import PeriodState
+from streams.agents.pipeline import Pipeline, build_pipeline
+from streams.topics import ALL_TOPICS
+from streams.processor import build_processor
+from streams.settings import load_plans_and_rates
+from streams.core.rating import number_hash
+from streams.core.state import PeriodState
 from streams.tools.embedded import create_topics, is_tansu
 from streams.tools.replay import (InputMessage, _message, _wait_processed, end_offsets, produce, read_stream,
                             replay, replay_external)
@@ -51,7 +54,7 @@ def distinct_calls(user: str, first: int, count: int) -> list[InputMessage]:
 
 async def run_worker(settings: Settings, messages: list[InputMessage]) -> tuple[Pipeline, list[dict[str, Any]]]:
     """One in-process worker: start (recovering its tables), process ``messages``, commit, stop."""
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     pipeline = build_pipeline(settings, plans, rates)
     alerts: list[dict[str, Any]] = []
     pipeline.on_output.append(lambda topic, p: alerts.append(p) if topic == "fairuse-alerts" else None)
@@ -101,10 +104,10 @@ def test_recovery_reads_a_changelog_to_its_real_end(broker: Broker, tmp_path: Pa
     settings = Settings(broker=broker.url, store="memory://", data_dir=tmp_path, app_id=f"recover-{tag}",
                         topic_prefix=f"recover-{tag}-", web_enabled=False, partitions=2)
     asyncio.run(create_topics(broker.bootstrap, [settings.topic(t) for t in ALL_TOPICS], 2))
-    plans, rates = load_config(settings)
-    engine = build_engine(settings, plans, rates)
+    plans, rates = load_plans_and_rates(settings)
+    engine = build_processor(settings, plans, rates).fairuse
     partition = (murmur2(b"erin") & 0x7FFFFFFF) % 2  # where the default partitioner puts key "erin"
-    erin = PeriodState(numbers={engine.number_key(f"331{n:08d}") for n in range(150)}, customer="acme",
+    erin = PeriodState(numbers={number_hash(f"331{n:08d}", engine.hash_key) for n in range(150)}, customer="acme",
                        plan=plans.default_plan)
     records = [(f"filler{i}|2026-11".encode(), PeriodState(customer="acme").encode()) for i in range(19)]
     records.append((b"erin|2026-11", erin.encode()))

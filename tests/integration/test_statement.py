@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from streams.cli import main
-from streams.config import load_config
+from streams.settings import load_plans_and_rates
 from streams.core.errors import ConfigError
 from streams.tools.embedded import EmbeddedBroker
 from streams.tools.generator import generate_month
@@ -53,7 +53,7 @@ def test_the_statement_amounts_are_the_rebill_lines_to_the_cent(replayed: Path, 
     lines = lines_of(replayed)
     customer = Counter(str(line["customer"]) for line in lines).most_common(1)[0][0]
     mine = [line for line in lines if line["customer"] == customer]
-    plans, _rates = load_config(Settings())
+    plans, _rates = load_plans_and_rates(Settings())
     statement = build_statement(replayed, customer, "2026-11", plans)
     assert statement.total == sum(Decimal(str(line["amount"])) for line in mine) > 0
     for user in statement.users:
@@ -118,6 +118,6 @@ def test_without_pango_the_statement_says_what_to_install(replayed: Path, tmp_pa
     monkeypatch.delitem(sys.modules, "weasyprint", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_pango)
     customer = str(lines_of(replayed)[0]["customer"])
-    statement = build_statement(replayed, customer, "2026-11", load_config(Settings())[0])
+    statement = build_statement(replayed, customer, "2026-11", load_plans_and_rates(Settings())[0])
     with pytest.raises(ConfigError, match=r"needs Pango.*apt-get install libpango-1.0-0"):
         write_statement(statement, tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from streams.core.usage import DictStore
+from streams.core.state import MemoryStore
 from tests.factories import end_cdr, engine, national, registration, start_cdr
 
 USERS = 120
@@ -27,12 +27,12 @@ def month_of_traffic(year: int, month: int) -> list[object]:
     return events
 
 
-def state_bytes(store: DictStore) -> int:
+def state_bytes(store: MemoryStore) -> int:
     return sum(len(s.encode()) for s in store.periods.values()) + sum(len(s.encode()) for s in store.users.values())
 
 
 def test_three_months_keep_two_months_of_state() -> None:
-    eng, store = engine(), DictStore()
+    eng, store = engine(), MemoryStore()
     sizes = []
     for year, month in ((2026, 9), (2026, 10), (2026, 11)):
         for ev in month_of_traffic(year, month):

@@ -402,15 +402,15 @@ def test_worker_tables_each_get_files_in_the_state_volume(
     (faust-streaming takes the path of a `rocksdb:///path` URL as every table's file name, so
     such a URL would put all tables in one /path-<partition>.db, outside the volume.)
     """
-    from streams.agents.usage import build_pipeline
-    from streams.tools.replay import load_config
+    from streams.agents.pipeline import build_pipeline
+    from streams.settings import load_plans_and_rates
     from streams.settings import settings_from_env
 
     worker = services["worker"]
     state_dir = environment(worker)["APP_DATADIR"]
     monkeypatch.setenv("APP_DATADIR", state_dir)  # Faust reads it when the App is created
     settings = settings_from_env({}, store=command_option(worker, "--store"), web_enabled=False)
-    plans, rates = load_config(settings)
+    plans, rates = load_plans_and_rates(settings)
     tables = build_pipeline(settings, plans, rates).app.tables.values()
     assert tables
     paths = [Path(table.data.partition_path(0)) for table in tables]

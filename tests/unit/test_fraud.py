@@ -1,4 +1,4 @@
-"""The fraud engine per rule and level, with hand-computed expectations, on a DictFraudStore.
+"""The fraud engine per rule and level, with hand-computed expectations, on a MemoryStore.
 
 The deck is the factories' small deck plus three high-cost destinations with round per-second
 prices: Cuba 1.20 EUR/min (0.02 EUR/s), Somalie 1.50 EUR/min (0.025 EUR/s), Satellite Iridium
@@ -14,22 +14,13 @@ from typing import Any, Iterable, Sequence
 
 import pytest
 
-from streams.core.fraud import (
-    DAY_MS,
-    AccountAction,
-    DictFraudStore,
-    FraudAlert,
-    FraudEngine,
-    FraudOutcome,
-    FraudState,
-    apply_fraud,
-    network_of,
-)
+from streams.core.fraud import DAY_MS, FraudEngine, FraudOutcome, network_of
 from streams.core.plans import parse_plans
 from streams.core.rates import parse_rate_deck
 from streams.core.rating import stable_id
-from streams.core.records import CallEvent, Feedback, Registration
+from streams.core.records import AccountAction, CallEvent, Feedback, FraudAlert, Registration
 from streams.core.schemas import validator
+from streams.core.state import FraudState, MemoryStore
 from tests.factories import DECK_CSV, end_cdr, plans_data, registration, start_cdr
 
 DECK = parse_rate_deck(DECK_CSV + "53,Cuba,1.2000\n252,Somalie,1.5000\n8816,Satellite Iridium,3.0000\n")
@@ -117,13 +108,14 @@ class Run:
 
 
 def feed(eng: FraudEngine, events: Iterable[Event], store: Any = None, plan: str | None = None) -> Run:
-    store = store if store is not None else DictFraudStore()
+    store = store if store is not None else MemoryStore()
+    the_plan = eng.plans.resolve(plan) if plan is not None else None
     run = Run()
     for ev in events:
         if isinstance(ev, CallEvent):
-            run.outcomes.append(eng.on_call(store, ev, plan=plan))
+            run.outcomes.append(eng.on_call(store, ev, plan=the_plan))
         else:
-            run.outcomes.append(eng.on_registration(store, ev, plan=plan))
+            run.outcomes.append(eng.on_registration(store, ev, plan=the_plan))
     return run
 
 
@@ -424,12 +416,12 @@ def test_sequential_calls_with_a_destination_scope_ignore_other_calls() -> None:
 
 
 def test_state_holds_no_called_number_in_clear() -> None:
-    store = DictFraudStore()
+    store = MemoryStore()
     eng = make_engine({**only("sequential_calls", 3, 4), **only("cost_burst", 10, 20)})
     feed(eng, [end_cdr("c0", B, duration=60, callee="+5372123456"), *dialled(A, A)], store)
-    raw = store.states["alice"].encode()
+    raw = store.fraud["alice"].encode()
     assert b"5372123456" not in raw and b"612345678" not in raw
-    assert store.states["alice"].calls["c0"][3] == "53"  # the rate-deck prefix is enough
+    assert store.fraud["alice"].calls["c0"][3] == "53"  # the rate-deck prefix is enough
 
 
 # --------------------------------------------------------------------------------- long_call
@@ -487,7 +479,7 @@ def test_a_register_read_ahead_of_the_cdrs_values_open_calls_only_as_far_as_they
     """`cdrs` and `sip-registrations` are separate topics: a worker may read a REGISTER of the next
     day before a call's `end`. Valued up to the REGISTER's time, the 100-second call would look like a
     call of hours (a false critical). The worker says how far it has read the CDRs; up to there only."""
-    eng, store = make_engine(LONG), DictFraudStore()
+    eng, store = make_engine(LONG), MemoryStore()
     call = start_cdr("c0", B, callee=france())
     ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
     assert eng.on_call(store, call).alerts == []
@@ -495,7 +487,7 @@ def test_a_register_read_ahead_of_the_cdrs_values_open_calls_only_as_far_as_they
     assert eng.on_registration(store, tick(at(86_010)), calls_read_ms=0).alerts == []  # the user's own newest call
     assert eng.on_call(store, end_cdr("c0", B, duration=100, callee=france())).alerts == []
     # read far enough: the call really was in progress that long (a live warning, as without a bound)
-    store = DictFraudStore()
+    store = MemoryStore()
     eng.on_call(store, call)
     live = eng.on_registration(store, tick(at(86_000)), calls_read_ms=ms(at(3601)))
     assert [(a.level, a.observed, a.time) for a in live.alerts] == [("warning", 3601, "2026-03-04T11:00:01+01:00")]
@@ -682,24 +674,24 @@ def test_registrations_read_days_ahead_of_the_cdrs_do_not_make_a_fired_window_fi
     alert id with another payload."""
     eng = make_engine(only("total_calls_per_day", 3))
     calls = day_calls("2026-03-04T08:00:00", "2026-03-04T09:00:00", "2026-03-04T10:00:00", "2026-03-04T11:00:00")
-    store = DictFraudStore()
+    store = MemoryStore()
     run = feed(eng, [*calls[:3], tick(paris("2026-03-07T10:00:00")), calls[3]], store)
     assert [(a.level, a.observed, a.window) for a in run.alerts] == [("warning", 3, "2026-03-04")]
 
 
 def test_duplicates_change_nothing_and_emit_nothing() -> None:
     eng = make_engine(BUNDLED_RULES)
-    once_store, twice_store = DictFraudStore(), DictFraudStore()
+    once_store, twice_store = MemoryStore(), MemoryStore()
     once = feed(eng, hacked_night(), once_store)
     twice = feed(eng, [ev for ev in hacked_night() for _ in (0, 1)], twice_store)
     assert [a.payload() for a in twice.alerts] == [a.payload() for a in once.alerts]
     assert [a.payload() for a in twice.actions] == [a.payload() for a in once.actions]
     assert {o.status for o in twice.outcomes[1::2]} == {"duplicate"}
-    assert twice_store.states["alice"].encode() == once_store.states["alice"].encode()
+    assert twice_store.fraud["alice"].encode() == once_store.fraud["alice"].encode()
     # the whole stream again, afterwards: nothing
     again = feed(eng, hacked_night(), twice_store)
     assert again.alerts == [] and again.actions == []
-    assert twice_store.states["alice"].encode() == once_store.states["alice"].encode()
+    assert twice_store.fraud["alice"].encode() == once_store.fraud["alice"].encode()
 
 
 def test_hacked_night_outputs() -> None:
@@ -746,7 +738,7 @@ def _event_time(ev: Event) -> datetime:
 
 def test_registration_statuses() -> None:
     eng = make_engine(NEW)
-    store = DictFraudStore()
+    store = MemoryStore()
     first = reg("desk", B, "192.0.2.10")
     assert feed(eng, [first, first], store).outcomes[1].status == "duplicate"
     assert eng.on_registration(store, reg("desk", at(-60), "192.0.2.10")).status == "late"
@@ -756,7 +748,7 @@ def test_registration_statuses() -> None:
 
 def test_call_statuses() -> None:
     eng = make_engine(LONG)
-    store = DictFraudStore()
+    store = MemoryStore()
     assert eng.on_call(store, start_cdr("c0", B)).status == "ok"
     assert eng.on_call(store, start_cdr("c0", B)).status == "duplicate"
     assert eng.on_call(store, end_cdr("c0", B, duration=60)).status == "ok"
@@ -769,16 +761,21 @@ def test_call_statuses() -> None:
 
 
 class EncodingStore:
-    """Stores bytes, as a table does: the engine must not rely on keeping objects between events."""
+    """Stores fraud states as bytes, as a table does: the engine must not rely on keeping objects
+    between events."""
 
     def __init__(self) -> None:
         self.raw: dict[str, bytes] = {}
+        self.memory = MemoryStore()
 
-    def get(self, user: str) -> FraudState | None:
+    def __getattr__(self, name: str) -> Any:  # the rest of the Store: the plans
+        return getattr(self.memory, name)
+
+    def get_fraud(self, user: str) -> FraudState | None:
         raw = self.raw.get(user)
         return FraudState.decode(raw) if raw is not None else None
 
-    def put(self, user: str, state: FraudState) -> None:
+    def put_fraud(self, user: str, state: FraudState) -> None:
         self.raw[user] = state.encode()
 
 
@@ -788,23 +785,23 @@ def test_encoded_state_gives_the_same_outputs() -> None:
     encoded_store = EncodingStore()
     encoded = feed(eng, hacked_night(), encoded_store)
     assert [a.payload() for a in encoded.alerts] == [a.payload() for a in plain.alerts]
-    state = encoded_store.get("alice")
+    state = encoded_store.get_fraud("alice")
     assert state is not None and FraudState.decode(state.encode()) == state
 
 
 def test_no_rules_no_state() -> None:
     eng = make_engine(only("cost_burst", 10, 20), plan_fraud={"rules": {"cost_burst": {"enabled": False}}})
-    store = DictFraudStore()
-    assert eng.on_call(store, cuba_call("c0", B, 3000), plan="per-second").status == "ok"
-    assert store.states == {}
-    assert eng.on_call(store, cuba_call("c0", B, 3000), plan="gold").alerts  # unknown plan: the default
+    store = MemoryStore()
+    assert eng.on_call(store, cuba_call("c0", B, 3000), plan=eng.plans.resolve("per-second")).status == "ok"
+    assert store.fraud == {}
+    assert eng.on_call(store, cuba_call("c0", B, 3000), plan=eng.plans.resolve("gold")).alerts  # unknown plan: the default
 
 
 def test_state_is_bounded() -> None:
     """Every 10 minutes for 3 days: a call, and a REGISTER from a fresh /24 every hour. The state keeps
     the calls of the last 26 h, the windows of the last 50 h and the networks of the last 30 days."""
     eng = make_engine({**BUNDLED_RULES, "new_network": {"days": 1, "warning": 1}})
-    store = DictFraudStore()
+    store = MemoryStore()
     events: list[Event] = []
     for i in range(3 * 144):
         start = at(i * 600)
@@ -812,7 +809,7 @@ def test_state_is_bounded() -> None:
         if i % 6 == 0:
             events.append(reg(f"dev{i % 12}", start, f"10.{i // 256}.{i % 256}.1", expires=7200))
     feed(eng, events, store)
-    state = store.states["alice"]
+    state = store.fraud["alice"]
     newest = max(ms for ms in (state.newest_call_ms, state.newest_registration_ms))
     assert len(state.calls) == 26 * 6 + 1  # ended calls of the last 26 h
     assert min(r[1] for r in state.calls.values()) >= newest - 26 * 3600_000
@@ -825,19 +822,21 @@ def test_state_is_bounded() -> None:
 
 def test_stale_events_are_ignored() -> None:
     eng = make_engine(LONG)
-    store = DictFraudStore()
+    store = MemoryStore()
     eng.on_call(store, end_cdr("c0", B, duration=60))
-    before = store.states["alice"].encode()
+    before = store.fraud["alice"].encode()
     edge = B + timedelta(seconds=60) - timedelta(days=1)
     assert eng.on_call(store, start_cdr("old", edge - timedelta(milliseconds=1))).status == "stale"
-    assert store.states["alice"].encode() == before
+    assert store.fraud["alice"].encode() == before
     assert eng.on_call(store, start_cdr("edge", edge)).status == "ok"  # exactly 24 h before: still taken
 
 
-def test_apply_fraud_uses_the_plan_of_each_user() -> None:
+def test_the_engine_uses_the_plan_each_user_subscribed_to() -> None:
     eng = make_engine(HIGH, plan_fraud={"high_risk": ["Royaume-Uni Mobile"]})
+    store = MemoryStore()
+    store.set_plan("bob", "per-second")
     events = [start_cdr("c0", B, callee="+447700900123", user="bob"), start_cdr("c1", B, callee="+447700900123")]
-    outcomes = apply_fraud(eng, DictFraudStore(), events, {"bob": "per-second"})
+    outcomes = [eng.on_call(store, ev) for ev in events]
     assert [[a.user for a in o.alerts] for o in outcomes] == [["bob"], []]
 
 
@@ -864,7 +863,7 @@ def verdict(kind: str = "false_positive", *, rule_name: str = "calls_per_minute"
 def test_a_muted_rule_raises_nothing_for_the_user_until_the_verdict_s_instant() -> None:
     """calls_per_minute at 3 calls in 60 s; muted until 11:00: a burst at 10:30 raises nothing, the
     same burst at 11:00 (the instant itself is no longer muted) raises the warning."""
-    eng, store = make_engine(only("calls_per_minute", 3)), DictFraudStore()
+    eng, store = make_engine(only("calls_per_minute", 3)), MemoryStore()
     assert eng.on_feedback(store, verdict(until=paris("2026-03-04T11:00:00"))).status == "ok"
     muted = feed(eng, [start_cdr(f"m{i}", at(1800 + i)) for i in range(3)], store)
     assert muted.alerts == []
@@ -874,7 +873,7 @@ def test_a_muted_rule_raises_nothing_for_the_user_until_the_verdict_s_instant() 
 
 
 def test_a_muted_rule_leaves_the_user_s_other_rules_and_other_users_alone() -> None:
-    eng, store = make_engine({**only("calls_per_minute", 3), **only("sequential_calls", 3)}), DictFraudStore()
+    eng, store = make_engine({**only("calls_per_minute", 3), **only("sequential_calls", 3)}), MemoryStore()
     eng.on_feedback(store, verdict(until=paris("2026-03-05T10:00:00")))
     run = feed(eng, [start_cdr(f"c{i}", at(i), callee=france(1)) for i in range(3)], store)
     assert [a.rule_name for a in run.alerts] == ["sequential_calls"]
@@ -887,7 +886,7 @@ def test_a_trusted_network_is_never_new_for_the_user() -> None:
     after the rule's 30 days of memory have passed."""
     events = [reg("desk", B, "192.0.2.10", expires=90 * 86400), reg("soft", at(40 * 86400), "198.51.100.7")]
     assert feed(make_engine(NEW), events).levels() == [("warning", 1)]
-    eng, store = make_engine(NEW), DictFraudStore()
+    eng, store = make_engine(NEW), MemoryStore()
     eng.on_feedback(store, verdict(rule_name="new_network", networks=("198.51.100.0/24",)))
     assert feed(eng, events, store).levels() == []
     # another new network still counts
@@ -895,12 +894,12 @@ def test_a_trusted_network_is_never_new_for_the_user() -> None:
 
 
 def test_a_verdict_applied_twice_changes_nothing_more() -> None:
-    eng, store = make_engine(NEW), DictFraudStore()
+    eng, store = make_engine(NEW), MemoryStore()
     given = verdict(rule_name="new_network", networks=("198.51.100.0/24",), until=paris("2026-03-05T10:00:00"))
     assert eng.on_feedback(store, given).status == "ok"
-    before = store.states["alice"].encode()
+    before = store.fraud["alice"].encode()
     assert eng.on_feedback(store, given).status == "duplicate"
-    assert store.states["alice"].encode() == before
+    assert store.fraud["alice"].encode() == before
     # an earlier end of the mute does not shorten a later one
     assert eng.on_feedback(store, verdict(rule_name="new_network", until=paris("2026-03-04T12:00:00"))).status == (
         "duplicate")
@@ -908,18 +907,18 @@ def test_a_verdict_applied_twice_changes_nothing_more() -> None:
 
 
 def test_verdicts_survive_the_state_encoding_and_are_absent_from_a_state_without_any() -> None:
-    eng, store = make_engine(NEW), DictFraudStore()
+    eng, store = make_engine(NEW), MemoryStore()
     feed(eng, [reg("desk", B)], store)
-    assert b'"t"' not in store.states["alice"].encode() and b'"m"' not in store.states["alice"].encode()
+    assert b'"t"' not in store.fraud["alice"].encode() and b'"m"' not in store.fraud["alice"].encode()
     eng.on_feedback(store, verdict(rule_name="new_network", networks=("198.51.100.0/24",),
                                    until=paris("2026-03-05T10:00:00")))
-    decoded = FraudState.decode(store.states["alice"].encode())
+    decoded = FraudState.decode(store.fraud["alice"].encode())
     assert decoded.trusted == {"198.51.100.0/24": int(B.timestamp() * 1000)}
     assert decoded.muted == {"new_network": int(paris("2026-03-05T10:00:00").timestamp() * 1000)}
 
 
 def test_a_mute_is_forgotten_once_both_clocks_are_well_past_it() -> None:
-    eng, store = make_engine(only("calls_per_minute", 3)), DictFraudStore()
+    eng, store = make_engine(only("calls_per_minute", 3)), MemoryStore()
     eng.on_feedback(store, verdict(until=paris("2026-03-04T11:00:00")))
     feed(eng, [reg("desk", at(5 * 86400)), start_cdr("late", at(5 * 86400))], store)
-    assert store.states["alice"].muted == {}
+    assert store.fraud["alice"].muted == {}

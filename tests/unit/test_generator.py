@@ -14,7 +14,7 @@ import pytest
 
 from streams.cli import main
 from streams.codecs import decode_cdr, decode_registration
-from streams.config import load_config
+from streams.settings import load_plans_and_rates
 from streams.core.errors import ConfigError
 from streams.core.numbering import NumberKind, normalise
 from streams.core.timeutil import parse_rfc3339
@@ -252,7 +252,7 @@ def test_address_books_have_popular_contacts(ends: list[dict[str, Any]], normal_
 
 
 def test_phones_are_supplied_and_re_register(registrations: list[dict[str, Any]], normal_users: set[str]) -> None:
-    plans, _ = load_config(Settings())
+    plans, _ = load_plans_and_rates(Settings())
     plan = plans.get(None)
     mine = [r for r in registrations if r["user"] in normal_users]
     assert {plan.classify_user_agent(r["user_agent"]) for r in mine} == {None}
@@ -273,7 +273,7 @@ def test_phones_are_supplied_and_re_register(registrations: list[dict[str, Any]]
     ],
 )
 def test_user_agents_fall_in_the_intended_class_of_the_default_plan(agents: tuple[str, ...], rule: str | None) -> None:
-    plan = load_config(Settings())[0].get(None)
+    plan = load_plans_and_rates(Settings())[0].get(None)
     assert {ua: plan.classify_user_agent(ua) for ua in agents} == {ua: rule for ua in agents}
 
 

@@ -16,8 +16,9 @@ import pytest
 from streams.cli import main
 from streams.codecs import decode_cdr
 from streams.core.errors import ConfigError
-from streams.config import build_engine, load_config
-from streams.core.usage import DictStore
+from streams.processor import build_processor
+from streams.settings import load_plans_and_rates
+from streams.core.state import MemoryStore
 from streams.tools.importers import (DEFAULT_INBOUND_CONTEXTS, ImportOptions, convert_file, convert_freeswitch,
                                default_rejects_path, format_import)
 from streams.settings import Settings
@@ -187,8 +188,8 @@ def test_asterisk_ring_group_raises_no_fair_use_alert(tmp_path: Path) -> None:
     out = tmp_path / "cdrs.jsonl"
     convert_file("asterisk", DATA / "asterisk-ring-group-utc.csv", out, ImportOptions())
     settings = Settings()
-    plans, rates = load_config(settings)
-    engine, store = build_engine(settings, plans, rates), DictStore()
+    plans, rates = load_plans_and_rates(settings)
+    engine, store = build_processor(settings, plans, rates).fairuse, MemoryStore()
     alerts = [a for row in read_jsonl(out) for a in engine.on_call(store, decode_cdr(orjson.dumps(row))).alerts]
     assert alerts == []
     assert {row["user"] for row in read_jsonl(out)} == {"0170001122", "301"}

@@ -13,10 +13,10 @@ import pytest
 from faust.sensors.prometheus import PrometheusMonitor
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.agents.usage import build_pipeline
-from streams.config import load_config
+from streams.agents.pipeline import build_pipeline
+from streams.settings import load_plans_and_rates
 from streams.core.records import Alert, RebillLine
-from streams.core.usage import DictStore
+from streams.core.state import MemoryStore
 from streams.metrics import EVENT_TIME_LAG_BUCKETS, FAUST_PREFIX, ConsumerLagCollector, LiveActivity, Metrics
 from streams.settings import Settings
 from streams.web import AlertRing, alerts_view, format_endpoints, health_view, parse_since, usage_view
@@ -107,7 +107,7 @@ def test_known_series_exist_at_zero_before_their_first_event() -> None:
 
 
 def test_a_refused_changelog_write_is_counted_by_table() -> None:
-    pipeline = build_pipeline(Settings(web_enabled=False, app_id="cl-failures"), *load_config(Settings()))
+    pipeline = build_pipeline(Settings(web_enabled=False, app_id="cl-failures"), *load_plans_and_rates(Settings()))
     pipeline.app.crash = lambda exc: asyncio.sleep(0)  # type: ignore[method-assign]  # not started
 
     async def refused() -> None:
@@ -328,7 +328,7 @@ def test_consumer_lag_without_a_consumer_is_empty() -> None:
 
 def tables(events: list[Any]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
     """Run events through the engine and encode the states as the worker's tables hold them."""
-    store = DictStore()
+    store = MemoryStore()
     f.feed(events, f.engine(), store)
     users = {u.encode(): s.encode() for u, s in store.users.items()}
     periods = {f"{u}|{p}".encode(): s.encode() for (u, p), s in store.periods.items()}

@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 from streams.codecs import decode_cdr, decode_registration
-from streams.config import build_engine, load_config
+from streams.processor import build_processor
+from streams.settings import load_plans_and_rates
 from streams.core.numbering import normalise
-from streams.core.usage import DictStore
+from streams.core.state import MemoryStore
 from streams.tools.embedded import EmbeddedBroker
 from streams.tools.replay import InputMessage, replay
 from streams.tools.samples import build_sample
@@ -45,10 +46,10 @@ def phone_forms(numbers: Iterable[str]) -> set[str]:
     return {f for f in forms if len(re.sub(r"\D", "", f)) >= MIN_DIGITS}
 
 
-def run_sample(secret: str) -> DictStore:
+def run_sample(secret: str) -> MemoryStore:
     settings = Settings(hash_secret=SecretStr(secret))
-    plans, rates = load_config(settings)
-    engine, store = build_engine(settings, plans, rates), DictStore()
+    plans, rates = load_plans_and_rates(settings)
+    engine, store = build_processor(settings, plans, rates).fairuse, MemoryStore()
     stream = sample()
     events: list[tuple[str, dict[str, Any]]] = [("cdrs", p) for p in stream.cdrs]
     events += [("sip-registrations", p) for p in stream.registrations]
@@ -62,7 +63,7 @@ def run_sample(secret: str) -> DictStore:
     return store
 
 
-def numbers_by_period(store: DictStore) -> dict[tuple[str, str], set[int]]:
+def numbers_by_period(store: MemoryStore) -> dict[tuple[str, str], set[int]]:
     return {key: set(state.numbers) for key, state in store.periods.items()}
 
 

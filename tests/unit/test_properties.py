@@ -26,7 +26,7 @@ from streams.core.plans import PlanBook, parse_plans
 from streams.core.rates import RateDeck, parse_rate_deck
 from streams.core.rating import rate_call
 from streams.core.records import CallEvent, Registration, Subscriber
-from streams.core.usage import DictStore
+from streams.core.state import MemoryStore
 from tests.factories import DECK_CSV, at, cdr_payload, deck, end_cdr, plans_data, registration_payload
 from tests.factories import engine as factory_engine
 
@@ -429,7 +429,7 @@ def test_a_cdr_lasting_decades_does_not_become_a_phantom_simultaneous_call() -> 
     event = reason_or_record(lambda: decode_cdr(orjson.dumps(ghost)))
     if event is None:
         return
-    engine, store = factory_engine(), DictStore()
+    engine, store = factory_engine(), MemoryStore()
     engine.on_call(store, event)
     alerts = []
     for i in range(3):  # three calls at once, five days later: within the limit of 3

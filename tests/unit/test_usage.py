@@ -1,4 +1,4 @@
-"""The usage engine against the README's rules, on a DictStore, with hand-computed expectations.
+"""The usage engine against the README's rules, on a MemoryStore, with hand-computed expectations.
 
 The plan book (tests/factories.py) has the real limits 150/3/3/60, billing 60/60, France Fixe at
 0.0150 EUR/min and France Mobile at 0.0133 EUR/min, multipliers 1 except third_party_device 2,
@@ -14,7 +14,7 @@ from typing import Sequence
 import pytest
 
 from streams.core.records import CallEvent, Registration
-from streams.core.usage import DictStore, PeriodState, UserState
+from streams.core.state import MemoryStore, PeriodState, UserState
 from tests.factories import (
     ASTERISK,
     T0,
@@ -224,7 +224,7 @@ def test_a_covered_call_after_a_breach_is_billed_alone() -> None:
     """2,000 calls in a month: past the breach, each new covered call gets its own line and the
     month's earlier calls (already billed at the multiplier) none."""
     calls = covered_calls(2_000, spacing=600)
-    store = DictStore()
+    store = MemoryStore()
     eng = engine()
     for ev in calls[:-1]:
         eng.on_call(store, ev)
@@ -318,7 +318,7 @@ def test_start_and_end_of_one_call_count_once() -> None:
 
 
 def test_duplicate_end_changes_nothing() -> None:
-    eng, store = engine(), DictStore()
+    eng, store = engine(), MemoryStore()
     call = end_cdr("c1", at(0), duration=61)
     assert feed([call], eng, store).statuses == ["ok"]
     before = {k: v.encode() for k, v in store.periods.items()}
@@ -670,7 +670,7 @@ def test_call_with_start_and_end_is_billed_once() -> None:
 
 
 def test_rebilling_uses_the_users_plan() -> None:
-    store = DictStore()
+    store = MemoryStore()
     store.subscribers["bob"] = "per-second"
     run = feed([
         end_cdr("b1", day(0), duration=61, callee="0612345678", user="bob"),  # 61 s x 0.0133 x 4
@@ -695,7 +695,7 @@ def test_same_events_in_fresh_engines_give_the_same_ids() -> None:
 
 
 def test_replaying_into_the_same_store_emits_nothing() -> None:
-    eng, store = engine(), DictStore()
+    eng, store = engine(), MemoryStore()
     feed(_scenario(), eng, store)
     snapshot = {k: v.encode() for k, v in store.periods.items()}
     again = feed(_scenario(), eng, store)
@@ -752,7 +752,7 @@ def test_late_cdr_can_breach_its_own_period() -> None:
     ids=["end", "start", "registration"],
 )
 def test_event_two_months_back_is_too_late(late_event: Event) -> None:
-    eng, store = engine(), DictStore()
+    eng, store = engine(), MemoryStore()
     feed([end_cdr("may", utc("2026-05-02T12:00:00Z"), duration=61)], eng, store)
     outcome = feed([late_event], eng, store).outcomes[0]
     assert outcome.status == "too_late"
@@ -804,7 +804,7 @@ def test_user_state_round_trip() -> None:
 
 
 def test_states_after_a_scenario_round_trip() -> None:
-    store = DictStore()
+    store = MemoryStore()
     feed(_scenario(), store=store)
     assert store.periods and store.users
     for state in store.periods.values():
@@ -817,7 +817,7 @@ def test_states_after_a_scenario_round_trip() -> None:
 def test_engine_continues_identically_from_decoded_state(split: int) -> None:
     events = _scenario()
     straight = feed(events)
-    eng, store = engine(), DictStore()
+    eng, store = engine(), MemoryStore()
     head = feed(events[:split], eng, store)
     # what a restarted worker would see: every state decoded from its changelog bytes
     store.periods = {k: PeriodState.decode(v.encode()) for k, v in store.periods.items()}

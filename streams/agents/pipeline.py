@@ -1,5 +1,7 @@
-"""Thin Faust agents: read ``cdrs``, ``sip-registrations``, ``subscribers`` and ``fraud-feedback``, call the core,
-write tables and the output topics. Bad messages go to ``<topic>-dlq`` with a reason header."""
+"""The Faust shell around the processor: the worker's topics, tables and agents. Each batch of input
+messages goes through ``streams.processor.Processor``; then its outputs are sent and acknowledged,
+then each touched state is written once to its table's changelog, and only then are the offsets
+committed (``streams.agents.batching``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import asyncio
 import gc
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -15,28 +16,17 @@ import faust
 from faust.stores.memory import Store as MemoryStore
 from faust.types import EventT, Message
 
-from ..codecs import (
-    decode_cdr,
-    decode_feedback,
-    decode_key,
-    decode_registration,
-    decode_subscriber,
-    encode,
-)
-from ..config import build_engine, build_fraud_engine
-from ..core.errors import InvalidRecord
-from ..core.fraud import AccountAction, FraudAlert, FraudEngine
+from ..codecs import encode
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
-from ..core.records import Alert, CallEvent, RebillLine
-from ..core.usage import UsageEngine
 from ..metrics import Metrics
+from ..processor import Outputs, Processor, build_processor
 from ..settings import Settings
-from ..topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
+from ..topics import ALL_TOPICS, INPUT_TOPICS
 from .batching import App as BatchApp
 from .batching import PartitionContext, attach, transactional_id
 from .checkpoint import Checkpoint
-from .store import ChangelogWriter, TableCaches, TableStore
+from .tables import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +40,13 @@ class Pipeline:
 
     app: faust.App
     settings: Settings
-    engine: UsageEngine
+    processor: Processor
     metrics: Metrics
     topics: dict[str, faust.TopicT]
     periods: Any
     users: Any
     subscribers: Any
-    fraud: FraudEngine | None = None  # None: no plan has fraud rules
-    fraud_table: Any = None
+    fraud_table: Any = None  # None: no plan has fraud rules
     agents: dict[str, Any] = field(default_factory=dict)
     processed: int = 0  # input messages fully handled (any outcome)
     restored: dict[str, int] = field(default_factory=dict)  # changelog records read back, per table
@@ -67,9 +56,6 @@ class Pipeline:
     progress: asyncio.Event | None = None
     failure: BaseException | None = None  # what stopped the worker, if anything did
     started_at: float | None = None
-    # per input partition: the newest event time of a CDR applied from it (the topics are
-    # co-partitioned by user). A REGISTER values its user's open calls no further than this.
-    calls_read_ms: dict[int, int] = field(default_factory=dict)
     writer: ChangelogWriter = field(init=False)
     by_partition: bool | None = None  # whether a table's store reads the current event (RocksDB)
 
@@ -119,16 +105,15 @@ class Pipeline:
         else:
             for message in messages:
                 parts.setdefault(transaction_of(message), []).append(message)
-        counts: list[tuple[str, str]] = []
         async with self.lock:
             for transactional_id, part in parts.items():
                 store = self.store()
-                out = _Outputs(counts=counts)
+                out = Outputs()
                 for message in part:
                     store.source = message
                     if by_partition is not None:
                         by_partition.enter(message)
-                    self._apply(message, store, out)
+                    self.processor.process(self._base_topic(message.topic), message, store, out)
                 try:
                     await self._deliver(out, transactional_id)
                     if context is None:
@@ -139,8 +124,7 @@ class Pipeline:
                 except BaseException:
                     store.discard()
                     raise
-        for (topic, outcome), n in Counter(counts).items():
-            self.metrics.event(topic, outcome, n)
+                self.metrics.report(out)
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()
@@ -151,98 +135,18 @@ class Pipeline:
             self.by_partition = not all(isinstance(t.data, MemoryStore) for t in tables)
         return self.by_partition
 
-    def _apply(self, message: Message, store: TableStore, out: "_Outputs") -> None:
-        topic = self._base_topic(message.topic)
-        if topic == "subscribers":
-            try:
-                sub = decode_subscriber(message.key, message.value, lambda plan: plan in self.engine.plans.plans)
-            except InvalidRecord as exc:
-                out.dead_letter(topic, message, str(exc))
-            else:
-                store.set_plan(sub.user, sub.plan)
-                out.counts.append((topic, "ok"))
-            return
-        if topic == "fraud-feedback":
-            self._apply_feedback(message, store, out)
-            return
-        cdr = topic == "cdrs"
-        try:
-            record = decode_cdr(message.value) if cdr else decode_registration(message.value)
-        except InvalidRecord as exc:
-            out.dead_letter(topic, message, str(exc))
-            return
-        if decode_key(message.key) != record.user and self.settings.partitions > 1:
-            # Partitioning by user keeps a user's state on one worker: re-key and requeue.
-            out.sends.append((topic, record.user.encode(), message.value, None))
-            out.counts.append((topic, "rekeyed"))
-            return
-        try:
-            outcome = (self.engine.on_call(store, record) if isinstance(record, CallEvent)
-                       else self.engine.on_registration(store, record))
-        except Exception as exc:  # a bug must cost one message, not the worker
-            log.exception("engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
-            out.dead_letter(topic, message, f"internal error: {exc!r}")
-            return
-        if outcome.status == "too_late":
-            out.dead_letter(topic, message, outcome.reason)
-            return
-        out.counts.append((topic, outcome.status))
-        self.metrics.applied(record, outcome.status, message.tp)  # metrics: event-time lag, live calls/bindings
-        out.alerts += outcome.alerts
-        out.lines += outcome.lines
-        if isinstance(record, CallEvent):
-            seen = record.event_ms
-            if seen > self.calls_read_ms.get(message.partition, 0):
-                self.calls_read_ms[message.partition] = seen
-        if self.fraud is not None:
-            plan = store.plan_of(record.user)
-            try:
-                found = self.fraud.on_call(store, record, plan=plan) if isinstance(record, CallEvent) else self.fraud.on_registration(
-                    store, record, plan=plan, calls_read_ms=self.calls_read_ms.get(message.partition, 0))
-            except Exception:  # the fair-use outcome stands; a fraud bug costs this event's fraud check
-                log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
-            else:
-                out.fraud_alerts += found.alerts
-                out.actions += found.actions
-
-    def _apply_feedback(self, message: Message, store: TableStore, out: "_Outputs") -> None:
-        try:
-            feedback = decode_feedback(message.value)
-        except InvalidRecord as exc:
-            out.dead_letter("fraud-feedback", message, str(exc))
-            return
-        if decode_key(message.key) != feedback.user and self.settings.partitions > 1:
-            out.sends.append(("fraud-feedback", feedback.user.encode(), message.value, None))
-            out.counts.append(("fraud-feedback", "rekeyed"))
-            return
-        if self.fraud is None:  # no plan has fraud rules: nothing to honour
-            out.counts.append(("fraud-feedback", "ignored"))
-            return
-        try:
-            outcome = self.fraud.on_feedback(store, feedback) if feedback.kind != "acknowledge" else None
-        except Exception as exc:  # a bug must cost one message, not the worker
-            log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
-            out.dead_letter("fraud-feedback", message, f"internal error: {exc!r}")
-            return
-        out.counts.append(("fraud-feedback", outcome.status if outcome is not None else "ok"))
-        log.info("FEEDBACK %s user=%s rule=%s alert=%s", feedback.kind, feedback.user, feedback.rule_name,
-                 feedback.alert_id)
-
-    async def _deliver(self, out: "_Outputs", transactional_id: str | None = None) -> None:
+    async def _deliver(self, out: Outputs, transactional_id: str | None = None) -> None:
         """Send the batch's outputs and wait until the broker has them all (in the open
         transaction ``transactional_id`` if one is given)."""
         pending: list[Awaitable[Any]] = []
         for alert in out.alerts:
             pending.append(await self._send("fairuse-alerts", alert.user.encode(), alert.payload(), transactional_id))
-            self.metrics.alert(alert)
             log.info("ALERT %s user=%s period=%s observed=%s limit=%s", alert.rule, alert.user, alert.period,
                      alert.observed, alert.limit)
         for line in out.lines:
             pending.append(await self._send("rebilled-calls", line.user.encode(), line.payload(), transactional_id))
-            self.metrics.rebill(line)
         for fraud in out.fraud_alerts:
             pending.append(await self._send("fraud-alerts", fraud.user.encode(), fraud.payload(), transactional_id))
-            self.metrics.fraud_alert(fraud)
             log.info("FRAUD %s %s user=%s observed=%s", fraud.level, fraud.rule, fraud.user, fraud.observed)
         for action in out.actions:
             pending.append(await self._send("account-actions", action.user.encode(), action.payload(), transactional_id))
@@ -270,28 +174,6 @@ class Pipeline:
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
 
-@dataclass
-class _Outputs:
-    """What a batch will send once the engine has seen all of it."""
-
-    alerts: list[Alert] = field(default_factory=list)
-    lines: list[RebillLine] = field(default_factory=list)
-    fraud_alerts: list[FraudAlert] = field(default_factory=list)
-    actions: list[AccountAction] = field(default_factory=list)
-    sends: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = field(default_factory=list)
-    counts: list[tuple[str, str]] = field(default_factory=list)
-
-    def dead_letter(self, topic: str, message: Message, reason: str) -> None:
-        headers = [
-            (DLQ_REASON_HEADER, reason.encode()),
-            (DLQ_SOURCE_HEADER, f"{message.topic}/{message.partition}/{message.offset}".encode()),
-        ]
-        self.sends.append((f"{topic}-dlq", message.key, message.value, headers))
-        self.counts.append((topic, "dlq"))
-        # the reason may quote the offending value (a phone number): the log gets it without
-        log.info("DLQ %s/%s/%s: %s", message.topic, message.partition, message.offset, reason.split(" (got ")[0])
-
-
 def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: faust.App | None = None) -> Pipeline:
     from ..app import MAX_RECORD_BYTES, create_app
 
@@ -315,15 +197,13 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     periods = table("periods", "PeriodState per user|YYYY-MM")
     users = table("users", "UserState (SIP bindings, watermark) per user")
     subscribers = table("subscribers", "plan name per user")
-    engine = build_engine(settings, plans, rates)
-    fraud = build_fraud_engine(settings, plans, rates)
-    fraud_table = table("fraud", "FraudState per user") if fraud is not None else None
+    processor = build_processor(settings, plans, rates)
+    fraud_table = table("fraud", "FraudState per user") if processor.fraud is not None else None
     metrics = Metrics()
     metrics.declare(INPUT_TOPICS)
     pipeline = Pipeline(
-        app=app, settings=settings, engine=engine, metrics=metrics, topics=topics,
-        periods=periods, users=users, subscribers=subscribers, restored=restored,
-        fraud=fraud, fraud_table=fraud_table,
+        app=app, settings=settings, processor=processor, metrics=metrics, topics=topics,
+        periods=periods, users=users, subscribers=subscribers, restored=restored, fraud_table=fraud_table,
     )
 
     # The agents subscribe the worker to its input topics and own the tables' partitions. With the
@@ -359,4 +239,4 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
     return pipeline
 
 
-__all__ = ["Pipeline", "build_pipeline", "ALL_TOPICS", "INPUT_TOPICS", "OUTPUT_TOPICS", "DLQ_TOPICS"]
+__all__ = ["Pipeline", "build_pipeline"]

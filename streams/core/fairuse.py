@@ -1,197 +1,28 @@
-"""Per-user usage state and the fair-use rules: events in, (state changes, alerts, re-bill lines) out.
-
-State lives in two kinds of records, both keyed by user so that one worker owns all of a user:
-
-* ``PeriodState`` per ``user|YYYY-MM``: the calls of that month (start, end, direction — the
-  duplicate filter, the simultaneity intervals and the auto-dialler clock), the keyed hashes of
-  the distinct covered callees, the breached rules and the covered calls kept for re-billing.
-* ``UserState`` per ``user``: SIP bindings with their expiry, and the newest period seen (the
-  watermark deciding which periods are still open to late events).
-
-The engine reads and writes them through a ``StateStore``, so the same code runs on plain dicts
-in unit tests and on Faust tables in a worker.
+"""The fair-use rules (README "Rules"): an event and the user's state in, (state changes, alerts,
+re-bill lines) out. The state is ``PeriodState`` per user-month and ``UserState`` per user
+(``streams.core.state``), read and written through a ``Store``.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
-
-from .numbering import NumberKind, normalise
+from .callee import Callee
 from .plans import Plan, PlanBook
 from .rates import RateDeck
-from .rating import number_hash, number_hash_key, rate_call, stable_id
+from .rating import number_hash_key, rate_call, stable_id
 from .records import OPEN, Alert, CallEvent, RebillLine, Registration
+from .state import PeriodState, Store, UserState
 from .timeutil import HOUR_MS, local_iso, period_of, shift_period
-
-
-# --------------------------------------------------------------------------------------- state
-
-
-@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
-class PeriodState:
-    """One user's month. Encoded compactly (orjson) for the table changelog."""
-
-    calls: dict[str, list[int]]  # call_id -> [start_ms, end_ms|OPEN, outbound]
-    numbers: set[int]  # keyed hashes of distinct covered callees
-    breaches: dict[str, str]  # rule -> multiplier, in breach order
-    breach_ms: dict[str, int]  # rule -> event time of the breach
-    # call_id -> [billsec, rate-deck prefix of the callee, multiplier billed so far]; the prefix, not
-    # the number, so that the re-billing store holds no called number in clear
-    covered: dict[str, list[Any]]
-    peak_simultaneous: int
-    peak_devices: int
-    customer: str
-    plan: str
-    # not encoded, built on the first window query: the calls' (start_ms, call_id) in order and the
-    # longest call, so that a rule looks at the calls near an instant, not at the whole month
-    starts: list[tuple[int, str]] | None = field(repr=False, compare=False)
-    longest_ms: int = field(repr=False, compare=False)
-
-    def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
-                 breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
-                 covered: dict[str, list[Any]] | None = None, peak_simultaneous: int = 0, peak_devices: int = 0,
-                 customer: str = "", plan: str = "") -> None:
-        self.calls = calls if calls is not None else {}
-        self.numbers = numbers if numbers is not None else set()
-        self.breaches = breaches if breaches is not None else {}
-        self.breach_ms = breach_ms if breach_ms is not None else {}
-        self.covered = covered if covered is not None else {}
-        self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
-            peak_simultaneous, peak_devices, customer, plan)
-        self.starts, self.longest_ms = None, 0
-
-    def put_call(self, call_id: str, start_ms: int, end_ms: int, outbound: int) -> None:
-        """Record a call (``end_ms`` OPEN while only its ``start`` is known), keeping the index."""
-        old = self.calls.get(call_id)
-        self.calls[call_id] = [start_ms, end_ms, outbound]
-        if self.starts is None:
-            return
-        if old is None or old[0] != start_ms:
-            if old is not None:
-                del self.starts[bisect.bisect_left(self.starts, (old[0], call_id))]
-            bisect.insort(self.starts, (start_ms, call_id))
-        if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
-            self.longest_ms = end_ms - start_ms
-
-    def _index(self) -> list[tuple[int, str]]:
-        if self.starts is None:
-            self.starts = sorted((record[0], call_id) for call_id, record in self.calls.items())
-            self.longest_ms = max((e - s for s, e, _ in self.calls.values() if e != OPEN), default=0)
-        return self.starts
-
-    def longest_call_ms(self) -> int:
-        """At least the longest ended call's duration (a replaced record is not subtracted)."""
-        self._index()
-        return self.longest_ms
-
-    def calls_starting(self, lo_ms: int, hi_ms: int) -> list[tuple[str, list[int]]]:
-        """The calls with ``lo_ms <= start < hi_ms``, in start order."""
-        starts, calls = self._index(), self.calls
-        first = bisect.bisect_left(starts, (lo_ms, ""))
-        last = bisect.bisect_left(starts, (hi_ms, ""), first)
-        return [(call_id, calls[call_id]) for _, call_id in starts[first:last]]
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "c": self.calls,
-                "n": sorted(self.numbers),
-                "b": self.breaches,
-                "bt": self.breach_ms,
-                "v": self.covered,
-                "ps": self.peak_simultaneous,
-                "pd": self.peak_devices,
-                "cu": self.customer,
-                "pl": self.plan,
-            }
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "PeriodState":
-        data = orjson.loads(raw)
-        return cls(
-            calls=data["c"],
-            numbers=set(data["n"]),
-            breaches=data["b"],
-            breach_ms=data["bt"],
-            covered=data["v"],
-            peak_simultaneous=data["ps"],
-            peak_devices=data["pd"],
-            customer=data["cu"],
-            plan=data["pl"],
-        )
-
-    def multiplier(self) -> Decimal:
-        return max((Decimal(m) for m in self.breaches.values()), default=Decimal(0))
-
-
-@dataclass(init=False)  # see PeriodState
-class UserState:
-    bindings: dict[str, list[Any]]  # identity -> [registered_ms, expiry_ms, user_agent]
-    watermark: str  # newest period seen for this user
-    newest_ms: int  # newest REGISTER time (binding clean-up horizon)
-    periods: list[str]  # periods with a PeriodState, oldest first
-
-    def __init__(self, bindings: dict[str, list[Any]] | None = None, watermark: str = "", newest_ms: int = 0,
-                 periods: list[str] | None = None) -> None:
-        self.bindings = bindings if bindings is not None else {}
-        self.watermark, self.newest_ms = watermark, newest_ms
-        self.periods = periods if periods is not None else []
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"b": self.bindings, "w": self.watermark, "t": self.newest_ms, "p": self.periods})
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "UserState":
-        data = orjson.loads(raw)
-        return cls(bindings=data["b"], watermark=data["w"], newest_ms=data["t"], periods=data["p"])
-
-
-class StateStore(Protocol):
-    def get_period(self, user: str, period: str) -> PeriodState | None: ...
-    def put_period(self, user: str, period: str, state: PeriodState) -> None: ...
-    def drop_period(self, user: str, period: str) -> None: ...
-    def get_user(self, user: str) -> UserState | None: ...
-    def put_user(self, user: str, state: UserState) -> None: ...
-    def plan_of(self, user: str) -> str | None: ...
-
-
-class DictStore:
-    """A ``StateStore`` on plain dicts: unit tests, the summary, replays of files without Kafka."""
-
-    def __init__(self) -> None:
-        self.periods: dict[tuple[str, str], PeriodState] = {}
-        self.users: dict[str, UserState] = {}
-        self.subscribers: dict[str, str] = {}
-
-    def get_period(self, user: str, period: str) -> PeriodState | None:
-        return self.periods.get((user, period))
-
-    def put_period(self, user: str, period: str, state: PeriodState) -> None:
-        self.periods[(user, period)] = state
-
-    def drop_period(self, user: str, period: str) -> None:
-        self.periods.pop((user, period), None)
-
-    def get_user(self, user: str) -> UserState | None:
-        return self.users.get(user)
-
-    def put_user(self, user: str, state: UserState) -> None:
-        self.users[user] = state
-
-    def plan_of(self, user: str) -> str | None:
-        return self.subscribers.get(user)
 
 
 # ------------------------------------------------------------------------------------- outcome
 
 
-@dataclass(init=False)  # see PeriodState
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class Outcome:
     """What one event did: ``ok``, ``late`` (an older, still open period), ``duplicate`` or
     ``too_late`` (its period is closed: it goes to the DLQ with ``reason``)."""
@@ -221,8 +52,8 @@ class Breach:
 # -------------------------------------------------------------------------------------- engine
 
 
-class UsageEngine:
-    """Applies the fair-use rules (README "Rules") to one event at a time against a ``StateStore``."""
+class FairUseEngine:
+    """Applies the fair-use rules (README "Rules") to one event at a time against a ``Store``."""
 
     def __init__(
         self,
@@ -237,23 +68,13 @@ class UsageEngine:
             raise ValueError("retention_months must be at least 2 (current and previous month)")
         self.plans = plans
         self.rates = rates
-        self._hash_key = number_hash_key(hash_secret)
+        self.hash_key = number_hash_key(hash_secret)  # of the callees' hashes (see Callee)
         self.max_call_ms = max_call_duration_s * 1000
         self.retention_months = retention_months
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def plan_for(self, store: StateStore, user: str) -> Plan:
-        name = store.plan_of(user)
-        if name is not None and name in self.plans.plans:
-            return self.plans.plans[name]
-        return self.plans.get(None)
-
-    def number_key(self, digits: str) -> int:
-        """Keyed hash of a called number: state never holds the number in clear."""
-        return number_hash(digits, self._hash_key)
-
-    def _admit(self, store: StateStore, user: str, period: str) -> tuple[UserState, str | None]:
+    def _admit(self, store: Store, user: str, period: str) -> tuple[UserState, str | None]:
         """Move the user's watermark; ``(state, None)`` if the period is open, else a DLQ reason."""
         ustate = store.get_user(user) or UserState()
         oldest_open = shift_period(ustate.watermark, -(self.retention_months - 1)) if ustate.watermark else ""
@@ -270,7 +91,7 @@ class UsageEngine:
                 ustate.periods.remove(old)
         return ustate, None
 
-    def _period_state(self, store: StateStore, ustate: UserState, user: str, period: str) -> PeriodState:
+    def _period_state(self, store: Store, ustate: UserState, user: str, period: str) -> PeriodState:
         state = store.get_period(user, period)
         if state is None:
             state = PeriodState()
@@ -279,7 +100,7 @@ class UsageEngine:
         return state
 
     def _neighbour_states(
-        self, store: StateStore, user: str, tz_plan: Plan, lo_ms: int, hi_ms: int
+        self, store: Store, user: str, tz_plan: Plan, lo_ms: int, hi_ms: int
     ) -> list[tuple[str, PeriodState]]:
         """The existing period states whose month intersects ``[lo_ms, hi_ms]``."""
         tz = tz_plan.timezone
@@ -298,8 +119,11 @@ class UsageEngine:
 
     # -- CDRs ---------------------------------------------------------------------------------
 
-    def on_call(self, store: StateStore, ev: CallEvent) -> Outcome:
-        plan = self.plan_for(store, ev.user)
+    def on_call(self, store: Store, ev: CallEvent, plan: Plan | None = None, callee: Callee | None = None) -> Outcome:
+        """One ``cdrs`` event. ``plan``: the user's plan, ``callee``: the event's called number, when
+        the caller has them already (None: from the store and the event)."""
+        if plan is None:
+            plan = self.plans.resolve(store.plan_of(ev.user))
         period = period_of(ev.start_ms, plan.timezone)
         known = store.get_user(ev.user)
         before = (known.watermark, tuple(known.periods)) if known is not None else None
@@ -331,11 +155,12 @@ class UsageEngine:
             breaches += self._autodialer(store, ev, plan)
         outcome = Outcome("late" if late else "ok")
         if ev.is_end and outbound and ev.billsec > 0:
-            number = normalise(ev.callee)
-            rate = self.rates.lookup(number.digits) if number.kind is NumberKind.E164 else None
+            if callee is None:
+                callee = Callee(ev.callee, self.rates, self.hash_key)
+            rate = callee.rate()
             if rate is not None and rate.destination in plan.included:
                 state.covered[ev.call_id] = [ev.billsec, rate.prefix, "0"]
-                state.numbers.add(self.number_key(number.digits))
+                state.numbers.add(callee.hash())
                 if len(state.numbers) > plan.max_distinct_numbers and "distinct_numbers" not in state.breaches:
                     breaches.append(
                         Breach(
@@ -349,7 +174,7 @@ class UsageEngine:
             self._apply_breach(store, ev.user, ev.customer, plan, breach, outcome)
         return outcome
 
-    def _simultaneous(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
+    def _simultaneous(self, store: Store, ev: CallEvent, plan: Plan) -> list[Breach]:
         """Max overlap of half-open call intervals around this call; a breach above the limit.
 
         A call whose ``end`` has not arrived is in progress — live detection from ``start`` events —
@@ -403,11 +228,11 @@ class UsageEngine:
             )
         return breaches
 
-    def _breached(self, store: StateStore, user: str, period: str, rule: str) -> bool:
+    def _breached(self, store: Store, user: str, period: str, rule: str) -> bool:
         state = store.get_period(user, period)
         return state is not None and rule in state.breaches
 
-    def _autodialer(self, store: StateStore, ev: CallEvent, plan: Plan) -> list[Breach]:
+    def _autodialer(self, store: Store, ev: CallEvent, plan: Plan) -> list[Breach]:
         """More than ``max_calls_per_hour`` outbound call starts within any 60-minute window."""
         limit = plan.max_calls_per_hour
         lo, hi = ev.start_ms - HOUR_MS, ev.start_ms + HOUR_MS
@@ -441,8 +266,10 @@ class UsageEngine:
 
     # -- registrations ------------------------------------------------------------------------
 
-    def on_registration(self, store: StateStore, reg: Registration) -> Outcome:
-        plan = self.plan_for(store, reg.user)
+    def on_registration(self, store: Store, reg: Registration, plan: Plan | None = None) -> Outcome:
+        """One ``sip-registrations`` event; ``plan`` as in ``on_call``."""
+        if plan is None:
+            plan = self.plans.resolve(store.plan_of(reg.user))
         period = period_of(reg.time_ms, plan.timezone)
         ustate, too_late = self._admit(store, reg.user, period)
         if too_late:
@@ -487,7 +314,7 @@ class UsageEngine:
             self._apply_breach(store, reg.user, reg.customer, plan, breach, outcome)
         return outcome
 
-    def _devices(self, store: StateStore, reg: Registration, plan: Plan, ustate: UserState) -> list[Breach]:
+    def _devices(self, store: Store, reg: Registration, plan: Plan, ustate: UserState) -> list[Breach]:
         """Active bindings at each instant this binding is up (a binding is ``[time, time + expires)``);
         the count only rises when a binding starts, so those starts are the instants to check —
         which also catches a breach completed by a REGISTER that arrives late."""
@@ -515,7 +342,7 @@ class UsageEngine:
     # -- breaches and re-billing --------------------------------------------------------------
 
     def _apply_breach(
-        self, store: StateStore, user: str, customer: str, plan: Plan, breach: Breach, outcome: Outcome
+        self, store: Store, user: str, customer: str, plan: Plan, breach: Breach, outcome: Outcome
     ) -> None:
         state = store.get_period(user, breach.period)
         if state is None:  # the breach instant is in a month with no event of its own yet

@@ -1,4 +1,4 @@
-"""The core's StateStore on Faust tables: decoded states are cached, writes are staged until the
+"""The core's Store on Faust tables: decoded states are cached, writes are staged until the
 event's outputs are delivered, so state never runs ahead of what downstream has received."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from typing import Any, Callable, Generic, TypeVar
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
-from ..core.fraud import FraudState
 from .batching import aiokafka_producer, transaction_producer
-from ..core.usage import PeriodState, UserState
+from ..core.state import FraudState, PeriodState, UserState
 from ..topics import period_key
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
@@ -252,9 +251,7 @@ class TableStore:
         self._put_users[key] = state
         self._sources[b"u:" + key] = self.source
 
-    # -- the fraud engine's FraudStore ----------------------------------------------------------
-
-    def get(self, user: str) -> FraudState | None:
+    def get_fraud(self, user: str) -> FraudState | None:
         key = user.encode()
         if key in self._put_fraud:
             return self._put_fraud[key]
@@ -264,7 +261,7 @@ class TableStore:
         self._read_fraud.add(key)
         return self._caches.fraud.get(key, raw)
 
-    def put(self, user: str, state: FraudState) -> None:
+    def put_fraud(self, user: str, state: FraudState) -> None:
         key = user.encode()
         self._put_fraud[key] = state
         self._sources[b"f:" + key] = self.source

@@ -1,0 +1,288 @@
+"""The state the engines keep, and where they keep it.
+
+Every record is keyed by user, so that one worker owns all of a user:
+
+* ``PeriodState`` per ``user|YYYY-MM``: the calls of that month (start, end, direction — the
+  duplicate filter, the simultaneity intervals and the auto-dialler clock), the keyed hashes of
+  the distinct covered callees, the breached rules and the covered calls kept for re-billing;
+* ``UserState`` per ``user``: SIP bindings with their expiry, and the newest period seen (the
+  watermark deciding which periods are still open to late events);
+* ``FraudState`` per ``user``: what the fraud rules need of the last day or two, and an analyst's
+  verdicts;
+* the user's plan name, from ``subscribers``.
+
+The engines read and write them through a ``Store``: ``MemoryStore`` on plain dicts (unit tests,
+the summary, replays of files, the benchmark), ``streams.agents.tables.TableStore`` on a worker's
+Faust tables. Each state encodes itself compactly (orjson) for its table's changelog.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import orjson
+
+from .records import OPEN
+
+
+# --------------------------------------------------------------------------------- fair-use state
+
+
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
+class PeriodState:
+    """One user's month. Encoded compactly (orjson) for the table changelog."""
+
+    calls: dict[str, list[int]]  # call_id -> [start_ms, end_ms|OPEN, outbound]
+    numbers: set[int]  # keyed hashes of distinct covered callees
+    breaches: dict[str, str]  # rule -> multiplier, in breach order
+    breach_ms: dict[str, int]  # rule -> event time of the breach
+    # call_id -> [billsec, rate-deck prefix of the callee, multiplier billed so far]; the prefix, not
+    # the number, so that the re-billing store holds no called number in clear
+    covered: dict[str, list[Any]]
+    peak_simultaneous: int
+    peak_devices: int
+    customer: str
+    plan: str
+    # not encoded, built on the first window query: the calls' (start_ms, call_id) in order and the
+    # longest call, so that a rule looks at the calls near an instant, not at the whole month
+    starts: list[tuple[int, str]] | None = field(repr=False, compare=False)
+    longest_ms: int = field(repr=False, compare=False)
+
+    def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
+                 breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
+                 covered: dict[str, list[Any]] | None = None, peak_simultaneous: int = 0, peak_devices: int = 0,
+                 customer: str = "", plan: str = "") -> None:
+        self.calls = calls if calls is not None else {}
+        self.numbers = numbers if numbers is not None else set()
+        self.breaches = breaches if breaches is not None else {}
+        self.breach_ms = breach_ms if breach_ms is not None else {}
+        self.covered = covered if covered is not None else {}
+        self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
+            peak_simultaneous, peak_devices, customer, plan)
+        self.starts, self.longest_ms = None, 0
+
+    def put_call(self, call_id: str, start_ms: int, end_ms: int, outbound: int) -> None:
+        """Record a call (``end_ms`` OPEN while only its ``start`` is known), keeping the index."""
+        old = self.calls.get(call_id)
+        self.calls[call_id] = [start_ms, end_ms, outbound]
+        if self.starts is None:
+            return
+        if old is None or old[0] != start_ms:
+            if old is not None:
+                del self.starts[bisect.bisect_left(self.starts, (old[0], call_id))]
+            bisect.insort(self.starts, (start_ms, call_id))
+        if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
+            self.longest_ms = end_ms - start_ms
+
+    def _index(self) -> list[tuple[int, str]]:
+        if self.starts is None:
+            self.starts = sorted((record[0], call_id) for call_id, record in self.calls.items())
+            self.longest_ms = max((e - s for s, e, _ in self.calls.values() if e != OPEN), default=0)
+        return self.starts
+
+    def longest_call_ms(self) -> int:
+        """At least the longest ended call's duration (a replaced record is not subtracted)."""
+        self._index()
+        return self.longest_ms
+
+    def calls_starting(self, lo_ms: int, hi_ms: int) -> list[tuple[str, list[int]]]:
+        """The calls with ``lo_ms <= start < hi_ms``, in start order."""
+        starts, calls = self._index(), self.calls
+        first = bisect.bisect_left(starts, (lo_ms, ""))
+        last = bisect.bisect_left(starts, (hi_ms, ""), first)
+        return [(call_id, calls[call_id]) for _, call_id in starts[first:last]]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "c": self.calls,
+                "n": sorted(self.numbers),
+                "b": self.breaches,
+                "bt": self.breach_ms,
+                "v": self.covered,
+                "ps": self.peak_simultaneous,
+                "pd": self.peak_devices,
+                "cu": self.customer,
+                "pl": self.plan,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "PeriodState":
+        data = orjson.loads(raw)
+        return cls(
+            calls=data["c"],
+            numbers=set(data["n"]),
+            breaches=data["b"],
+            breach_ms=data["bt"],
+            covered=data["v"],
+            peak_simultaneous=data["ps"],
+            peak_devices=data["pd"],
+            customer=data["cu"],
+            plan=data["pl"],
+        )
+
+    def multiplier(self) -> Decimal:
+        return max((Decimal(m) for m in self.breaches.values()), default=Decimal(0))
+
+
+@dataclass(init=False)  # see PeriodState
+class UserState:
+    bindings: dict[str, list[Any]]  # identity -> [registered_ms, expiry_ms, user_agent]
+    watermark: str  # newest period seen for this user
+    newest_ms: int  # newest REGISTER time (binding clean-up horizon)
+    periods: list[str]  # periods with a PeriodState, oldest first
+
+    def __init__(self, bindings: dict[str, list[Any]] | None = None, watermark: str = "", newest_ms: int = 0,
+                 periods: list[str] | None = None) -> None:
+        self.bindings = bindings if bindings is not None else {}
+        self.watermark, self.newest_ms = watermark, newest_ms
+        self.periods = periods if periods is not None else []
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"b": self.bindings, "w": self.watermark, "t": self.newest_ms, "p": self.periods})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "UserState":
+        data = orjson.loads(raw)
+        return cls(bindings=data["b"], watermark=data["w"], newest_ms=data["t"], periods=data["p"])
+
+
+# ------------------------------------------------------------------------------------ fraud state
+
+
+@dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
+class FraudState:
+    """One user's fraud state. Encoded compactly (orjson) for the table changelog."""
+
+    # call_id -> [start_ms, end_ms | OPEN, talk_ms, key, counted]; key = the longest rate-deck or
+    # configured prefix of the callee (enough to find its rate and scope, not the number itself);
+    # counted = 1 for a call the rules look at (a configured direction, not an emergency number)
+    calls: dict[str, list[Any]]
+    # rule -> [callee hash, count, first call_id, last start_ms]: the current same-callee run
+    runs: dict[str, list[Any]]
+    days: dict[str, list[int]]  # "rule|YYYY-MM-DD" -> [count, newest start_ms]
+    networks: dict[str, int]  # "203.0.113.0/24" -> last registration ms
+    bindings: dict[str, list[Any]]  # identity -> [time_ms, expiry_ms, network]
+    # registrations from a network unused for a while, while another binding was active:
+    # [time_ms, network, previous use ms or -1]
+    fresh: list[list[Any]]
+    fired: dict[str, int]  # "rule|level|window" -> event time of the alert
+    trusted: dict[str, int]  # network an analyst trusted for the user -> when (never new for new_network)
+    muted: dict[str, int]  # rule name -> until when (event time) the rule raises no alert for the user
+    newest_call_ms: int
+    newest_registration_ms: int
+    # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
+    prune_due: int = field(repr=False, compare=False)
+
+    def __init__(self, calls: dict[str, list[Any]] | None = None, runs: dict[str, list[Any]] | None = None,
+                 days: dict[str, list[int]] | None = None, networks: dict[str, int] | None = None,
+                 bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
+                 fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
+                 prune_due: int = 0, trusted: dict[str, int] | None = None,
+                 muted: dict[str, int] | None = None) -> None:
+        self.calls = calls if calls is not None else {}
+        self.runs = runs if runs is not None else {}
+        self.days = days if days is not None else {}
+        self.networks = networks if networks is not None else {}
+        self.bindings = bindings if bindings is not None else {}
+        self.fresh = fresh if fresh is not None else []
+        self.fired = fired if fired is not None else {}
+        self.trusted = trusted if trusted is not None else {}
+        self.muted = muted if muted is not None else {}
+        self.newest_call_ms, self.newest_registration_ms, self.prune_due = (
+            newest_call_ms, newest_registration_ms, prune_due)
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "c": self.calls,
+            "r": self.runs,
+            "d": self.days,
+            "n": self.networks,
+            "b": self.bindings,
+            "x": self.fresh,
+            "f": self.fired,
+            "tc": self.newest_call_ms,
+            "tr": self.newest_registration_ms,
+        }
+        if self.trusted:  # an analyst's verdicts: absent from most states
+            data["t"] = self.trusted
+        if self.muted:
+            data["m"] = self.muted
+        return orjson.dumps(data)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "FraudState":
+        data = orjson.loads(raw)
+        return cls(
+            calls=data["c"],
+            runs=data["r"],
+            days=data["d"],
+            networks=data["n"],
+            bindings=data["b"],
+            fresh=data["x"],
+            fired=data["f"],
+            newest_call_ms=data["tc"],
+            newest_registration_ms=data["tr"],
+            trusted=data.get("t"),
+            muted=data.get("m"),
+        )
+
+
+
+# ------------------------------------------------------------------------------------------ store
+
+
+class Store(Protocol):
+    def get_period(self, user: str, period: str) -> PeriodState | None: ...
+    def put_period(self, user: str, period: str, state: PeriodState) -> None: ...
+    def drop_period(self, user: str, period: str) -> None: ...
+    def get_user(self, user: str) -> UserState | None: ...
+    def put_user(self, user: str, state: UserState) -> None: ...
+    def get_fraud(self, user: str) -> FraudState | None: ...
+    def put_fraud(self, user: str, state: FraudState) -> None: ...
+    def plan_of(self, user: str) -> str | None: ...
+    def set_plan(self, user: str, plan: str | None) -> None: ...
+
+
+class MemoryStore:
+    """A ``Store`` on plain dicts."""
+
+    def __init__(self) -> None:
+        self.periods: dict[tuple[str, str], PeriodState] = {}
+        self.users: dict[str, UserState] = {}
+        self.fraud: dict[str, FraudState] = {}
+        self.subscribers: dict[str, str] = {}
+
+    def get_period(self, user: str, period: str) -> PeriodState | None:
+        return self.periods.get((user, period))
+
+    def put_period(self, user: str, period: str, state: PeriodState) -> None:
+        self.periods[(user, period)] = state
+
+    def drop_period(self, user: str, period: str) -> None:
+        self.periods.pop((user, period), None)
+
+    def get_user(self, user: str) -> UserState | None:
+        return self.users.get(user)
+
+    def put_user(self, user: str, state: UserState) -> None:
+        self.users[user] = state
+
+    def get_fraud(self, user: str) -> FraudState | None:
+        return self.fraud.get(user)
+
+    def put_fraud(self, user: str, state: FraudState) -> None:
+        self.fraud[user] = state
+
+    def plan_of(self, user: str) -> str | None:
+        return self.subscribers.get(user)
+
+    def set_plan(self, user: str, plan: str | None) -> None:
+        if plan is None:
+            self.subscribers.pop(user, None)
+        else:
+            self.subscribers[user] = plan
