@@ -10,7 +10,7 @@ install: $(STAMP)
 
 # The install compiles streams/core and streams/codecs.py with mypyc (hatch-mypyc, ~30 s), so it
 # runs again when they change: a stale extension would shadow the new source.
-COMPILED := $(wildcard streams/core/*.py) streams/codecs.py streams/processor.py
+COMPILED := $(wildcard streams/core/*.py streams/core/*/*.py) streams/codecs.py streams/processor.py
 
 $(STAMP): pyproject.toml $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(COMPILED)
 
 # The same project without the compiled extensions (pure Python: same behaviour, slower).
 uncompiled:
-	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so
+	rm -f streams/*.so streams/core/*.so streams/core/*/*.so ./*__mypyc*.so
 	rm -f $(HOME)/.calfkit/bin/tansu-*  # the broker binary older versions copied out of the environment
 	$(PYTHON) -m venv $(VENV)
 	HATCH_BUILD_NO_HOOKS=true $(BIN)/pip install --quiet -e '.[test]'
@@ -100,5 +100,5 @@ soak: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build
-	rm -f streams/*.so streams/core/*.so ./*__mypyc*.so
+	rm -f streams/*.so streams/core/*.so streams/core/*/*.so ./*__mypyc*.so
 	rm -f $(HOME)/.calfkit/bin/tansu-*  # the broker binary older versions copied out of the environment

@@ -1,0 +1,253 @@
+"""Live fraud rules (hacked accounts, toll fraud): per-user state in, (fraud alerts, account actions) out.
+
+One ``FraudState`` per user (``streams.core.state``), read and written through a ``Store``, holds
+what the rules need and nothing older:
+
+* the user's calls of the last ~26 h (start, end or open, talk time, a rate-deck/scope prefix of the
+  callee — never the whole number), the duplicate filter and the clock of every call rule;
+* per-day call counters and the current same-callee run of each rule;
+* the source networks (/24, /64) the user registered from, its SIP bindings, and the registrations
+  from a new network while another binding was active (24 h);
+* the (rule, level, window) triples already alerted, so that each alert is emitted once;
+* an analyst's verdicts (``fraud-feedback``): the networks trusted for the user, and the rules muted
+  for the user until a given instant.
+
+"Now" is always the event time of the event being processed: a ``start`` event's ``start_time``, an
+``end`` event's ``end_time``, a registration's ``time``. Calls in progress are valued and timed up to
+that instant, so every event of the user — including a registration — re-evaluates ``cost_burst`` and
+``long_call`` live, before any ``end`` has arrived.
+"""
+
+from __future__ import annotations
+
+from ..callee import Callee
+from ..plans import Plan, PlanBook
+from ..rates import RateDeck
+from ..rating import number_hash_key
+from ..records import OPEN, CallEvent, Feedback, Registration
+from ..state import FraudState, Store
+from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
+from .alerts import Evaluation, FraudOutcome
+from .destinations import Destinations
+from .rules import FRESH_NETWORK_MS, PlanRules, count_rules, live_rules, long_call, network_of, new_network
+
+# A call event this much older than the newest call event of its user (a registration: than the
+# newest registration) is ignored: fraud alerting is live, and the state does not reach that far back.
+STALE_MS = DAY_MS
+# A call is kept this long after its last instant (end, or start + max call duration while open):
+# longer than STALE_MS plus the 60-minute windows, so every non-stale duplicate is still recognised.
+KEEP_CALLS_MS = 26 * HOUR_MS
+# Day counters and alerted windows are kept long enough to cover a local day (≤ 25 h) that a
+# non-stale event can still reach.
+KEEP_WINDOWS_MS = 50 * HOUR_MS
+MAX_TRUSTED_NETWORKS = 256  # networks an analyst trusted for one user: the oldest go beyond this
+PRUNE_EVERY_MS = 10 * MINUTE_MS  # the state is walked for pruning at most this often (event time)
+
+
+
+class FraudEngine:
+    """Applies the fraud rules of each user's plan (``Plan.fraud``) to one event at a time."""
+
+    def __init__(
+        self,
+        plans: PlanBook,
+        rates: RateDeck,
+        *,
+        hash_secret: bytes = b"",
+        max_call_duration_s: int = 4 * 3600,
+    ) -> None:
+        self.plans = plans
+        self.rates = rates
+        self.hash_key = number_hash_key(hash_secret)  # of the callees' hashes (see Callee)
+        self.max_call_ms = max_call_duration_s * SECOND_MS
+        self.destinations = Destinations(plans, rates)
+        configs = [plan.fraud for plan in plans.plans.values()]
+        self._network_days = max(
+            (r.days for c in configs for r in c.rules if r.kind == "new_network"), default=0
+        )
+        self._rules: dict[str, PlanRules] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """False when no plan has a fraud rule: the caller may skip the engine (and its table)."""
+        return any(plan.fraud for plan in self.plans.plans.values())
+
+    # -- CDRs ---------------------------------------------------------------------------------
+
+    def on_call(self, store: Store, ev: CallEvent, *, plan: Plan | None = None,
+                callee: Callee | None = None) -> FraudOutcome:
+        """One ``cdrs`` event. ``plan``: the user's plan (None: from the store), ``callee``: the
+        event's called number when the caller has it already."""
+        the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(ev.user))
+        if not the_plan.fraud:
+            return FraudOutcome("ok")
+        rules = self._compiled(the_plan)
+        now = ev.event_ms
+        state = store.get_fraud(ev.user) or FraudState()
+        if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
+            return FraudOutcome("stale")
+        record = state.calls.get(ev.call_id)
+        if record is not None and (record[1] != OPEN or not ev.is_end):
+            return FraudOutcome("duplicate")
+        new = record is None
+        if record is None:
+            if callee is None:
+                callee = Callee(ev.callee, self.rates, self.hash_key)
+            key, counted = self.destinations.classify(callee, ev.direction, the_plan.fraud)
+            record = [ev.start_ms, OPEN, 0, key, counted]
+            state.calls[ev.call_id] = record
+        if ev.is_end:
+            assert ev.end_ms is not None
+            record[0], record[1], record[2] = ev.start_ms, ev.end_ms, ev.billsec * SECOND_MS
+        state.newest_call_ms = max(state.newest_call_ms, now)
+        self._prune(state)
+
+        ctx = Evaluation(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"), self.destinations,
+                         self.max_call_ms)
+        if new and record[4] and rules.on_new_call:
+            assert callee is not None  # classified above: a new call
+            count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], callee)
+        if rules.live:
+            live_rules(ctx, rules)
+        if ev.is_end and record[4]:
+            for rule in rules.long_call:
+                long_call(ctx, rule, ev.call_id, record, record[2], False)
+        store.put_fraud(ev.user, state)
+        return ctx.outcome
+
+    def _compiled(self, plan: Plan) -> PlanRules:
+        rules = self._rules.get(plan.name)
+        if rules is None or rules.plan is not plan:
+            rules = self._rules[plan.name] = PlanRules.of(plan)
+        return rules
+
+    # -- rules on a new call ------------------------------------------------------------------
+
+    # -- live rules (every event) -------------------------------------------------------------
+
+    # -- registrations ------------------------------------------------------------------------
+
+    def on_registration(self, store: Store, reg: Registration, *, plan: Plan | None = None,
+                        calls_read_ms: int | None = None) -> FraudOutcome:
+        """One ``sip-registrations`` event. ``plan`` as in ``on_call``.
+
+        ``calls_read_ms``: how far, in event time, the caller has read the ``cdrs`` partition of this
+        user (None: as far as this registration, e.g. events fed in event-time order). The two topics
+        are not read in step — a worker may read a user's REGISTERs days ahead of its CDRs — so calls
+        in progress are valued up to ``min(registration time, max(calls_read_ms, newest call event of
+        the user))`` only: a call whose ``end`` is still unread is not taken for a call lasting until
+        the registration's time."""
+        the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(reg.user))
+        config = the_plan.fraud
+        if not config:
+            return FraudOutcome("ok")
+        now = reg.time_ms
+        state = store.get_fraud(reg.user) or FraudState()
+        if state.newest_registration_ms and now < state.newest_registration_ms - STALE_MS:
+            return FraudOutcome("stale")
+        identity = reg.binding
+        network = network_of(reg.source_ip)
+        entry = [now, now + reg.expires * SECOND_MS, network or ""]
+        current = state.bindings.get(identity)
+        if current == entry:
+            return FraudOutcome("duplicate")
+        if current is not None and current[0] > now:
+            return FraudOutcome("late")  # an older REGISTER than the binding held
+
+        fresh = False
+        memory = min((r.days for r in config.rules if r.kind == "new_network"), default=0)
+        if memory and reg.expires > 0 and network is not None:
+            others = any(k != identity and s <= now < e for k, (s, e, _n) in state.bindings.items())
+            previous = state.networks.get(network, -1)
+            # new for the rule with the shortest memory; each rule checks its own `days` when counting
+            if others and previous < now - memory * DAY_MS and network not in state.trusted:
+                state.fresh.append([now, network, previous])
+                fresh = True
+            state.networks[network] = max(previous, now)
+        # an unregister stays as an expired binding, so that its redelivery is a duplicate
+        state.bindings[identity] = entry
+        state.newest_registration_ms = max(state.newest_registration_ms, now)
+        self._prune(state)
+        self._prune_networks(state)
+
+        ctx = Evaluation(reg.user, reg.customer, the_plan, state, now, FraudOutcome("ok"), self.destinations,
+                         self.max_call_ms)
+        if fresh:
+            for rule in config.rules:
+                if rule.kind == "new_network":
+                    new_network(ctx, rule, reg, identity)
+        rules = self._compiled(the_plan)
+        if rules.live:
+            clock = now if calls_read_ms is None else min(now, max(calls_read_ms, state.newest_call_ms))
+            live_rules(ctx if clock == now else ctx.at(clock), rules)
+        store.put_fraud(reg.user, state)
+        return ctx.outcome
+
+    # -- an analyst's verdicts ----------------------------------------------------------------
+
+    def on_feedback(self, store: Store, feedback: Feedback) -> FraudOutcome:
+        """One ``fraud-feedback`` message: trust its networks for the user, mute its rule until its
+        instant. ``duplicate`` when the state already holds the verdict (a redelivery, or the same
+        verdict given twice): applying it again changes nothing."""
+        state = store.get_fraud(feedback.user) or FraudState()
+        changed = False
+        for network in feedback.networks:
+            if network not in state.trusted:
+                state.trusted[network] = feedback.time_ms
+                changed = True
+        if len(state.trusted) > MAX_TRUSTED_NETWORKS:
+            for network in sorted(state.trusted, key=lambda n: (state.trusted[n], n))[:-MAX_TRUSTED_NETWORKS]:
+                del state.trusted[network]
+        until = feedback.mute_until_ms
+        if until is not None and until > state.muted.get(feedback.rule_name, 0):
+            state.muted[feedback.rule_name] = until
+            changed = True
+        if not changed:
+            return FraudOutcome("duplicate")
+        store.put_fraud(feedback.user, state)
+        return FraudOutcome("ok")
+
+    # -- alerts, actions, pruning -------------------------------------------------------------
+
+    def _prune(self, state: FraudState) -> None:
+        """Keep the state bounded: drop what no non-stale event can reach any more.
+
+        Every horizon below is hours beyond the reach of a non-stale event, so walking the state at
+        most once per ``PRUNE_EVERY_MS`` of event time keeps exactly the same outputs for a
+        fraction of the cost. Networks are the exception — an alert's evidence shows when a
+        network was last used, so they are pruned on every registration (``_prune_networks``)."""
+        tc, tr = state.newest_call_ms, state.newest_registration_ms
+        if max(tc, tr) < state.prune_due:
+            return
+        state.prune_due = max(tc, tr) + PRUNE_EVERY_MS
+        horizon = tc - KEEP_CALLS_MS
+        cap = self.max_call_ms
+        for call_id in [c for c, r in state.calls.items() if (r[0] + cap if r[1] == OPEN else r[1]) < horizon]:
+            del state.calls[call_id]
+        # a window fired by either kind of event stays remembered until both have moved past it: the
+        # topics are not read in step, and a window forgotten too early fires again, with other evidence
+        windows = (min(tc, tr) if tc and tr else max(tc, tr)) - KEEP_WINDOWS_MS
+        if state.days:
+            for key in [k for k, (_n, last) in state.days.items() if last < tc - KEEP_WINDOWS_MS]:
+                del state.days[key]
+        if state.fired:
+            for key in [k for k, at in state.fired.items() if at < windows]:
+                del state.fired[key]
+        if state.runs:
+            for name in [n for n, run in state.runs.items() if run[3] < tc - KEEP_WINDOWS_MS]:
+                del state.runs[name]
+        if state.bindings:
+            for identity in [k for k, b in state.bindings.items() if b[1] < tr - DAY_MS]:
+                del state.bindings[identity]
+        if state.fresh:
+            state.fresh = [f for f in state.fresh if f[0] >= tr - FRESH_NETWORK_MS]
+        if state.muted:
+            for name in [n for n, until in state.muted.items() if until < windows]:
+                del state.muted[name]
+
+    def _prune_networks(self, state: FraudState) -> None:
+        memory = max(self._network_days, 1) * DAY_MS
+        tr = state.newest_registration_ms
+        for network in [n for n, last in state.networks.items() if last < tr - memory]:
+            del state.networks[network]
+

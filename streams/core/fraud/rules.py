@@ -1,0 +1,325 @@
+"""The fraud rules, one function per rule kind, each over the state of one user at one instant
+(``Evaluation``): the count rules on a new call, the live rules on every event, new_network on a
+registration. A plan's rules are compiled once (``PlanRules``) into what each kind of event runs."""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..callee import Callee
+from ..plans import FraudRule, Plan
+from ..records import OPEN, Registration
+from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
+from .alerts import LEVELS, Evaluation, clock_hour, fire, fired, local_day, money
+from .destinations import Destinations
+
+FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
+SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
+EVIDENCE_CALLS = 50  # at most this many calls listed in an alert's evidence
+_CALL_COUNT_RULES = ("calls_per_minute", "total_calls_per_day", "sequential_calls", "high_risk_destination")
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str  # critical | warning
+    threshold: Decimal
+    count: int  # the threshold as a whole count (count rules)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule as the hot path needs it: its levels (critical first) and whether any scope applies."""
+
+    rule: FraudRule
+    levels: tuple[Level, ...]
+    scoped: bool  # a destination or time scope (or high-risk): _in_scope must be asked
+    least: int  # the smallest count threshold
+
+
+@dataclass(frozen=True)
+class PlanRules:
+    """One plan's fraud rules, sorted by what triggers them."""
+
+    plan: Plan
+    on_new_call: tuple[Rule, ...]  # calls_per_minute, total_calls_per_day, sequential_calls, high_risk
+    span_least: int  # the fewest calls any span rule (calls_per_minute, high_risk) needs; 0: none
+    live: tuple[Rule, ...]  # cost_burst, long_call: every event
+    long_call: tuple[Rule, ...]
+    cost_least: Decimal | None  # the lowest cost_burst threshold (EUR); None: no cost_burst rule
+
+    @classmethod
+    def of(cls, plan: Plan) -> "PlanRules":
+        def compiled(rule: FraudRule) -> Rule:
+            levels = tuple(
+                Level(level, t, int(t)) for level in LEVELS if (t := rule.threshold(level)) is not None
+            )
+            scoped = rule.kind == "high_risk_destination" or rule.destinations is not None or bool(rule.time)
+            return Rule(rule, levels, scoped, min(level.count for level in levels))
+
+        rules = [compiled(r) for r in plan.fraud.rules if any(r.threshold(level) is not None for level in LEVELS)]
+        counts = tuple(r for r in rules if r.rule.kind in _CALL_COUNT_RULES)
+        spans = [r.least for r in counts if r.rule.kind in ("calls_per_minute", "high_risk_destination")]
+        return cls(
+            plan=plan,
+            on_new_call=counts,
+            span_least=min(spans, default=0),
+            live=tuple(r for r in rules if r.rule.kind in ("cost_burst", "long_call")),
+            long_call=tuple(r for r in rules if r.rule.kind == "long_call"),
+            cost_least=min((lv.threshold for r in rules if r.rule.kind == "cost_burst" for lv in r.levels),
+                           default=None),
+        )
+
+
+
+# ------------------------------------------------------------------- count rules (a new call)
+
+
+def count_rules(ctx: Evaluation, rules: PlanRules, call_id: str, start: int, key: str, callee: Callee) -> None:
+    # the span rules need at least `span_least` counted calls near this one: most users have fewer
+    # calls in the whole state, and then the rules cannot fire (the state only grows their count)
+    spans = rules.span_least and len(ctx.state.calls) >= rules.span_least
+    near: list[tuple[int, str, str]] | None = None  # counted calls starting within an hour of this one
+    for rule in rules.on_new_call:
+        kind = rule.rule.kind
+        if kind in ("calls_per_minute", "high_risk_destination"):
+            if not spans or not ctx.destinations.in_scope(rule, ctx.plan, start, key):
+                continue
+            if near is None:
+                near = [
+                    (r[0], cid, r[3]) for cid, r in ctx.state.calls.items() if r[4] and abs(r[0] - start) < HOUR_MS
+                ]
+            span_rule(ctx, rule, start, MINUTE_MS if kind == "calls_per_minute" else HOUR_MS, near)
+        elif not ctx.destinations.in_scope(rule, ctx.plan, start, key):
+            continue
+        elif kind == "total_calls_per_day":
+            day_rule(ctx, rule, call_id, start)
+        else:
+            sequence_rule(ctx, rule, call_id, start, callee)
+
+
+def span_rule(ctx: Evaluation, rule: Rule, start: int, span: int, near: list[tuple[int, str, str]]) -> None:
+    """At least N in-scope calls starting within ``span``: every span ``[first, first + span)`` that
+    contains this call and holds N calls alerts in the clock hour of its N-th call (once)."""
+    if len(near) < rule.least:  # the common case: far fewer calls than any threshold
+        return
+    starts = sorted(
+        (s, cid)
+        for s, cid, key in near
+        if start - span < s < start + span and ctx.destinations.in_scope(rule, ctx.plan, s, key)
+    )
+    times = [s for s, _ in starts]
+    for level in rule.levels:
+        need = level.count
+        for j, (first, _) in enumerate(starts):
+            if first > start:
+                break
+            if first + span <= start:
+                continue
+            end = bisect.bisect_left(times, first + span)
+            if end - j >= need:
+                group = starts[j:end]
+                at = group[need - 1][0]
+                window = clock_hour(at, ctx.plan)
+                if fired(ctx, rule.rule, level.name, window):
+                    continue
+                evidence = {
+                    "window_start": local_iso(first, ctx.plan.timezone),
+                    "window_seconds": span // SECOND_MS,
+                    "call_ids": [cid for _, cid in group[:EVIDENCE_CALLS]],
+                }
+                if rule.rule.kind == "high_risk_destination":
+                    keys = {ctx.state.calls[cid][3] for _, cid in group}
+                    evidence["destinations"] = sorted({ctx.destinations.rate(k)[0] or "+" + k for k in keys})
+                fire(ctx, rule.rule, level.name, window, at, len(group), level.threshold, evidence)
+
+
+def day_rule(ctx: Evaluation, rule: Rule, call_id: str, start: int) -> None:
+    """In-scope calls starting on the local calendar day of this call."""
+    day = local_day(start // MINUTE_MS, ctx.plan.timezone)
+    counter = ctx.state.days.setdefault(f"{rule.rule.name}|{day}", [0, start])
+    counter[0] += 1
+    counter[1] = max(counter[1], start)
+    for level in rule.levels:
+        if counter[0] >= level.threshold:
+            fire(ctx, rule.rule, level.name, day, start, counter[0], level.threshold,
+                       {"day": day, "call_id": call_id})
+
+
+def sequence_rule(ctx: Evaluation, rule: Rule, call_id: str, start: int, callee: Callee) -> None:
+    """In-scope calls to the same callee in a row, each within an hour of the previous one."""
+    h = callee.hash()
+    name = rule.rule.name
+    run = ctx.state.runs.get(name)
+    if run is not None and run[0] == h and abs(start - run[3]) <= SEQUENCE_GAP_MS:
+        run[1] += 1
+        run[3] = max(run[3], start)
+    else:
+        run = [h, 1, call_id, start]
+        ctx.state.runs[name] = run
+    for level in rule.levels:
+        if run[1] >= level.threshold:
+            evidence = {"first_call_id": run[2], "call_id": call_id, "calls_in_a_row": run[1]}
+            fire(ctx, rule.rule, level.name, run[2], start, run[1], level.threshold, evidence)
+
+
+# -------------------------------------------------------------------- live rules (every event)
+
+
+def live_rules(ctx: Evaluation, rules: PlanRules) -> None:
+    """cost_burst and long_call, on every event of the user."""
+    # the counted calls that cost money in the last hour, and all open ones: one pass for all rules
+    now, lo = ctx.now, ctx.now - HOUR_MS
+    cap = ctx.max_call_ms
+    recent: list[tuple[str, list[Any], int, int]] = []
+    for call_id, record in ctx.state.calls.items():
+        if not record[4]:
+            continue
+        start, end = record[0], record[1]
+        if end == OPEN:  # costing from its start to now, at most the maximum call duration
+            recent.append((call_id, record, start, min(now, start + cap)))
+        elif end > lo:  # its answered seconds [end - billsec, end]
+            recent.append((call_id, record, end - record[2], end))
+    if not recent:
+        return
+    # every cost_burst rule values a subset of these calls: below the lowest threshold, none fires
+    costly = rules.cost_least is not None and hour_value(ctx.destinations, recent, now) >= rules.cost_least * MINUTE_MS
+    for rule in rules.live:
+        if rule.rule.kind == "cost_burst":
+            if costly:
+                cost_burst(ctx, rule, recent)
+        else:
+            for call_id, record, a, b in recent:  # long_call: open calls, timed from their start
+                if record[1] == OPEN:
+                    long_call(ctx, rule, call_id, record, b - a, True)
+
+
+def hour_value(destinations: Destinations, recent: list[tuple[str, list[Any], int, int]], now: int) -> Decimal:
+    """Tariff value (EUR x ms / min) of ``recent``'s answered time in the 60 minutes up to now."""
+    lo, total = now - HOUR_MS, Decimal(0)
+    for _call_id, record, a, b in recent:
+        overlap = min(b, now) - max(a, lo)
+        if overlap > 0:
+            total += overlap * destinations.rate(record[3])[1]
+    return total
+
+
+def cost_burst(ctx: Evaluation, rule: Rule, recent: list[tuple[str, list[Any], int, int]]) -> None:
+    """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
+    now, lo = ctx.now, ctx.now - HOUR_MS
+    total = Decimal(0)  # EUR x ms / min
+    parts: list[tuple[str, Decimal, int, bool, str | None]] = []
+    for call_id, record, a, b in recent:
+        overlap = min(b, now) - max(a, lo)
+        if overlap <= 0:
+            continue
+        destination, rate = ctx.destinations.rate(record[3])
+        if rate == 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
+            continue
+        value = overlap * rate
+        total += value
+        parts.append((call_id, value, overlap, record[1] == OPEN, destination))
+    if not total:
+        return
+    window = ""  # computed only when a threshold is reached: most events cost little
+    for level in rule.levels:
+        threshold = level.threshold
+        if total < threshold * MINUTE_MS:
+            continue
+        window = window or clock_hour(now, ctx.plan)
+        if fired(ctx, rule.rule, level.name, window):
+            continue
+        parts.sort(key=lambda p: (-p[1], p[0]))
+        evidence = {
+            "amount": money(total / MINUTE_MS),
+            "window_start": local_iso(lo, ctx.plan.timezone),
+            "window_end": local_iso(now, ctx.plan.timezone),
+            "calls": [
+                {
+                    "call_id": call_id,
+                    "destination": destination,
+                    "seconds": overlap // SECOND_MS,
+                    "amount": money(value / MINUTE_MS),
+                    "in_progress": in_progress,
+                }
+                for call_id, value, overlap, in_progress, destination in parts[:EVIDENCE_CALLS]
+            ],
+            "calls_total": len(parts),
+        }
+        fire(ctx, rule.rule, level.name, window, now, money(total / MINUTE_MS), threshold, evidence)
+
+
+def long_call(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], duration: int, live: bool) -> None:
+    """A call that has lasted (live: is lasting) more than N minutes."""
+    if duration <= 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
+        return
+    for level in rule.levels:
+        threshold = level.threshold
+        if duration <= threshold * MINUTE_MS or fired(ctx, rule.rule, level.name, call_id):
+            continue
+        evidence = {
+            "call_id": call_id,
+            "start_time": local_iso(record[0], ctx.plan.timezone),
+            "destination": ctx.destinations.rate(record[3])[0],
+            "in_progress": live,
+            "seconds": duration // SECOND_MS,
+        }
+        fire(ctx, rule.rule, level.name, call_id, ctx.now, duration // SECOND_MS, threshold, evidence)
+
+
+# ------------------------------------------------------------------- new_network (a REGISTER)
+
+
+def network_of(source_ip: str) -> str | None:
+    """The /24 (IPv4) or /64 (IPv6) of a source address, or None when it is not an IP address.
+    Tolerates a port (``192.0.2.1:5060``, ``[2001:db8::1]:5060``); IPv4-mapped IPv6 counts as IPv4."""
+    text = source_ip.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ipaddress.IPv4Network((int(ip) >> 8 << 8, 24)))
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+def new_network(ctx: Evaluation, rule: FraudRule, reg: Registration, identity: str) -> None:
+    """Distinct networks, new for this rule (unused for ``days``), registered from in the last
+    24 h while another binding was active."""
+    now = ctx.now
+    if rule.time and not rule.time.contains(from_ms(now, ctx.plan.timezone)):
+        return
+    networks: dict[str, int] = {}
+    for at, network, previous in ctx.state.fresh:
+        if network in ctx.state.trusted:
+            continue
+        if now - FRESH_NETWORK_MS < at <= now and previous < at - rule.days * DAY_MS:
+            if not rule.time or rule.time.contains(from_ms(at, ctx.plan.timezone)):
+                networks.setdefault(network, previous)
+    if not networks:
+        return
+    day = local_day(now // MINUTE_MS, ctx.plan.timezone)
+    others = sorted(k for k, (s, e, _n) in ctx.state.bindings.items() if k != identity and s <= now < e)
+    for level in LEVELS:
+        threshold = rule.threshold(level)
+        if threshold is None or len(networks) < threshold:
+            continue
+        evidence = {
+            "networks": sorted(networks),
+            "last_used": {n: (local_iso(p, ctx.plan.timezone) if p >= 0 else None) for n, p in sorted(networks.items())},
+            "source_ip": reg.source_ip,
+            "binding": identity,
+            "user_agent": reg.user_agent,
+            "active_bindings": others,
+            "days": rule.days,
+        }
+        fire(ctx, rule, level, day, now, len(networks), threshold, evidence)
