@@ -31,6 +31,32 @@ from .records import OPEN
 # --------------------------------------------------------------------------------- fair-use state
 
 
+class CallIndex:
+    """A month's calls in start order, for window queries, so that a rule looks at the calls near
+    an instant, not at the whole month. Not encoded: built from the calls on the first query, then
+    kept up to date by ``PeriodState.put_call``."""
+
+    def __init__(self, calls: dict[str, list[int]]) -> None:
+        self.starts = sorted((record[0], call_id) for call_id, record in calls.items())
+        # at least the longest ended call's duration (a replaced record is not subtracted)
+        self.longest_ms = max((e - s for s, e, _ in calls.values() if e != OPEN), default=0)
+
+    def put(self, call_id: str, old_start_ms: int | None, start_ms: int, end_ms: int) -> None:
+        if old_start_ms != start_ms:
+            if old_start_ms is not None:
+                del self.starts[bisect.bisect_left(self.starts, (old_start_ms, call_id))]
+            bisect.insort(self.starts, (start_ms, call_id))
+        if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
+            self.longest_ms = end_ms - start_ms
+
+    def starting(self, lo_ms: int, hi_ms: int) -> list[str]:
+        """The ids of the calls with ``lo_ms <= start < hi_ms``, in start order."""
+        starts = self.starts
+        first = bisect.bisect_left(starts, (lo_ms, ""))
+        last = bisect.bisect_left(starts, (hi_ms, ""), first)
+        return [call_id for _, call_id in starts[first:last]]
+
+
 @dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class PeriodState:
     """One user's month. Encoded compactly (orjson) for the table changelog."""
@@ -46,10 +72,7 @@ class PeriodState:
     peak_devices: int
     customer: str
     plan: str
-    # not encoded, built on the first window query: the calls' (start_ms, call_id) in order and the
-    # longest call, so that a rule looks at the calls near an instant, not at the whole month
-    starts: list[tuple[int, str]] | None = field(repr=False, compare=False)
-    longest_ms: int = field(repr=False, compare=False)
+    index: CallIndex | None = field(repr=False, compare=False)  # not encoded: built on the first query
 
     def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
                  breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
@@ -62,38 +85,37 @@ class PeriodState:
         self.covered = covered if covered is not None else {}
         self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
             peak_simultaneous, peak_devices, customer, plan)
-        self.starts, self.longest_ms = None, 0
+        self.index = None
 
     def put_call(self, call_id: str, start_ms: int, end_ms: int, outbound: int) -> None:
         """Record a call (``end_ms`` OPEN while only its ``start`` is known), keeping the index."""
         old = self.calls.get(call_id)
         self.calls[call_id] = [start_ms, end_ms, outbound]
-        if self.starts is None:
-            return
-        if old is None or old[0] != start_ms:
-            if old is not None:
-                del self.starts[bisect.bisect_left(self.starts, (old[0], call_id))]
-            bisect.insort(self.starts, (start_ms, call_id))
-        if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
-            self.longest_ms = end_ms - start_ms
+        if self.index is not None:
+            self.index.put(call_id, old[0] if old is not None else None, start_ms, end_ms)
 
-    def _index(self) -> list[tuple[int, str]]:
-        if self.starts is None:
-            self.starts = sorted((record[0], call_id) for call_id, record in self.calls.items())
-            self.longest_ms = max((e - s for s, e, _ in self.calls.values() if e != OPEN), default=0)
-        return self.starts
-
-    def longest_call_ms(self) -> int:
-        """At least the longest ended call's duration (a replaced record is not subtracted)."""
-        self._index()
-        return self.longest_ms
+    def _calls(self) -> CallIndex:
+        if self.index is None:
+            self.index = CallIndex(self.calls)
+        return self.index
 
     def calls_starting(self, lo_ms: int, hi_ms: int) -> list[tuple[str, list[int]]]:
         """The calls with ``lo_ms <= start < hi_ms``, in start order."""
-        starts, calls = self._index(), self.calls
-        first = bisect.bisect_left(starts, (lo_ms, ""))
-        last = bisect.bisect_left(starts, (hi_ms, ""), first)
-        return [(call_id, calls[call_id]) for _, call_id in starts[first:last]]
+        calls = self.calls
+        return [(call_id, calls[call_id]) for call_id in self._calls().starting(lo_ms, hi_ms)]
+
+    def calls_in(self, lo_ms: int, hi_ms: int, open_ms: int) -> list[tuple[int, int, str]]:
+        """The window query: ``(start, end, call_id)`` of the calls whose ``[start, end)`` meets
+        ``[lo_ms, hi_ms)``, in start order; a call still open lasts ``open_ms`` from its start."""
+        # a call reaching into the window started at most the longest call's length before it
+        reach = max(open_ms, self._calls().longest_ms)
+        found = []
+        for call_id, (s, e, _outbound) in self.calls_starting(lo_ms - reach, hi_ms):
+            if e == OPEN:
+                e = s + open_ms
+            if s < e and lo_ms < e:
+                found.append((s, e, call_id))
+        return found
 
     def encode(self) -> bytes:
         return orjson.dumps(

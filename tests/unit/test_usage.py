@@ -199,7 +199,7 @@ def test_calls_longer_than_the_live_cap_still_overlap_later_calls() -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_period_call_index_matches_a_scan_of_every_call(seed: int) -> None:
+def test_period_call_index_and_window_query_match_a_scan_of_every_call(seed: int) -> None:
     import random
 
     rnd = random.Random(seed)
@@ -214,8 +214,10 @@ def test_period_call_index_matches_a_scan_of_every_call(seed: int) -> None:
             hi = lo + rnd.randrange(0, 3_000)
             expected = sorted((r[0], c) for c, r in state.calls.items() if lo <= r[0] < hi)
             assert [(r[0], c) for c, r in state.calls_starting(lo, hi)] == expected
-            # a bound (a replaced call is not subtracted): what a window must reach back by
-            assert state.longest_call_ms() >= max((e - s for s, e, _ in state.calls.values() if e != -1), default=0)
+            # the window query: every call whose [start, end) meets [lo, hi), open calls lasting 4 s
+            ends = {c: (r[1] if r[1] != -1 else r[0] + 4_000) for c, r in state.calls.items()}
+            meeting = sorted((r[0], ends[c], c) for c, r in state.calls.items() if r[0] < ends[c] and lo < ends[c] and r[0] < hi)
+            assert sorted(state.calls_in(lo, hi, 4_000)) == meeting
     decoded = PeriodState.decode(state.encode())  # a decoded state builds its index afresh
     assert decoded.calls_starting(0, 20_000) == state.calls_starting(0, 20_000)
 
