@@ -1,5 +1,6 @@
 """The boundary: bytes <-> core records. Validation happens here and only here; a bad message
-becomes an ``InvalidRecord`` whose text is the DLQ reason."""
+becomes an ``InvalidRecord`` whose text is the DLQ reason. The payload builders at the end are
+the one place input payloads are written (generator, samples, importers, ingest, bench, tests)."""
 
 from __future__ import annotations
 
@@ -141,3 +142,52 @@ def decode_key(key: bytes | None) -> str | None:
 
 def encode(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload)
+
+
+# ------------------------------------------------------------------------------ payload builders
+
+
+def cdr_payload(event: str, call_id: str, user: str, customer: str, caller: str, callee: str, direction: str,
+                start_time: str, answer_time: str | None = None, end_time: str | None = None, billsec: int = 0,
+                disposition: str | None = None) -> dict[str, Any]:
+    """A ``cdrs`` payload (``schemas/cdrs.schema.json``): a ``start`` has the call's setup, an
+    ``end`` the call's outcome too. Times are RFC 3339 strings, as sent."""
+    payload: dict[str, Any] = {
+        "event": event,
+        "call_id": call_id,
+        "user": user,
+        "customer": customer,
+        "caller": caller,
+        "callee": callee,
+        "direction": direction,
+        "start_time": start_time,
+    }
+    if event == "end":
+        payload["answer_time"] = answer_time
+        payload["end_time"] = end_time
+        payload["billsec"] = billsec
+        payload["disposition"] = disposition
+    return payload
+
+
+def registration_payload(user: str, customer: str, contact: str, instance_id: str | None, user_agent: str,
+                         source_ip: str, expires: int, time: str) -> dict[str, Any]:
+    """A ``sip-registrations`` payload (``schemas/sip-registrations.schema.json``)."""
+    return {
+        "user": user,
+        "customer": customer,
+        "contact": contact,
+        "instance_id": instance_id,
+        "user_agent": user_agent,
+        "source_ip": source_ip,
+        "expires": expires,
+        "time": time,
+    }
+
+
+def encode_cdr(event: str, call_id: str, user: str, customer: str, caller: str, callee: str, direction: str,
+               start_time: str, answer_time: str | None = None, end_time: str | None = None, billsec: int = 0,
+               disposition: str | None = None) -> bytes:
+    """``cdr_payload`` as the bytes of a message."""
+    return orjson.dumps(cdr_payload(event, call_id, user, customer, caller, callee, direction, start_time,
+                                    answer_time, end_time, billsec, disposition))

@@ -48,7 +48,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .checks import positive_float, positive_int
-from .codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber
+from .codecs import MAX_MESSAGE_BYTES, decode_cdr, decode_registration, decode_subscriber, encode_cdr, registration_payload
 from .core.errors import InvalidRecord
 from .tools.importers import ImportOptions, RowError, convert_freeswitch, iso_time
 from .settings import Settings, authorized_caller, service_settings
@@ -182,28 +182,24 @@ def _kamailio_payload(event: dict[str, Any], tz: ZoneInfo) -> Record:
             expires = int(str(event.get("expires", "")))
         except ValueError:
             raise Rejected(f"expires: not an integer: {event.get('expires')!r}") from None
-        payload: dict[str, Any] = {
-            "user": user, "customer": str(event.get("customer") or user), "contact": str(event.get("contact") or ""),
-            "instance_id": str(event.get("instance_id") or "") or None, "user_agent": str(event.get("user_agent") or ""),
-            "source_ip": str(event.get("source_ip") or ""), "expires": expires, "time": iso_time(_epoch(event, "time", tz)),
-        }
+        payload = registration_payload(
+            user, str(event.get("customer") or user), str(event.get("contact") or ""),
+            str(event.get("instance_id") or "") or None, str(event.get("user_agent") or ""),
+            str(event.get("source_ip") or ""), expires, iso_time(_epoch(event, "time", tz)))
         return _validated("sip-registrations", orjson.dumps(payload), lambda _plan: True)
     user = str(event.get("user") or event.get("caller") or "")
     invite = _epoch(event, "invite_time", tz)
-    payload = {
-        "event": "start" if kind == "dialog_start" else "end", "call_id": str(event.get("call_id") or ""),
-        "user": user, "customer": str(event.get("customer") or user), "caller": str(event.get("caller") or ""),
-        "callee": str(event.get("callee") or ""), "direction": str(event.get("direction") or "outbound"),
-        "start_time": iso_time(invite),
-    }
+    call = (str(event.get("call_id") or ""), user, str(event.get("customer") or user), str(event.get("caller") or ""),
+            str(event.get("callee") or ""), str(event.get("direction") or "outbound"), iso_time(invite))
     if kind == "dialog_end":
         answer, end = _epoch(event, "answer_time", tz), _epoch(event, "time", tz)
-        payload |= {"answer_time": iso_time(answer), "end_time": iso_time(end),
-                    "billsec": int((end - answer).total_seconds() + 0.5), "disposition": "ANSWERED"}
+        raw = encode_cdr("end", *call, iso_time(answer), iso_time(end), int((end - answer).total_seconds() + 0.5),
+                         "ANSWERED")
     elif kind == "dialog_failed":
-        payload |= {"answer_time": None, "end_time": iso_time(_epoch(event, "time", tz)), "billsec": 0,
-                    "disposition": "FAILED"}
-    return _validated("cdrs", orjson.dumps(payload), lambda _plan: True)
+        raw = encode_cdr("end", *call, None, iso_time(_epoch(event, "time", tz)), 0, "FAILED")
+    else:
+        raw = encode_cdr("start", *call)
+    return _validated("cdrs", raw, lambda _plan: True)
 
 
 def jsonl_values(body: bytes) -> list[bytes]:

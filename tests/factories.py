@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from streams.core.plans import PlanBook, parse_plans
 from streams.core.rates import RateDeck, parse_rate_deck
+from streams import codecs
 from streams.core.records import Alert, CallEvent, RebillLine, Registration
 from streams.core.state import MemoryStore
 from streams.core.fairuse import FairUseEngine, Outcome
@@ -247,49 +248,23 @@ def feed(
 
 def cdr_payload(**overrides: Any) -> dict[str, Any]:
     """A valid ``cdrs`` end payload: answered 10:00:05, ended 10:01:06, billsec 61."""
-    payload: dict[str, Any] = {
-        "event": "end",
-        "call_id": "call-1",
-        "user": "alice",
-        "customer": "acme",
-        "caller": "+33199000000",
-        "callee": "0145678901",
-        "direction": "outbound",
-        "start_time": "2026-03-02T10:00:00+01:00",
-        "answer_time": "2026-03-02T10:00:05+01:00",
-        "end_time": "2026-03-02T10:01:06+01:00",
-        "billsec": 61,
-        "disposition": "ANSWERED",
-    }
+    payload = codecs.cdr_payload("end", "call-1", "alice", "acme", "+33199000000", "0145678901", "outbound",
+                                 "2026-03-02T10:00:00+01:00", "2026-03-02T10:00:05+01:00", "2026-03-02T10:01:06+01:00",
+                                 61, "ANSWERED")
     payload.update(overrides)
     return payload
 
 
 def start_payload(**overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "event": "start",
-        "call_id": "call-1",
-        "user": "alice",
-        "customer": "acme",
-        "caller": "+33199000000",
-        "callee": "0145678901",
-        "direction": "outbound",
-        "start_time": "2026-03-02T10:00:00+01:00",
-    }
+    payload = codecs.cdr_payload("start", "call-1", "alice", "acme", "+33199000000", "0145678901", "outbound",
+                                 "2026-03-02T10:00:00+01:00")
     payload.update(overrides)
     return payload
 
 
 def registration_payload(**overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "user": "alice",
-        "customer": "acme",
-        "contact": "sip:alice@192.0.2.10:5060;transport=udp",
-        "instance_id": "<urn:uuid:00000000-0000-0000-0000-000000000001>",
-        "user_agent": YEALINK,
-        "source_ip": "192.0.2.10",
-        "expires": 3600,
-        "time": "2026-03-02T10:00:00Z",
-    }
+    payload = codecs.registration_payload("alice", "acme", "sip:alice@192.0.2.10:5060;transport=udp",
+                                          "<urn:uuid:00000000-0000-0000-0000-000000000001>", YEALINK, "192.0.2.10",
+                                          3600, "2026-03-02T10:00:00Z")
     payload.update(overrides)
     return payload

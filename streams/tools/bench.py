@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .. import codecs
+from ..codecs import cdr_payload, encode_cdr, registration_payload
 from ..agents.pipeline import build_pipeline
 from ..topics import ALL_TOPICS
 from ..checks import output_file, positive_int
@@ -59,20 +60,16 @@ def synthetic_stream(users: int, cdrs: int, seed: int = 1, month: str = "2026-11
         billsec = rnd.choice((0, 12, 45, 90, 240)) if n % 4 else 0
         start = base + timedelta(seconds=offset)
         answered = billsec > 0
-        cdr = {
-            "event": "end", "call_id": f"{user}-{n}", "user": user, "customer": f"cust{u % 997}",
-            "caller": "+33140000000", "callee": books[u][rnd.randrange(20)], "direction": "outbound",
-            "start_time": start.isoformat(),
-            "answer_time": (start + timedelta(seconds=5)).isoformat() if answered else None,
-            "end_time": (start + timedelta(seconds=5 + billsec)).isoformat(), "billsec": billsec,
-            "disposition": "ANSWERED" if answered else "NO ANSWER",
-        }
-        out.append((user.encode(), orjson.dumps(cdr)))
+        callee = books[u][rnd.randrange(20)]
+        out.append((user.encode(), encode_cdr(
+            "end", f"{user}-{n}", user, f"cust{u % 997}", "+33140000000", callee, "outbound", start.isoformat(),
+            (start + timedelta(seconds=5)).isoformat() if answered else None,
+            (start + timedelta(seconds=5 + billsec)).isoformat(), billsec, "ANSWERED" if answered else "NO ANSWER")))
     regs = []
     for u in range(users):
-        reg: dict[str, Any] = {"user": f"bench{u:06d}", "customer": f"cust{u % 997}", "contact": f"sip:bench{u}@10.0.0.1:5060",
-               "instance_id": f"<urn:uuid:{u:08d}>", "user_agent": "Yealink SIP-T46S 66.86.0.15",
-               "source_ip": "10.0.0.1", "expires": 3600, "time": f"{month}-01T08:00:00+01:00"}
+        reg = registration_payload(f"bench{u:06d}", f"cust{u % 997}", f"sip:bench{u}@10.0.0.1:5060",
+                                   f"<urn:uuid:{u:08d}>", "Yealink SIP-T46S 66.86.0.15", "10.0.0.1", 3600,
+                                   f"{month}-01T08:00:00+01:00")
         regs.append((reg["user"].encode(), orjson.dumps(reg)))
     return BenchStream(out, regs, users)
 
@@ -254,11 +251,9 @@ def _latency_cdr(n: int, base: datetime) -> tuple[str, dict[str, Any], bool]:
     else:
         user, start = f"ok{n % LATENCY_USERS:05d}", base + timedelta(minutes=5 * (n // LATENCY_USERS))
         end = start + timedelta(seconds=65)
-    cdr = {"event": "end", "call_id": f"{user}-{n}", "user": user, "customer": "lat",
-           "caller": "+33140000000", "callee": f"+3314500{n % 10000:04d}", "direction": "outbound",
-           "start_time": start.isoformat(), "answer_time": (start + timedelta(seconds=5)).isoformat(),
-           "end_time": end.isoformat(), "billsec": int((end - start).total_seconds()) - 5,
-           "disposition": "ANSWERED"}
+    cdr = cdr_payload("end", f"{user}-{n}", user, "lat", "+33140000000", f"+3314500{n % 10000:04d}", "outbound",
+                      start.isoformat(), (start + timedelta(seconds=5)).isoformat(), end.isoformat(),
+                      int((end - start).total_seconds()) - 5, "ANSWERED")
     return user, cdr, k == 3
 
 

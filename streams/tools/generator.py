@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from ..codecs import cdr_payload, registration_payload
 from ..core.errors import ConfigError
 from ..core.timeutil import check_period
 from ..checks import output_dir
@@ -645,40 +646,21 @@ class _Generator:
             caller, callee = call.other, u.forward_to
         self.seq += 1
         clock = self.clock
-        common: dict[str, Any] = {
-            "call_id": _call_id(rng),
-            "user": u.name,
-            "customer": u.customer,
-            "caller": caller,
-            "callee": callee,
-            "direction": call.direction,
-            "start_time": clock(start),
-        }
+        call_id, start_time = _call_id(rng), clock(start)
         if call.with_start and end > start:  # a zero-length call has no live `start` worth sending
-            self.cdrs.append((start, 1, self.seq, {"event": "start", **common}))
-        self.cdrs.append((end, 0, self.seq, {
-            "event": "end",
-            **common,
-            "answer_time": None if answer is None else clock(answer),
-            "end_time": clock(end),
-            "billsec": call.talk,
-            "disposition": call.disposition,
-        }))
+            self.cdrs.append((start, 1, self.seq, cdr_payload("start", call_id, u.name, u.customer, caller, callee,
+                                                              call.direction, start_time)))
+        self.cdrs.append((end, 0, self.seq, cdr_payload(
+            "end", call_id, u.name, u.customer, caller, callee, call.direction, start_time,
+            None if answer is None else clock(answer), clock(end), call.talk, call.disposition)))
         u.calls += 1
         self.calls += 1
 
     def emit_registration(self, u: _User, dev: _Device, at: int, expires: int) -> None:
         self.seq += 1
-        self.regs.append((at, self.seq, {
-            "user": u.name,
-            "customer": u.customer,
-            "contact": dev.contact(u.name),
-            "instance_id": dev.instance_id,
-            "user_agent": dev.user_agent,
-            "source_ip": dev.source_ip,
-            "expires": expires,
-            "time": self.clock(at),
-        }))
+        self.regs.append((at, self.seq, registration_payload(
+            u.name, u.customer, dev.contact(u.name), dev.instance_id, dev.user_agent, dev.source_ip, expires,
+            self.clock(at))))
 
     def session(self, u: _User, dev: _Device, on: int, off: int) -> None:
         """A device switched on at ``on``, refreshing before expiry until ``off``."""

@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from ..codecs import decode_cdr
+from ..codecs import cdr_payload, decode_cdr
 from ..core.errors import ConfigError, InvalidRecord
 from ..checks import count, input_file, output_file
 
@@ -150,20 +150,8 @@ def iso_time(value: datetime) -> str:
 def _end_cdr(call_id: str, user: str, customer: str, caller: str, callee: str, direction: str, start: datetime,
              answer: datetime | None, end: datetime, billsec: int, disposition: str) -> dict[str, Any]:
     """A ``cdrs`` ``end`` payload, whatever format it came from."""
-    return {
-        "event": "end",
-        "call_id": call_id,
-        "user": user,
-        "customer": customer,
-        "caller": caller,
-        "callee": callee,
-        "direction": direction,
-        "start_time": iso_time(start),
-        "answer_time": None if answer is None else iso_time(answer),
-        "end_time": iso_time(end),
-        "billsec": billsec,
-        "disposition": disposition,
-    }
+    return cdr_payload("end", call_id, user, customer, caller, callee, direction, iso_time(start),
+                       None if answer is None else iso_time(answer), iso_time(end), billsec, disposition)
 
 
 _LOCAL_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})?")

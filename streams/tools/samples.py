@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from ..codecs import cdr_payload, registration_payload
 from ..core.timeutil import check_period
 
 __all__ = ["SampleStream", "build_sample", "write_jsonl", "write_sample", "SAMPLE_TIMEZONE"]
@@ -361,37 +362,19 @@ class _Builder:
             for n, call in enumerate(calls, start=1):
                 call_id = f"{acc.user}-{n:05d}"
                 utc = call.render_utc
-                common: dict[str, object] = {
-                    "call_id": call_id,
-                    "user": call.user,
-                    "customer": call.customer,
-                    "caller": call.caller,
-                    "callee": call.callee,
-                    "direction": call.direction,
-                    "start_time": _rfc3339(call.start, utc=utc),
-                }
+                start_time = _rfc3339(call.start, utc=utc)
                 if call.with_start:
-                    events.append((call.start, 1, call_id, {"event": "start", **common}))
-                end: dict[str, object] = {
-                    "event": "end",
-                    **common,
-                    "answer_time": None if call.answer is None else _rfc3339(call.answer, utc=utc),
-                    "end_time": _rfc3339(call.end, utc=utc),
-                    "billsec": call.billsec,
-                    "disposition": call.disposition,
-                }
-                events.append((call.end, 0, call_id, end))
+                    events.append((call.start, 1, call_id, cdr_payload(
+                        "start", call_id, call.user, call.customer, call.caller, call.callee, call.direction,
+                        start_time)))
+                events.append((call.end, 0, call_id, cdr_payload(
+                    "end", call_id, call.user, call.customer, call.caller, call.callee, call.direction, start_time,
+                    None if call.answer is None else _rfc3339(call.answer, utc=utc), _rfc3339(call.end, utc=utc),
+                    call.billsec, call.disposition)))
             for i, reg in enumerate(acc.regs):
-                regs.append((reg.time, reg.user, reg.contact, i, {
-                    "user": reg.user,
-                    "customer": reg.customer,
-                    "contact": reg.contact,
-                    "instance_id": reg.instance_id,
-                    "user_agent": reg.user_agent,
-                    "source_ip": reg.source_ip,
-                    "expires": reg.expires,
-                    "time": _rfc3339(reg.time),
-                }))
+                regs.append((reg.time, reg.user, reg.contact, i, registration_payload(
+                    reg.user, reg.customer, reg.contact, reg.instance_id, reg.user_agent, reg.source_ip, reg.expires,
+                    _rfc3339(reg.time))))
         # At equal instants an `end` comes before a `start` (a hang-up frees the slot the next
         # call takes: intervals are [start, end)).
         events.sort(key=lambda e: (e[0], e[1], e[2]))

@@ -8,19 +8,14 @@ import orjson
 import pytest
 
 from streams.agents.pipeline import Pipeline
+from streams.codecs import encode_cdr, registration_payload
 
 
 def cdr(call_id: str, *, user: str = "alice", start: str = "2026-11-03T10:00:00+01:00",
         end: str = "2026-11-03T10:30:00+01:00", callee: str = "0145000000", billsec: int = 600,
         event: str = "end") -> bytes:
-    payload: dict[str, Any] = {
-        "event": event, "call_id": call_id, "user": user, "customer": "acme", "caller": "0140000000",
-        "callee": callee, "direction": "outbound", "start_time": start,
-    }
-    if event == "end":
-        payload |= {"answer_time": start.replace(":00+", ":05+"), "end_time": end, "billsec": billsec,
-                    "disposition": "ANSWERED"}
-    return orjson.dumps(payload)
+    return encode_cdr(event, call_id, user, "acme", "0140000000", callee, "outbound", start,
+                      start.replace(":00+", ":05+"), end, billsec, "ANSWERED")
 
 
 async def drain(pipe: Pipeline, topic: str) -> list[Any]:
@@ -72,9 +67,8 @@ async def test_table_state_is_keyed_by_user_and_month(pipeline: Pipeline) -> Non
 
 async def test_registration_agent_flags_a_pbx(pipeline: Pipeline) -> None:
     agent = pipeline.agents["sip-registrations"]
-    reg = {"user": "carol", "customer": "acme", "contact": "sip:carol@192.0.2.10:5060", "instance_id": None,
-           "user_agent": "FreeSWITCH-mod_sofia/1.10.9", "source_ip": "192.0.2.10", "expires": 3600,
-           "time": "2026-11-05T09:00:00+01:00"}
+    reg = registration_payload("carol", "acme", "sip:carol@192.0.2.10:5060", None, "FreeSWITCH-mod_sofia/1.10.9",
+                               "192.0.2.10", 3600, "2026-11-05T09:00:00+01:00")
     async with agent.test_context() as ctx:
         await ctx.put(key=b"carol", value=orjson.dumps(reg))
         await ctx.put(key=b"carol", value=orjson.dumps(reg))  # a retransmitted REGISTER
