@@ -68,7 +68,7 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> BatchApp:
     tune_gc()
     store, datadir = store_and_datadir(settings)
     extra: dict[str, Any] = {"datadir": datadir} if datadir else {}

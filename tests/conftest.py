@@ -16,6 +16,7 @@ from streams.core.rates import RateDeck
 from streams.tools.embedded import EmbeddedBroker
 from streams.settings import load_plans_and_rates
 from streams.settings import Settings
+from tests.agents.sinks import RecordingProducer
 from tests.brokers import Broker
 from tests.kafka_cluster import KafkaCluster
 
@@ -32,7 +33,8 @@ def config(settings: Settings) -> tuple[PlanBook, RateDeck]:
 
 @pytest.fixture()
 async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck], tmp_path: Path) -> AsyncIterator[Pipeline]:
-    """A pipeline whose output and DLQ topics are in-memory channels (agent tests, no broker)."""
+    """A pipeline whose output and DLQ topics are in-memory channels and whose changelog records go
+    to an in-process producer (agent tests, no broker): batches go through the worker's own path."""
     plans, rates = config
     pipe = build_pipeline(settings.with_(app_id=f"test-{uuid.uuid4().hex[:8]}", data_dir=tmp_path), plans, rates)
     taps: dict[str, object] = {}
@@ -43,6 +45,10 @@ async def pipeline(settings: Settings, config: tuple[PlanBook, RateDeck], tmp_pa
             # a channel only delivers to iterators that exist when a message is sent
             taps[name] = channel.__aiter__()
     pipe.taps = taps  # type: ignore[attr-defined]
+    # the changelog writer's batches go to an in-process producer, acknowledged at once
+    sink = RecordingProducer(acknowledge=True)
+    pipe.writer._producer = lambda _tid: sink  # type: ignore[method-assign]
+    pipe.changelog = sink  # type: ignore[attr-defined]
     pipe.app.finalize()
     pipe.app.conf.store = "memory://"
     pipe.app.flow_control.resume()

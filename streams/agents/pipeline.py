@@ -82,12 +82,7 @@ class Pipeline:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def handle_event(self, event: EventT[Any]) -> None:
-        """Faust's per-event path (agents, ``test_context``): a batch of one, written in the
-        stream's own event context."""
-        await self.handle_batch([event.message], context=None)
-
-    async def handle_batch(self, messages: list[Message], context: PartitionContext | None,
+    async def handle_batch(self, messages: list[Message], context: PartitionContext,
                            transaction_of: Callable[[Message], str] | None = None) -> None:
         """Apply a batch of input messages: the engine on each, then the outputs (delivered and
         acknowledged by the broker), then each touched state written once. With
@@ -98,7 +93,7 @@ class Pipeline:
             self.started_at = time.perf_counter()  # the first batch begins (benchmarks time from here)
             gc.freeze()  # the state recovered so far is long-lived: out of the collector's way
         # stores that pick a database by the current event's partition (RocksDB) need it set
-        by_partition = context if context is not None and self._stores_by_partition() else None
+        by_partition = context if self._stores_by_partition() else None
         parts: dict[str | None, list[Message]] = {}
         if transaction_of is None:
             parts[None] = messages
@@ -116,11 +111,8 @@ class Pipeline:
                     self.processor.process(self._base_topic(message.topic), message, store, out)
                 try:
                     await self._deliver(out, transactional_id)
-                    if context is None:
-                        store.flush()  # Faust's per-event path: through the tables
-                    else:
-                        self.writer.transactional_id = transactional_id
-                        await store.flush_fast(self.writer, by_partition)
+                    self.writer.transactional_id = transactional_id
+                    await store.write(self.writer, by_partition)
                 except BaseException:
                     store.discard()
                     raise
@@ -174,10 +166,11 @@ class Pipeline:
         return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
 
-def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: faust.App | None = None) -> Pipeline:
+def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: BatchApp | None = None) -> Pipeline:
     from ..app import MAX_RECORD_BYTES, create_app
 
-    app = app or create_app(settings)
+    if app is None:
+        app = create_app(settings)
     raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     topics = {name: app.topic(settings.topic(name), partitions=settings.partitions, **raw) for name in ALL_TOPICS}
     restored: dict[str, int] = {}
@@ -206,31 +199,31 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: fa
         periods=periods, users=users, subscribers=subscribers, restored=restored, fraud_table=fraud_table,
     )
 
-    # The agents subscribe the worker to its input topics and own the tables' partitions. With the
-    # batching consumer (streams.agents.batching) their messages arrive in handle_batch instead;
-    # the per-event path stays for test_context and plain faust.App instances.
+    # The agents subscribe the worker to its input topics and own the tables' partitions; the
+    # batching consumer (streams.agents.batching) hands their messages to handle_batch instead.
+    # Should an event reach an agent all the same, it takes the same path, as a batch of one.
     # Concurrency stays 1: with more, Faust can commit past an in-flight message (faust-streaming #606).
+    context = PartitionContext(app)
+
     async def process(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await pipeline.handle_event(event)
+            await pipeline.handle_batch([event.message], context)
 
     for name, agent_name in (("cdrs", "cdrs"), ("sip-registrations", "registrations"), ("subscribers", "subscribers"),
                              ("fraud-feedback", "feedback")):
         pipeline.agents[name] = app.agent(topics[name], name=agent_name)(process)
-    if isinstance(app, BatchApp):
-        context = PartitionContext(app)
 
-        def transaction_of(message: Message) -> str:
-            return transactional_id(app, message.topic, message.partition)
+    def transaction_of(message: Message) -> str:
+        return transactional_id(app, message.topic, message.partition)
 
-        async def run_batch(messages: list[Message]) -> None:
-            # exactly_once: a transaction per input partition (its outputs, state and offsets)
-            await pipeline.handle_batch(messages, context, transaction_of if app.in_transaction else None)
+    async def run_batch(messages: list[Message]) -> None:
+        # exactly_once: a transaction per input partition (its outputs, state and offsets)
+        await pipeline.handle_batch(messages, context, transaction_of if app.in_transaction else None)
 
-        attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
-        app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
-        app.cdrwatch_batch_lock = pipeline.lock  # type: ignore[attr-defined]
-        app.cdrwatch_failure = pipeline.failed  # type: ignore[attr-defined]
+    attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
+    app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
+    app.cdrwatch_batch_lock = pipeline.lock  # type: ignore[attr-defined]
+    app.cdrwatch_failure = pipeline.failed  # type: ignore[attr-defined]
     from ..web import (
         install_views,  # metrics and web views: /metrics, /healthz, /users/{user}/usage, /alerts
     )

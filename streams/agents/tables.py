@@ -154,17 +154,6 @@ class ChangelogWriter:
         return done
 
 
-class _TableSink:
-    """Writes through the Faust table API (its changelog goes to the current event's partition)."""
-
-    def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
-        if value is None:
-            if key in table:
-                del table[key]
-        else:
-            table[key] = value
-
-
 def _backing(table: Any) -> Any:
     """Where a table's values live, for direct reads and writes (no per-operation sensor): the
     memory store's own dict (the store's mapping methods go through collections.abc, and its
@@ -184,8 +173,9 @@ _UNSEEN = object()
 
 
 class TableStore:
-    """One event's view of the tables. ``flush()`` writes what the engine put; anything it only
-    read (and may have touched) is dropped from the cache so the next read decodes the table."""
+    """A batch's view of the tables (the processor's ``Store``). ``write()`` writes what the engines
+    put; anything they only read (and may have touched) is dropped from the cache so the next read
+    decodes the table."""
 
     def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches", fraud: Any = None) -> None:
         self._periods, self._users, self._subscribers, self._fraud = periods, users, subscribers, fraud
@@ -278,19 +268,14 @@ class TableStore:
         self._plans[key] = plan
         self._sources[b"s:" + key] = self.source
 
-    def flush(self) -> None:
-        """Write every put state once, through the tables (Faust's per-event path: the stream's
-        own event context says which changelog partition)."""
-        self._write(_TableSink(), None)
-
-    async def flush_fast(self, writer: ChangelogWriter, context: Any) -> None:
+    async def write(self, writer: ChangelogWriter, context: Any) -> None:
         """Write every put state once, with ``writer`` (see ChangelogWriter); ``context`` names the
         partition for stores that look at the current event (RocksDB picks its database by it);
         None for stores that do not."""
         self._write(writer, context)
         await writer.send()
 
-    def _write(self, sink: "_TableSink | ChangelogWriter", context: Any) -> None:
+    def _write(self, sink: ChangelogWriter, context: Any) -> None:
         enter = context.enter if context is not None else (lambda _message: None)
         try:
             for key, plan in self._plans.items():

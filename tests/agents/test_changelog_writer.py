@@ -7,11 +7,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from streams.agents.checkpoint import Checkpoint
 from streams.agents.tables import ChangelogWriter
+from tests.agents.sinks import RecordingProducer
 
 
 @dataclass
@@ -32,27 +32,10 @@ class _Table:
         return _Topic(f"app-{self.name}-changelog")
 
 
-class _Producer:
-    """aiokafka's own batches (no connection needed to build them); sends recorded, answered by
-    the test."""
-
-    def __init__(self) -> None:
-        self._real = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
-        self.sent: list[tuple[str, int, int, asyncio.Future[Any]]] = []
-
-    def create_batch(self) -> Any:
-        return self._real.create_batch()
-
-    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.sent.append((topic, partition, batch.record_count(), fut))
-        return fut
-
-
 class _App:
     def __init__(self) -> None:
         self.producer = type("FaustProducer", (), {})()
-        self.producer._producer = _Producer()
+        self.producer._producer = RecordingProducer()
 
 
 async def test_one_batch_per_changelog_partition_and_a_refused_one_is_reported() -> None:
