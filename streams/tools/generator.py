@@ -41,6 +41,7 @@ import orjson
 
 from ..codecs import cdr_payload, registration_payload
 from ..core.errors import ConfigError
+from ..core.numbering import DIALLED_EMERGENCY
 from ..core.timeutil import check_period
 from ..checks import output_dir
 
@@ -272,18 +273,19 @@ _PREMIUM_INTL = (  # toll-fraud favourites, all outside the plan
     ("+2526", 7), ("+535", 7), ("+8707", 8), ("+2327", 7), ("+22462", 7), ("+37190", 6), ("+6889", 4),
     ("+6745", 4), ("+2399", 6),
 )
-EMERGENCY = ("112", "15", "17", "18", "115", "119")
 
 
 def _digits(rng: random.Random, n: int) -> str:
     return f"{rng.randrange(10 ** n):0{n}d}" if n else ""
 
 
-def _fixed(rng: random.Random) -> str:
+def french_fixed(rng: random.Random) -> str:
+    """A French geographic or VoIP number in national form (01–05, 09)."""
     return f"0{rng.choice('123459')}{_digits(rng, 8)}"
 
 
-def _mobile(rng: random.Random) -> str:
+def french_mobile(rng: random.Random) -> str:
+    """A French mobile number in national form (06, 073–079)."""
     if rng.random() < 0.8:
         return f"06{_digits(rng, 8)}"
     return f"07{rng.randint(3, 9)}{_digits(rng, 7)}"
@@ -298,9 +300,9 @@ def _one_off(rng: random.Random) -> str:
     """A number outside the address book: mostly French, a little of everything else."""
     x = rng.random()
     if x < 0.46:
-        return _mobile(rng)
+        return french_mobile(rng)
     if x < 0.86:
-        return _fixed(rng)
+        return french_fixed(rng)
     if x < 0.90:
         return f"0800{_digits(rng, 6)}" if rng.random() < 0.7 else f"0805{_digits(rng, 6)}"
     if x < 0.93:
@@ -310,9 +312,9 @@ def _one_off(rng: random.Random) -> str:
     return _from_table(rng, _INTL_OTHER)
 
 
-def _signalled(number: str, rng: random.Random) -> str:
+def signalled(number: str, rng: random.Random) -> str:
     """The canonical number as a switch would signal it: 0X…, +33X… or 0033X…; +CC… or 00CC…."""
-    if len(number) <= 6:
+    if len(number) <= 6 or number.startswith("00"):
         return number
     if number.startswith("+"):
         return number if rng.random() < 0.8 else "00" + number[1:]
@@ -471,9 +473,9 @@ def _book(rng: random.Random, size: int) -> tuple[list[str], list[float]]:
     while len(book) < size:
         x = rng.random()
         if x < 0.5:
-            number = _fixed(rng)
+            number = french_fixed(rng)
         elif x < 0.92:
-            number = _mobile(rng)
+            number = french_mobile(rng)
         elif x < 0.97:
             number = _from_table(rng, _INTL_INCLUDED)
         else:
@@ -625,7 +627,7 @@ class _Generator:
             index=i, name=name, customer=customer, did=f"+3397{i:07d}", rng=rng, scenario=scenario,
             activity=max(0.3, min(14.0, rng.lognormvariate(1.0, 0.6))),
             lines=[0] * lines, book=book, book_cum=cum, devices=devices,
-            forward_to="+33" + _mobile(rng)[1:], dialled=set(book),
+            forward_to="+33" + french_mobile(rng)[1:], dialled=set(book),
         )
         if scenario is not None:
             _SETUP[scenario.name](self, user)
@@ -723,24 +725,24 @@ class _Generator:
             if x < 0.62:
                 direction = "outbound"
                 if rng.random() < 0.002:
-                    other = rng.choice(EMERGENCY)
+                    other = rng.choice(DIALLED_EMERGENCY)
                     ring, talk, disposition = rng.randint(1, 4), _talk(rng, 4.8, 0.6, 1800), "ANSWERED"
                 elif rng.random() < 0.85:
-                    other = _signalled(u.pick_book(), rng)
+                    other = signalled(u.pick_book(), rng)
                 else:
-                    other = _signalled(u.dial(_one_off(rng)), rng)
+                    other = signalled(u.dial(_one_off(rng)), rng)
             elif x < 0.97:
                 direction = "inbound"
                 y = rng.random()
                 if y < 0.55:
-                    other = _signalled(u.pick_book(), rng)
+                    other = signalled(u.pick_book(), rng)
                 elif y < 0.96:
-                    other = _signalled(_mobile(rng) if rng.random() < 0.5 else _fixed(rng), rng)
+                    other = signalled(french_mobile(rng) if rng.random() < 0.5 else french_fixed(rng), rng)
                 else:
                     other = "anonymous"
             else:
                 direction = "forwarded"
-                other = _signalled(_mobile(rng) if rng.random() < 0.5 else _fixed(rng), rng)
+                other = signalled(french_mobile(rng) if rng.random() < 0.5 else french_fixed(rng), rng)
             calls.append(_Call(start, ring, talk, disposition, direction, other, rng.random() < 0.2))
         calls.sort(key=lambda c: c.start)
         first = last = 0
@@ -772,10 +774,10 @@ class _Generator:
         rng = u.rng
         calls = []
         for _ in range(u.quota):
-            number = _mobile(rng) if rng.random() < 0.55 else _fixed(rng)
+            number = french_mobile(rng) if rng.random() < 0.55 else french_fixed(rng)
             sec = rng.choice((9, 10, 11, 14, 15, 16)) * HOUR + rng.randrange(HOUR)
             calls.append(_Call(day.at(sec), rng.randint(3, 15), _talk(rng, 4.9, 0.8, 2400), "ANSWERED",
-                               "outbound", _signalled(number, rng), rng.random() < 0.2))
+                               "outbound", signalled(number, rng), rng.random() < 0.2))
         return calls
 
     # ---- output ----------------------------------------------------------------------------
@@ -846,7 +848,7 @@ def _setup_shared_line(g: _Generator, u: _User) -> None:
 
     def peak(g: _Generator, u: _User, day: _Day) -> None:
         for k in range(n):
-            other = _signalled(u.pick_book(), rng)
+            other = signalled(u.pick_book(), rng)
             direction = "outbound" if k % 2 == 0 else "inbound"
             g.emit_call(u, _Call(base + k * rng.randint(10, 30), rng.randint(3, 10), rng.randint(300, 1500),
                                  "ANSWERED", direction, other, rng.random() < 0.5))
@@ -894,7 +896,7 @@ def _setup_phoning(g: _Generator, u: _User) -> None:
     of 60-90 numbers within the user's 140-number cap: no distinct_numbers breach."""
     rng = u.rng
     u.lines = [0] * 2
-    u.prospects = [_mobile(rng) if rng.random() < 0.5 else _fixed(rng) for _ in range(rng.randint(60, 90))]
+    u.prospects = [french_mobile(rng) if rng.random() < 0.5 else french_fixed(rng) for _ in range(rng.randint(60, 90))]
     for day in rng.sample(g.burst_days, min(len(g.burst_days), rng.randint(2, 4))):
         base = day.at(rng.choice((10, 14, 15)) * HOUR + rng.randrange(900))
         n = rng.randint(68, 85)
@@ -912,7 +914,7 @@ def _setup_phoning(g: _Generator, u: _User) -> None:
                     call = _Call(start, min(step - 2, rng.randint(12, 25)), 0, "NO ANSWER", "outbound", "", False)
                 else:
                     call = _Call(start, rng.randint(1, 4), 0, "BUSY", "outbound", "", False)
-                call.other = _signalled(u.dial(rng.choice(u.prospects)), rng)
+                call.other = signalled(u.dial(rng.choice(u.prospects)), rng)
                 call.with_start = rng.random() < 0.3
                 g.emit_call(u, call)
 
@@ -952,10 +954,10 @@ def _setup_call_centre(g: _Generator, u: _User) -> None:
                             ring, talk, disp = rng.randint(8 if first else 10, 25), 0, "NO ANSWER"
                         else:
                             ring, talk, disp = rng.randint(8 if first else 1, 10), 0, "BUSY"
-                        number = _mobile(rng) if rng.random() < 0.6 else _fixed(rng)
+                        number = french_mobile(rng) if rng.random() < 0.6 else french_fixed(rng)
                         if talk:
                             state["answered"] += 1  # prospects are fresh numbers (a repeat is ~1e-8)
-                        g.emit_call(u, _Call(t, ring, talk, disp, "outbound", _signalled(number, rng),
+                        g.emit_call(u, _Call(t, ring, talk, disp, "outbound", signalled(number, rng),
                                              rng.random() < 0.3))
                         t += ring + talk + rng.randint(2, 15)
                         first = False
@@ -984,7 +986,7 @@ def _setup_office_pbx(g: _Generator, u: _User) -> None:
         for k in range(n):
             direction = "inbound" if k % 3 == 2 else "outbound"
             g.emit_call(u, _Call(base + k * rng.randint(5, 20), rng.randint(3, 9), rng.randint(400, 1800),
-                                 "ANSWERED", direction, _signalled(u.pick_book(), rng), rng.random() < 0.5))
+                                 "ANSWERED", direction, signalled(u.pick_book(), rng), rng.random() < 0.5))
 
     u.bursts.setdefault(day.index, []).append(busy)
 
@@ -1013,7 +1015,7 @@ def _setup_hacked(g: _Generator, u: _User) -> None:
                 ring = rng.randint(3, 10)
                 talk = rng.randint(480, 1800)
                 number = _from_table(rng, _PREMIUM_INTL)
-                g.emit_call(u, _Call(t, ring, talk, "ANSWERED", "outbound", _signalled(number, rng), rng.random() < 0.5))
+                g.emit_call(u, _Call(t, ring, talk, "ANSWERED", "outbound", signalled(number, rng), rng.random() < 0.5))
                 t += ring + talk + rng.randint(1, 20)
 
     u.bursts.setdefault(day.index, []).append(night)

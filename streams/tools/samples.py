@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from ..codecs import cdr_payload, registration_payload
+from .generator import french_fixed, french_mobile, signalled
 from ..core.timeutil import check_period
 
 __all__ = ["SampleStream", "build_sample", "write_jsonl", "write_sample", "SAMPLE_TIMEZONE"]
@@ -123,30 +124,6 @@ class _Account:
 # numbers
 
 
-def _french_fixed(rng: random.Random) -> str:
-    """A French geographic or VoIP number in national form (01–05, 09)."""
-    return f"0{rng.choice('123459')}{rng.randint(10, 99)}{rng.randint(0, 999999):06d}"
-
-
-def _french_mobile(rng: random.Random) -> str:
-    """A French mobile number in national form (06, 075–078)."""
-    if rng.random() < 0.75:
-        return f"06{rng.randint(10, 99)}{rng.randint(0, 999999):06d}"
-    return f"07{rng.randint(5, 8)}{rng.randint(0, 9)}{rng.randint(0, 999999):06d}"
-
-
-def _national_to_any_format(national: str, rng: random.Random) -> str:
-    """The same French number as ``0X…``, ``+33X…`` or ``0033X…`` (other numbers unchanged)."""
-    if national.startswith(("+", "00")):
-        return national
-    form = rng.random()
-    if form < 0.5:
-        return national
-    if form < 0.85:
-        return "+33" + national[1:]
-    return "0033" + national[1:]
-
-
 def _international(rng: random.Random) -> str:
     """A number abroad, E.164 digits with '+' (or 00), mostly in the default plan's destinations."""
     choice = rng.randrange(8)
@@ -171,7 +148,7 @@ def _unique_numbers(rng: random.Random, count: int, *, mobile_share: float, avoi
     """``count`` distinct French numbers (national form) not in ``avoid``; adds them to ``avoid``."""
     out: list[str] = []
     while len(out) < count:
-        number = _french_mobile(rng) if rng.random() < mobile_share else _french_fixed(rng)
+        number = french_mobile(rng) if rng.random() < mobile_share else french_fixed(rng)
         if number not in avoid:
             avoid.add(number)
             out.append(number)
@@ -312,16 +289,16 @@ class _Builder:
             ring, billsec, disp = self.outcome(rng)
             kind = rng.random()
             if kind < 0.2:
-                other = _national_to_any_format(rng.choices(book, weights)[0], rng) \
-                    if rng.random() < 0.6 else _national_to_any_format(_french_mobile(rng), rng)
+                other = signalled(rng.choices(book, weights)[0], rng) \
+                    if rng.random() < 0.6 else signalled(french_mobile(rng), rng)
                 self.call(acc, other=other, start=start, direction="inbound", ring=ring, billsec=billsec,
                           disposition=disp, with_start=rng.random() < 0.2)
             elif kind < 0.23:
-                self.call(acc, other=_national_to_any_format(_french_fixed(rng), rng), start=start,
+                self.call(acc, other=signalled(french_fixed(rng), rng), start=start,
                           direction="forwarded", ring=ring, billsec=billsec, disposition=disp,
                           forward_to="+33" + book[0][1:], with_start=rng.random() < 0.2)
             else:
-                other = _national_to_any_format(rng.choices(book, weights)[0], rng)
+                other = signalled(rng.choices(book, weights)[0], rng)
                 self.call(acc, other=other, start=start, ring=ring, billsec=billsec, disposition=disp,
                           with_start=rng.random() < 0.2)
 
@@ -424,7 +401,7 @@ def _abuse_distinct(b: _Builder) -> None:
         day = days[i // 10]
         candidate = _local(day, 9, 0) + timedelta(seconds=(i % 10) * 1800 + r.randint(0, 600))
         start = b.next_start(acc, candidate)
-        b.call(acc, other=_national_to_any_format(number, r), start=start, ring=r.randint(3, 15),
+        b.call(acc, other=signalled(number, r), start=start, ring=r.randint(3, 15),
                billsec=r.randint(30, 600), with_start=r.random() < 0.2)
     _plain_registration(b, acc, days[0])
 
@@ -439,7 +416,7 @@ def _abuse_simultaneous(b: _Builder) -> None:
     targets = _unique_numbers(r, 4, mobile_share=0.5, avoid=set(book))
     base = _local(burst_day, 14, 0)
     for offset, billsec in ((0, 1195), (130, 776), (270, 830), (360, 300)):
-        b.call(acc, other=_national_to_any_format(targets.pop(), r), start=base + timedelta(seconds=offset),
+        b.call(acc, other=signalled(targets.pop(), r), start=base + timedelta(seconds=offset),
                ring=5, billsec=billsec, with_start=True)
     _plain_registration(b, acc, b.days[0])
 
@@ -495,11 +472,11 @@ def _abuse_autodialer(b: _Builder) -> None:
         start = base + timedelta(seconds=i * 42 + r.randint(0, 5))
         roll = r.random()
         if roll < 0.2:  # answered, hung up quickly
-            b.call(acc, other=_national_to_any_format(r.choice(prospects), r), start=start,
+            b.call(acc, other=signalled(r.choice(prospects), r), start=start,
                    ring=r.randint(3, 6), billsec=r.randint(5, 25), with_start=r.random() < 0.3)
         else:
             busy = roll > 0.85
-            b.call(acc, other=_national_to_any_format(r.choice(prospects), r), start=start,
+            b.call(acc, other=signalled(r.choice(prospects), r), start=start,
                    ring=r.randint(1, 4) if busy else r.randint(8, 20),
                    disposition="BUSY" if busy else "NO ANSWER", with_start=r.random() < 0.3)
     _plain_registration(b, acc, burst_day)
@@ -518,11 +495,11 @@ def _edge_150(b: _Builder) -> None:
     covered = _unique_numbers(r, 150, mobile_share=0.5, avoid=seen)
     unanswered = _unique_numbers(r, 20, mobile_share=0.5, avoid=seen)
     specs: list[tuple[str, str, bool]] = []  # (direction, number as signalled, answered)
-    specs += [("outbound", _national_to_any_format(n, r), True) for n in covered]
+    specs += [("outbound", signalled(n, r), True) for n in covered]
     for n in r.sample(covered, 30):  # the same numbers, other format, answered or not
         shown = "+33" + n[1:] if r.random() < 0.5 else "0033" + n[1:]
         specs.append(("outbound", shown, r.random() < 0.6))
-    specs += [("outbound", _national_to_any_format(n, r), False) for n in unanswered]
+    specs += [("outbound", signalled(n, r), False) for n in unanswered]
     specs += [
         ("outbound", f"+3461{r.randint(1000000, 9999999)}", True),  # Espagne Mobile
         ("outbound", f"+39333{r.randint(1000000, 9999999)}", True),  # Italie Mobile
@@ -533,9 +510,9 @@ def _edge_150(b: _Builder) -> None:
         ("outbound", "17", True),
         ("outbound", "18", True),
     ]
-    specs += [("inbound", _national_to_any_format(n, r), True)
+    specs += [("inbound", signalled(n, r), True)
               for n in _unique_numbers(r, 10, mobile_share=0.5, avoid=seen)]
-    specs += [("forwarded", _national_to_any_format(n, r), True)
+    specs += [("forwarded", signalled(n, r), True)
               for n in _unique_numbers(r, 2, mobile_share=0.5, avoid=seen)]
     # the first 150 (one per covered number) stay in order so that the count grows to 150
     head, tail = specs[:150], specs[150:]
@@ -546,7 +523,7 @@ def _edge_150(b: _Builder) -> None:
         if i % 2 == 1 and tail:
             merged.append(tail.pop())
     merged += tail
-    forward_target = _french_mobile(r)
+    forward_target = french_mobile(r)
     for spec, candidate in zip(merged, b.candidates(r, len(merged), b.days)):
         direction, number, answered = spec
         start = b.next_start(acc, candidate)
@@ -556,7 +533,7 @@ def _edge_150(b: _Builder) -> None:
     last_day = date(b.year, b.month, monthrange(b.year, b.month)[1])
     for k, n in enumerate(_unique_numbers(r, 5, mobile_share=0.5, avoid=seen)):
         start = datetime(last_day.year, last_day.month, last_day.day, 23, 5 + 10 * k, tzinfo=UTC)
-        b.call(acc, other=_national_to_any_format(n, r), start=start, ring=4, billsec=r.randint(60, 300),
+        b.call(acc, other=signalled(n, r), start=start, ring=4, billsec=r.randint(60, 300),
                render_utc=True)
     _plain_registration(b, acc, b.days[1])
 
@@ -571,18 +548,18 @@ def _edge_backtoback(b: _Builder) -> None:
     b.everyday_calls(acc, 8, book, days=[d for d in b.days if d != day])
     at = _local(day, 10, 0)
     for billsec in (295, 445, 446, 236):
-        call = b.call(acc, other=_national_to_any_format(r.choice(book), r), start=at, ring=5,
+        call = b.call(acc, other=signalled(r.choice(book), r), start=at, ring=5,
                       billsec=billsec, with_start=True)
         at = call.end
-    a = b.call(acc, other=_national_to_any_format(book[0], r), start=_local(day, 15, 0), ring=5, billsec=1795,
+    a = b.call(acc, other=signalled(book[0], r), start=_local(day, 15, 0), ring=5, billsec=1795,
                with_start=True)  # 15:00:00–15:30:00
-    bb = b.call(acc, other=_national_to_any_format(book[1], r), start=_local(day, 15, 5), direction="inbound",
+    bb = b.call(acc, other=signalled(book[1], r), start=_local(day, 15, 5), direction="inbound",
                 ring=6, billsec=2094, with_start=True)  # 15:05:00–15:40:00
-    b.call(acc, other=_national_to_any_format(book[2], r), start=_local(day, 15, 10), ring=4, billsec=2096,
+    b.call(acc, other=signalled(book[2], r), start=_local(day, 15, 10), ring=4, billsec=2096,
            with_start=True)  # 15:10:00–15:45:00
-    b.call(acc, other=_national_to_any_format(book[3], r), start=a.end, ring=3, billsec=717,
+    b.call(acc, other=signalled(book[3], r), start=a.end, ring=3, billsec=717,
            with_start=True)  # 15:30:00–15:42:00
-    b.call(acc, other=_national_to_any_format(book[4], r), start=bb.end, ring=5, billsec=595,
+    b.call(acc, other=signalled(book[4], r), start=bb.end, ring=5, billsec=595,
            with_start=True)  # 15:40:00–15:50:00
     _plain_registration(b, acc, day)
 
@@ -644,10 +621,10 @@ def _edge_60perhour(b: _Builder) -> None:
     for i in range(60):
         start = base + timedelta(seconds=i * 55 + r.randint(0, 3))
         if r.random() < 0.3:
-            b.call(acc, other=_national_to_any_format(r.choice(prospects), r), start=start, ring=4,
+            b.call(acc, other=signalled(r.choice(prospects), r), start=start, ring=4,
                    billsec=r.randint(5, 30))
         else:
-            b.call(acc, other=_national_to_any_format(r.choice(prospects), r), start=start,
+            b.call(acc, other=signalled(r.choice(prospects), r), start=start,
                    ring=r.randint(8, 25), disposition="NO ANSWER")
     _plain_registration(b, acc, day)
 
