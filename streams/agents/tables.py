@@ -227,14 +227,7 @@ class TableStore:
         self._seen_periods[(user, period)] = None
 
     def get_user(self, user: str) -> UserState | None:
-        key = user.encode()
-        if key in self._put_users:
-            return self._put_users[key]
-        raw = self._read_user_raw(key)
-        if raw is None:
-            return None
-        self._read_users.add(key)
-        return self._caches.users.get(key, raw)
+        return _get(user.encode(), self._put_users, self._read_user_raw, self._read_users, self._caches.users)
 
     def put_user(self, user: str, state: UserState) -> None:
         key = user.encode()
@@ -242,14 +235,7 @@ class TableStore:
         self._sources[b"u:" + key] = self.source
 
     def get_fraud(self, user: str) -> FraudState | None:
-        key = user.encode()
-        if key in self._put_fraud:
-            return self._put_fraud[key]
-        raw = self._read_fraud_raw(key)
-        if raw is None:
-            return None
-        self._read_fraud.add(key)
-        return self._caches.fraud.get(key, raw)
+        return _get(user.encode(), self._put_fraud, self._read_fraud_raw, self._read_fraud, self._caches.fraud)
 
     def put_fraud(self, user: str, state: FraudState) -> None:
         key = user.encode()
@@ -324,6 +310,18 @@ class TableStore:
                 self._caches.users.forget(key)
             for key in self._put_fraud:
                 self._caches.fraud.forget(key)
+
+
+def _get(key: bytes, puts: dict[bytes, T], read_raw: Callable[[bytes], bytes | None], read: set[bytes],
+         cache: _DecodeCache[T]) -> T | None:
+    """A per-user state: as put in this batch, else decoded from its table (and remembered as read)."""
+    if key in puts:
+        return puts[key]
+    raw = read_raw(key)
+    if raw is None:
+        return None
+    read.add(key)
+    return cache.get(key, raw)
 
 
 class TableCaches:
