@@ -223,7 +223,7 @@ class BenchResult:
             f"state: {f['bytes_per_user_month']:.0f} bytes per active user-month "
             f"(small run: {f['bytes_per_user_month_small']:.0f})",
             f"peak RSS {f['peak_rss_mib']:.0f} MiB",
-            "busy user (engines alone): " + ", ".join(
+            "busy user (the rules alone, no broker or decoding): " + ", ".join(
                 f"{n:,} calls in the month {f[f'busy_{n}_us_per_cdr']:.0f} µs/CDR, "
                 f"state {f[f'busy_{n}_state_bytes'] / 1024:,.0f} KiB" for n in BUSY_CALLS),
             f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",
