@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..folds import Distinct, Peak
 from ..plans import Plan
 from ..records import CallEvent, Registration
 from ..state import PeriodState, Store, UserState
@@ -72,14 +73,13 @@ def simultaneous_calls(store: Store, ev: CallEvent, plan: Plan, max_call_ms: int
         count += delta
         if delta > 0:
             p = period_of(instant, tz)
-            if count > peaks.get(p, 0):
-                peaks[p] = count
+            peaks[p] = Peak.add(peaks.get(p, Peak.initialize()), count)
             if count > plan.max_simultaneous_calls and p not in first_breach:
                 first_breach[p] = (instant, count)
     by_period = dict(states)
     for p, peak in peaks.items():
         month = by_period.get(p)
-        if month is not None and peak > month.peak_simultaneous:
+        if month is not None and Peak.add(month.peak_simultaneous, peak) > month.peak_simultaneous:
             month.peak_simultaneous = peak
             store.put_period(ev.user, p, month)
     breaches = []
@@ -141,8 +141,8 @@ def registered_devices(store: Store, reg: Registration, plan: Plan, ustate: User
         active = sorted(k for s, e, k in bindings if s <= instant < e)
         period = period_of(instant, plan.timezone)
         state = store.get_period(reg.user, period)
-        if state is not None and len(active) > state.peak_devices:
-            state.peak_devices = len(active)
+        if state is not None:
+            state.peak_devices = Peak.add(state.peak_devices, len(active))
         if len(active) > plan.max_registered_devices and period not in first:
             first[period] = (instant, active)
     return [
@@ -158,10 +158,11 @@ def registered_devices(store: Store, reg: Registration, plan: Plan, ustate: User
 def distinct_numbers(state: PeriodState, ev: CallEvent, period: str, plan: Plan) -> list[Breach]:
     """More distinct covered numbers called in the month than the plan allows (the caller has just
     added this call's number to ``state.numbers``)."""
-    if len(state.numbers) <= plan.max_distinct_numbers or "distinct_numbers" in state.breaches:
+    count = Distinct.result(state.numbers)
+    if count <= plan.max_distinct_numbers or "distinct_numbers" in state.breaches:
         return []
-    return [Breach("distinct_numbers", period, ev.start_ms, len(state.numbers), plan.max_distinct_numbers,
-                   {"call_id": ev.call_id, "distinct_numbers": len(state.numbers)})]
+    return [Breach("distinct_numbers", period, ev.start_ms, count, plan.max_distinct_numbers,
+                   {"call_id": ev.call_id, "distinct_numbers": count})]
 
 
 def device_kind(state: PeriodState, reg: Registration, period: str, plan: Plan) -> list[Breach]:

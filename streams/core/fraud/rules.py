@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..callee import Callee
+from ..folds import DayCount, SameCalleeRun
 from ..plans import FraudRule, Plan
 from ..records import OPEN, Registration
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
@@ -20,6 +21,7 @@ from .destinations import Destinations
 FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
 SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
 EVIDENCE_CALLS = 50  # at most this many calls listed in an alert's evidence
+_RUNS = SameCalleeRun(SEQUENCE_GAP_MS)
 _CALL_COUNT_RULES = ("calls_per_minute", "total_calls_per_day", "sequential_calls", "high_risk_destination")
 
 
@@ -140,30 +142,23 @@ def span_rule(ctx: Evaluation, rule: Rule, start: int, span: int, near: list[tup
 def day_rule(ctx: Evaluation, rule: Rule, call_id: str, start: int) -> None:
     """In-scope calls starting on the local calendar day of this call."""
     day = local_day(start // MINUTE_MS, ctx.plan.timezone)
-    counter = ctx.state.days.setdefault(f"{rule.rule.name}|{day}", [0, start])
-    counter[0] += 1
-    counter[1] = max(counter[1], start)
+    counter = ctx.state.days.setdefault(f"{rule.rule.name}|{day}", DayCount.initialize(start))
+    DayCount.add(counter, start)
+    count = DayCount.result(counter)
     for level in rule.levels:
-        if counter[0] >= level.threshold:
-            fire(ctx, rule.rule, level.name, day, start, counter[0], level.threshold,
-                       {"day": day, "call_id": call_id})
+        if count >= level.threshold:
+            fire(ctx, rule.rule, level.name, day, start, count, level.threshold, {"day": day, "call_id": call_id})
 
 
 def sequence_rule(ctx: Evaluation, rule: Rule, call_id: str, start: int, callee: Callee) -> None:
     """In-scope calls to the same callee in a row, each within an hour of the previous one."""
-    h = callee.hash()
     name = rule.rule.name
-    run = ctx.state.runs.get(name)
-    if run is not None and run[0] == h and abs(start - run[3]) <= SEQUENCE_GAP_MS:
-        run[1] += 1
-        run[3] = max(run[3], start)
-    else:
-        run = [h, 1, call_id, start]
-        ctx.state.runs[name] = run
+    run = ctx.state.runs[name] = _RUNS.add(ctx.state.runs.get(name), callee.hash(), call_id, start)
+    count = _RUNS.result(run)
     for level in rule.levels:
-        if run[1] >= level.threshold:
-            evidence = {"first_call_id": run[2], "call_id": call_id, "calls_in_a_row": run[1]}
-            fire(ctx, rule.rule, level.name, run[2], start, run[1], level.threshold, evidence)
+        if count >= level.threshold:
+            evidence = {"first_call_id": run[2], "call_id": call_id, "calls_in_a_row": count}
+            fire(ctx, rule.rule, level.name, run[2], start, count, level.threshold, evidence)
 
 
 # -------------------------------------------------------------------- live rules (every event)
