@@ -44,7 +44,6 @@ MAX_TRUSTED_NETWORKS = 256  # networks an analyst trusted for one user: the olde
 PRUNE_EVERY_MS = 10 * MINUTE_MS  # the state is walked for pruning at most this often (event time)
 
 
-
 class FraudEngine:
     """Applies the fraud rules of each user's plan (``Plan.fraud``) to one event at a time."""
 
