@@ -14,9 +14,10 @@ engine does.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .codecs import decode_cdr, decode_feedback, decode_key, decode_registration, decode_subscriber
 from .core.callee import Callee
@@ -26,7 +27,7 @@ from .core.fraud import FraudEngine
 from .core.plans import PlanBook
 from .core.rates import RateDeck
 from .core.records import AccountAction, Alert, CallEvent, FraudAlert, RebillLine, Registration
-from .core.state import Store
+from .core.state import FraudState, Store
 from .topics import DLQ_REASON_HEADER, DLQ_SOURCE_HEADER
 
 if TYPE_CHECKING:
@@ -84,9 +85,14 @@ class Processor:
         self.plans: PlanBook = fairuse.plans
         self.rates: RateDeck = fairuse.rates
         self.partitions = partitions  # with more than one, a message keyed by another user is re-keyed
-        # per input partition: the newest event time of a CDR applied from it (the topics are
-        # co-partitioned by user). A REGISTER values its user's open calls no further than this.
-        self.calls_read_ms: dict[int, int] = {}
+        # the live fraud rules' clock: user -> the instant its live rules are next due (a heap of
+        # (instant, user) with stale entries skipped), and the message whose partition its state
+        # is written to
+        self._due: dict[str, int] = {}
+        self._queue: list[tuple[int, str]] = []
+        self._source: dict[str, Source] = {}
+        # (topic, partition) -> the newest event time read from it: the watermark's input
+        self.read_ms: dict[tuple[str, int], int] = {}
 
     def process(self, topic: str, message: Source, store: Store, out: Outputs) -> None:
         """Apply one message of ``topic`` (the topic's base name: ``cdrs``, ``sip-registrations``,
@@ -127,6 +133,7 @@ class Processor:
             return
         if self._rekeyed(topic, message, record.user, out):
             return
+        self.read(topic, message.partition, record.event_ms if isinstance(record, CallEvent) else record.time_ms)
         self.apply(topic, record, message, store, out)
 
     def apply(self, topic: str, record: CallEvent | Registration, message: Source, store: Store, out: Outputs) -> None:
@@ -150,21 +157,88 @@ class Processor:
         out.applied.append((record, outcome.status, message))
         out.alerts += outcome.alerts
         out.lines += outcome.lines
-        if isinstance(record, CallEvent) and record.event_ms > self.calls_read_ms.get(message.partition, 0):
-            self.calls_read_ms[message.partition] = record.event_ms
         if self.fraud is None:
             return
         try:
             if isinstance(record, CallEvent):
                 found = self.fraud.on_call(store, record, plan=plan, callee=callee)
             else:
-                found = self.fraud.on_registration(store, record, plan=plan,
-                                                   calls_read_ms=self.calls_read_ms.get(message.partition, 0))
+                found = self.fraud.on_registration(store, record, plan=plan)
         except Exception:  # the fair-use outcome stands; a fraud bug costs this event's fraud check
             log.exception("fraud engine failed on %s/%s/%s", message.topic, message.partition, message.offset)
             return
         out.fraud_alerts += found.alerts
         out.actions += found.actions
+        if found.due >= 0:
+            self.schedule(record.user, found.due, message)
+
+    # -- the live rules' clock ----------------------------------------------------------------
+
+    def read(self, topic: str, partition: int, event_ms: int) -> None:
+        """An input event of ``topic``/``partition`` at ``event_ms`` has been read."""
+        where = (topic, partition)
+        if event_ms > self.read_ms.get(where, -1):
+            self.read_ms[where] = event_ms
+
+    def schedule(self, user: str, due: int, message: Source) -> None:
+        """Evaluate ``user``'s live rules at ``due`` (event time), unless due sooner already."""
+        current = self._due.get(user)
+        self._source[user] = message
+        if current is None or due < current:
+            self._due[user] = due
+            heapq.heappush(self._queue, (due, user))
+
+    def advance(self, until: int, store: Store, out: Outputs, enter: Callable[[Source], None] | None = None,
+                partitions: set[int] | None = None) -> int:
+        """Evaluate every live rule due up to ``until``, the instant (event time) up to which every
+        input has been read (the caller's watermark), in time order; only the users of
+        ``partitions`` if given. ``enter`` is told the message whose partition takes a user's
+        state before it is evaluated. Returns how many users were evaluated."""
+        if self.fraud is None:
+            return 0
+        queue, done = self._queue, 0
+        elsewhere: list[tuple[int, str]] = []
+        while queue and queue[0][0] <= until:
+            due, user = heapq.heappop(queue)
+            if self._due.get(user) != due:
+                continue  # rescheduled sooner, and evaluated then
+            if partitions is not None and self._source[user].partition not in partitions:
+                elsewhere.append((due, user))
+                continue
+            del self._due[user]
+            source = self._source.pop(user)
+            if enter is not None:
+                enter(source)
+            try:
+                found = self.fraud.on_time(store, user, due)
+            except Exception:  # a bug costs this evaluation, not the worker
+                log.exception("fraud engine failed on the live rules of a user at %s", due)
+                continue
+            done += 1
+            out.fraud_alerts += found.alerts
+            out.actions += found.actions
+            if found.due >= 0:
+                self.schedule(user, found.due, source)
+        for entry in elsewhere:
+            heapq.heappush(queue, entry)
+        return done
+
+    def resume(self, user: str, state: FraudState | None, message: Source) -> None:
+        """After a restart: evaluate the live rules of a recovered user with calls still open."""
+        if self.fraud is not None and state is not None:
+            due = self.fraud.open_since(state)
+            if due >= 0:
+                self.schedule(user, due, message)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Stop the clock of the users of ``partitions`` (revoked: another worker owns them now)."""
+        for user in [u for u, m in self._source.items() if m.partition in partitions]:
+            del self._source[user]
+            self._due.pop(user, None)
+
+    def pending(self) -> int:
+        """Users whose live rules are due at some instant."""
+        return len(self._due)
 
     def _feedback(self, message: Source, store: Store, out: Outputs) -> None:
         try:

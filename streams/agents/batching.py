@@ -75,6 +75,29 @@ def consumer_of(app: faust.App) -> Any:
     return getattr(app, "_consumer", None)
 
 
+def caught_up(app: faust.App) -> dict[TP, bool]:
+    """Each assigned partition of the app's consumer: whether it has read everything the broker
+    had when it last fetched (its position at the fetch's high watermark). A partition not
+    fetched yet counts as behind."""
+    consumer = consumer_of(app)
+    thread = getattr(consumer, "_thread", None) if consumer is not None else None
+    inner = getattr(thread, "_consumer", None) if thread is not None else None
+    if inner is None:
+        return {}
+    assignment = inner._subscription.subscription
+    assignment = assignment.assignment if assignment is not None else None
+    if assignment is None:
+        return {}
+    out: dict[TP, bool] = {}
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        # read_committed: the last stable offset is as far as the partition can be read
+        mark = None if state is None else state.lso if state.lso is not None else state.highwater
+        out[TP(tp.topic, tp.partition)] = bool(
+            state is not None and state.has_valid_position and mark is not None and state.position >= mark)
+    return out
+
+
 async def refresh_metadata(consumer: Any) -> None:
     """Ask an aiokafka consumer's client for fresh cluster metadata now."""
     await consumer._client.force_metadata_update()
@@ -513,4 +536,4 @@ def attach(app: faust.App, topics: frozenset[str], run: Runner) -> None:
     cast(Any, app).cdrwatch_batch_handler = handler
 
 
-__all__ = ["App", "BatchConsumer", "PartitionContext", "attach", "TP"]
+__all__ = ["App", "BatchConsumer", "PartitionContext", "attach", "caught_up", "TP"]

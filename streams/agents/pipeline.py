@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
 from faust.types import EventT, Message
 
@@ -20,15 +21,30 @@ from ..codecs import encode
 from ..core.plans import PlanBook
 from ..core.rates import RateDeck
 from ..metrics import Metrics
+from ..core.state import FraudState
 from ..processor import Outputs, Processor, build_processor
 from ..settings import Settings
 from ..topics import ALL_TOPICS, INPUT_TOPICS
 from .batching import App as BatchApp
-from .batching import PartitionContext, attach, transactional_id
+from .batching import PartitionContext, attach, caught_up, consumer_of, transactional_id
 from .checkpoint import Checkpoint
 from .tables import ChangelogWriter, TableCaches, TableStore
 
 log = logging.getLogger(__name__)
+
+IDLE_S = 2.0  # input quiet this long: the wall clock drives the live fraud rules
+
+
+@dataclass(frozen=True)
+class _ClockSource:
+    """Where a recovered user's state is written when its live rules fire before its next event."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None = None
+    offset: int = -1
+    headers: tuple[()] = ()
 
 
 OutputHook = Callable[[str, dict[str, Any]], None]
@@ -58,6 +74,8 @@ class Pipeline:
     started_at: float | None = None
     writer: ChangelogWriter = field(init=False)
     by_partition: bool | None = None  # whether a table's store reads the current event (RocksDB)
+    last_input: float = field(default_factory=time.monotonic)  # when the newest batch arrived
+    generation: int | None = None  # the consumer group generation the live rules' clock was resumed for
 
     def __post_init__(self) -> None:
         self.writer = ChangelogWriter(self.app, on_error=self._changelog_failed)
@@ -100,7 +118,10 @@ class Pipeline:
         else:
             for message in messages:
                 parts.setdefault(transaction_of(message), []).append(message)
+        self.last_input = time.monotonic()
         async with self.lock:
+            self._resume_clock()
+            watermark = None
             for transactional_id, part in parts.items():
                 store = self.store()
                 out = Outputs()
@@ -109,6 +130,10 @@ class Pipeline:
                     if by_partition is not None:
                         by_partition.enter(message)
                     self.processor.process(self._base_topic(message.topic), message, store, out)
+                if self.fraud_table is not None:
+                    watermark = self.watermark() if watermark is None else watermark
+                    self._advance(watermark, store, out, by_partition,
+                                  None if transactional_id is None else {m.partition for m in part})
                 try:
                     await self._deliver(out, transactional_id)
                     self.writer.transactional_id = transactional_id
@@ -120,6 +145,85 @@ class Pipeline:
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()
+
+    # -- the live fraud rules' clock ---------------------------------------------------------
+
+    def watermark(self, idle: bool = False) -> int:
+        """The event time up to which this worker has read every input partition it owns: the
+        oldest newest-event of the partitions still behind the broker; when none is behind, the
+        newest event read, or (``idle``: nothing arrived for a while) the wall clock if later."""
+        behind: list[int] = []
+        newest = -1
+        for tp, done in caught_up(self.app).items():
+            topic = self._base_topic(tp.topic)
+            if topic not in ("cdrs", "sip-registrations"):
+                continue
+            read = self.processor.read_ms.get((topic, tp.partition), -1)
+            newest = max(newest, read)
+            if not done:
+                behind.append(read)
+        if behind:
+            return min(behind)
+        return max(newest, int(time.time() * 1000)) if idle else newest
+
+    def _advance(self, until: int, store: TableStore, out: Outputs, context: PartitionContext | None,
+                 partitions: set[int] | None) -> None:
+        def enter(message: Any) -> None:
+            store.source = message
+            if context is not None:
+                context.enter(message)
+
+        self.processor.advance(until, store, out, enter, partitions)
+
+    def _resume_clock(self) -> None:
+        """After an assignment: the users of the recovered fraud table with calls still open go
+        back on the live rules' clock (the clock itself is not kept in the table)."""
+        consumer = consumer_of(self.app)
+        generation = getattr(self.app, "consumer_generation_id", None)
+        if self.fraud_table is None or consumer is None or generation == self.generation:
+            return
+        self.generation = generation
+        owned = {tp.partition for tp in caught_up(self.app)}
+        self.processor.forget(set(range(self.settings.partitions)) - owned)
+        topic = self.settings.topic("cdrs")
+        for key, raw in list(self.table_items(self.fraud_table)):
+            if key.startswith(b"\x00") or raw is None:
+                continue
+            partition = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions  # the producers' partitioner
+            if partition not in owned:
+                continue
+            self.processor.resume(key.decode(), FraudState.decode(raw), _ClockSource(topic, partition, key))
+
+    @staticmethod
+    def table_items(table: Any) -> Any:
+        return table.data.items()
+
+    async def tick(self, _app: Any = None) -> None:
+        """Every second (a Faust timer, which may pass the app): when input is idle, the wall
+        clock drives the live rules."""
+        if self.fraud_table is None or self.started_at is None:
+            return
+        if time.monotonic() - self.last_input < IDLE_S or self.processor.pending() == 0:
+            return
+        async with self.lock:
+            until = self.watermark(idle=True)
+            by_partition = PartitionContext(self.app) if self._stores_by_partition() else None
+            groups: list[tuple[str | None, set[int] | None]] = [(None, None)]
+            if self.app.in_transaction:
+                cdrs = self.settings.topic("cdrs")
+                groups = [(transactional_id(self.app, cdrs, p), {p}) for p in {tp.partition for tp in caught_up(self.app)}]
+            for tid, partitions in groups:
+                store = self.store()
+                out = Outputs()
+                self._advance(until, store, out, by_partition, partitions)
+                try:
+                    await self._deliver(out, tid)
+                    self.writer.transactional_id = tid
+                    await store.write(self.writer, by_partition)
+                except BaseException:
+                    store.discard()
+                    raise
+                self.metrics.report(out)
 
     def _stores_by_partition(self) -> bool:
         if self.by_partition is None:
@@ -221,6 +325,8 @@ def build_pipeline(settings: Settings, plans: PlanBook, rates: RateDeck, app: Ba
         await pipeline.handle_batch(messages, context, transaction_of if app.in_transaction else None)
 
     attach(app, frozenset(settings.topic(t) for t in INPUT_TOPICS), run_batch)
+    if fraud_table is not None:
+        app.timer(1.0, name="cdrwatch.live_rules_clock")(pipeline.tick)
     app.cdrwatch_checkpoint = Checkpoint(app.producer.flush, pipeline.writer.drain)  # type: ignore[attr-defined]
     app.cdrwatch_batch_lock = pipeline.lock  # type: ignore[attr-defined]
     app.cdrwatch_failure = pipeline.failed  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from .batching import aiokafka_producer, transaction_producer
-from ..core.state import FraudState, PeriodState, UserState
+from ..core.state import CustomerState, FraudState, PeriodState, UserState
 from ..topics import period_key
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
@@ -170,6 +170,8 @@ def _reader(table: Any) -> Callable[[bytes], bytes | None]:
 
 
 _UNSEEN = object()
+# a customer's record in the fraud table: no user name starts with a NUL (the schemas refuse it)
+CUSTOMER_KEY = b"\x00customer|"
 
 
 class TableStore:
@@ -183,6 +185,7 @@ class TableStore:
         self._read_plan_raw, self._read_fraud_raw = _reader(subscribers), _reader(fraud)
         self._caches = caches
         self._put_fraud: dict[bytes, FraudState] = {}
+        self._put_customers: dict[bytes, CustomerState] = {}
         self._read_fraud: set[bytes] = set()
         self.source: Any = None  # the input message being applied: its partition is the key's
         self._sources: dict[bytes, Any] = {}
@@ -242,6 +245,18 @@ class TableStore:
         self._put_fraud[key] = state
         self._sources[b"f:" + key] = self.source
 
+    def get_customer(self, customer: str) -> CustomerState | None:
+        key = CUSTOMER_KEY + customer.encode()
+        if key in self._put_customers:
+            return self._put_customers[key]
+        raw = self._read_fraud_raw(key)
+        return CustomerState.decode(raw) if raw is not None else None
+
+    def put_customer(self, customer: str, state: CustomerState) -> None:
+        key = CUSTOMER_KEY + customer.encode()
+        self._put_customers[key] = state
+        self._sources[key] = self.source
+
     def plan_of(self, user: str) -> str | None:
         key = user.encode()
         if key in self._plans:
@@ -280,6 +295,10 @@ class TableStore:
                 (self._put_users, b"u:", self._users, self._caches.users),
                 (self._put_fraud, b"f:", self._fraud, self._caches.fraud),
             )
+            for key, customer in self._put_customers.items():
+                source = self._sources[key]
+                enter(source)
+                sink.stage(self._fraud, key, customer.encode(), source.partition)
             for puts, prefix, table, cache in per_user:
                 for key, ustate in puts.items():
                     source = self._sources[prefix + key]

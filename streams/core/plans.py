@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ DEFAULT_ACTIONS = {
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_NETWORK_DAYS = 30
+DEFAULT_LEARNING_DAYS = 14
 MAX_COST_THRESHOLD = Decimal(1_000_000_000)  # EUR: far above any burst, far below Decimal overflow
 _HOURS = re.compile(r"(\d{2}):(\d{2})-(\d{2}):(\d{2})")
 _PREFIX = re.compile(r"\+([1-9]\d{0,14})")
@@ -154,6 +157,9 @@ class FraudConfig:
     rules: tuple[FraudRule, ...] = ()
     high_risk: DestinationSet = DestinationSet()
     directions: frozenset[str] = frozenset({"outbound"})
+    # days after a user's (a customer's) first event during which the history-based rules only learn
+    learning_days: int = DEFAULT_LEARNING_DAYS
+    customer_learning_days: int = DEFAULT_LEARNING_DAYS
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -287,7 +293,9 @@ def _fraud(spec: Mapping[str, Any], rates: RateDeck | None, source: str, key: st
     rules = _fraud_rules(spec.get("rules", {}), rates, source, key)
     directions = frozenset(spec.get("directions", ["outbound"]))
     return FraudConfig(rules=tuple(r for r in rules.values() if r is not None), high_risk=high_risk,
-                       directions=directions)
+                       directions=directions,
+                       learning_days=spec.get("learning_days", DEFAULT_LEARNING_DAYS),
+                       customer_learning_days=spec.get("customer_learning_days", DEFAULT_LEARNING_DAYS))
 
 
 def _plan_fraud(
@@ -300,8 +308,8 @@ def _plan_fraud(
         high_risk = book.high_risk.union(_destinations(spec.get("high_risk", []), rates, source, f"{key}.high_risk"))
         merged: dict[str, FraudRule | None] = {rule.name: rule for rule in book.rules}
         merged.update(_fraud_rules(spec.get("rules", {}), rates, source, key))
-        config = FraudConfig(rules=tuple(r for r in merged.values() if r is not None), high_risk=high_risk,
-                             directions=book.directions)
+        config = dataclasses.replace(book, rules=tuple(r for r in merged.values() if r is not None),
+                                     high_risk=high_risk)
     for rule in config.rules:
         if rule.kind == "high_risk_destination" and not config.high_risk:
             raise PlansError(

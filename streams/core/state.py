@@ -9,6 +9,8 @@ Every record is keyed by user, so that one worker owns all of a user:
   watermark deciding which periods are still open to late events);
 * ``FraudState`` per ``user``: what the fraud rules need of the last day or two, and an analyst's
   verdicts;
+* ``CustomerState`` per ``customer``: the networks the customer's users register from (kept with
+  the fraud states, under a key no user name can take);
 * the user's plan name, from ``subscribers``.
 
 The engines read and write them through a ``Store``: ``MemoryStore`` on plain dicts (unit tests,
@@ -197,6 +199,8 @@ class FraudState:
     muted: dict[str, int]  # rule name -> until when (event time) the rule raises no alert for the user
     newest_call_ms: int
     newest_registration_ms: int
+    since: int  # the user's first event seen (event time; 0: a state older than this field, learned)
+    customer: str  # the user's customer, as its newest event gave it ("": not known yet)
     # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
     prune_due: int = field(repr=False, compare=False)
 
@@ -205,7 +209,8 @@ class FraudState:
                  bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
                  fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
                  prune_due: int = 0, trusted: dict[str, int] | None = None,
-                 muted: dict[str, int] | None = None) -> None:
+                 muted: dict[str, int] | None = None, since: int = 0, customer: str = "") -> None:
+        self.since, self.customer = since, customer
         self.calls = calls if calls is not None else {}
         self.runs = runs if runs is not None else {}
         self.days = days if days is not None else {}
@@ -234,6 +239,10 @@ class FraudState:
             data["t"] = self.trusted
         if self.muted:
             data["m"] = self.muted
+        if self.since:
+            data["s"] = self.since
+        if self.customer:
+            data["k"] = self.customer
         return orjson.dumps(data)
 
     @classmethod
@@ -251,7 +260,29 @@ class FraudState:
             newest_registration_ms=data["tr"],
             trusted=data.get("t"),
             muted=data.get("m"),
+            since=data.get("s", 0),
+            customer=data.get("k", ""),
         )
+
+
+class CustomerState:
+    """What the fraud rules know of one customer (all its users together): when it was first seen,
+    and the source networks its users registered from, each with its last use (event time)."""
+
+    since: int
+    networks: dict[str, int]
+
+    def __init__(self, since: int = 0, networks: dict[str, int] | None = None) -> None:
+        self.since = since
+        self.networks = networks if networks is not None else {}
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"s": self.since, "n": self.networks})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "CustomerState":
+        data = orjson.loads(raw)
+        return cls(since=data["s"], networks=data["n"])
 
 
 
@@ -266,6 +297,8 @@ class Store(Protocol):
     def put_user(self, user: str, state: UserState) -> None: ...
     def get_fraud(self, user: str) -> FraudState | None: ...
     def put_fraud(self, user: str, state: FraudState) -> None: ...
+    def get_customer(self, customer: str) -> CustomerState | None: ...
+    def put_customer(self, customer: str, state: CustomerState) -> None: ...
     def plan_of(self, user: str) -> str | None: ...
     def set_plan(self, user: str, plan: str | None) -> None: ...
 
@@ -277,6 +310,7 @@ class MemoryStore:
         self.periods: dict[tuple[str, str], PeriodState] = {}
         self.users: dict[str, UserState] = {}
         self.fraud: dict[str, FraudState] = {}
+        self.customers: dict[str, CustomerState] = {}
         self.subscribers: dict[str, str] = {}
 
     def get_period(self, user: str, period: str) -> PeriodState | None:
@@ -299,6 +333,12 @@ class MemoryStore:
 
     def put_fraud(self, user: str, state: FraudState) -> None:
         self.fraud[user] = state
+
+    def get_customer(self, customer: str) -> CustomerState | None:
+        return self.customers.get(customer)
+
+    def put_customer(self, customer: str, state: CustomerState) -> None:
+        self.customers[customer] = state
 
     def plan_of(self, user: str) -> str | None:
         return self.subscribers.get(user)

@@ -35,6 +35,9 @@ from ..topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPIC
 log = logging.getLogger(__name__)
 
 
+END_OF_TIME = 2**62  # event time (ms) past any input: what is left on the live rules' clock runs out
+
+
 class InputError(ConfigError):
     """An input file that cannot be replayed (missing, unreadable, not JSONL/Parquet)."""
 
@@ -128,7 +131,10 @@ def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[M
     processor = build_processor(settings, *load_plans_and_rates(settings), partitions=1)
     store, out = MemoryStore(), Outputs()
     for n, msg in enumerate(sorted(messages, key=lambda m: m.time_ms)):
+        if msg.time_ms not in (float("inf"), float("-inf")):
+            processor.advance(int(msg.time_ms) - 1, store, out)  # every earlier event is read
         processor.process(msg.topic, Replayed(msg.topic, msg.key, msg.value, 0, n), store, out)
+    processor.advance(END_OF_TIME, store, out)  # the input has ended: time runs on
     counts: dict[tuple[str, str], int] = {}
     for key in out.counts:
         counts[key] = counts.get(key, 0) + 1

@@ -46,6 +46,7 @@ def make_engine(
     plan_fraud: dict[str, Any] | None = None,
     **top: Any,
 ) -> FraudEngine:
+    top = {"learning_days": 0, "customer_learning_days": 0, **top}  # no learning unless a test asks
     data = plans_data(fraud={"high_risk": list(high_risk), "rules": rules, **top})
     if plan_fraud is not None:
         data["plans"]["per-second"]["fraud"] = plan_fraud
@@ -107,15 +108,51 @@ class Run:
         return [(i, a.rule_name, a.level) for i, o in enumerate(self.outcomes) for a in o.alerts]
 
 
+class Clock:
+    """The live rules' clock as a worker keeps it (``Processor.advance``), for events given in
+    event-time order: each user is evaluated at each instant it is due, once everything before
+    that instant has been read."""
+
+    def __init__(self, eng: FraudEngine, store: Any, plan: Any = None) -> None:
+        self.eng, self.store, self.plan = eng, store, plan
+        self.due: dict[str, int] = {}
+
+    def schedule(self, user: str, outcome: FraudOutcome) -> None:
+        if outcome.due >= 0 and outcome.due < self.due.get(user, outcome.due + 1):
+            self.due[user] = outcome.due
+
+    def advance(self, until: int) -> FraudOutcome:
+        """Every evaluation due up to ``until``, their alerts and actions in one outcome."""
+        found = FraudOutcome("ok")
+        while self.due and min(self.due.values()) <= until:
+            user = min(self.due, key=lambda u: (self.due[u], u))
+            outcome = self.eng.on_time(self.store, user, self.due.pop(user), plan=self.plan)
+            found.alerts += outcome.alerts
+            found.actions += outcome.actions
+            self.schedule(user, outcome)
+        return found
+
+
 def feed(eng: FraudEngine, events: Iterable[Event], store: Any = None, plan: str | None = None) -> Run:
+    """The events in order; an event's outcome also holds what the live rules raised since the
+    previous event (and the last one's, what they raised up to its instant)."""
     store = store if store is not None else MemoryStore()
     the_plan = eng.plans.resolve(plan) if plan is not None else None
+    clock = Clock(eng, store, the_plan)
     run = Run()
+    now = 0
     for ev in events:
-        if isinstance(ev, CallEvent):
-            run.outcomes.append(eng.on_call(store, ev, plan=the_plan))
-        else:
-            run.outcomes.append(eng.on_registration(store, ev, plan=the_plan))
+        now = ev.event_ms if isinstance(ev, CallEvent) else ev.time_ms
+        before = clock.advance(now - 1)
+        outcome = eng.on_call(store, ev, plan=the_plan) if isinstance(ev, CallEvent) else \
+            eng.on_registration(store, ev, plan=the_plan)
+        clock.schedule(ev.user, outcome)
+        run.outcomes.append(FraudOutcome(outcome.status, before.alerts + outcome.alerts,
+                                         before.actions + outcome.actions))
+    if run.outcomes:
+        last = clock.advance(now)
+        run.outcomes[-1].alerts += last.alerts
+        run.outcomes[-1].actions += last.actions
     return run
 
 
@@ -132,8 +169,10 @@ def test_hacked_pbx_is_caught_from_start_events_before_any_call_ends() -> None:
     """20 simultaneous calls to Cuba within 2 minutes at 03:00: the critical alert and the action
     come from `start` events alone.
 
-    Calls start at 6 s × k; at the k-th start the open calls have run 3k(k+1) s in all, worth
-    0.06·k(k+1) EUR at 0.02 EUR/s: 5.40 at k = 9, 16.32 at k = 16, 20.52 at k = 18.
+    Calls start at 6 s × k; at t s (6k ≤ t < 6k + 6) the k + 1 open calls have run
+    (k + 1)t − 3k(k + 1) s in all, worth 0.02 EUR each: 4.32 EUR at 48 s (k = 8), 5.04 at 52 s, the
+    first whole second past 5; 15.04 at 92 s (k = 15); 20.16 at 107 s (k = 17). Each alert comes at
+    that second, before the next set-up.
     """
     events = hacked_pbx_starts()
     assert all(ev.event == "start" for ev in events)
@@ -141,12 +180,14 @@ def test_hacked_pbx_is_caught_from_start_events_before_any_call_ends() -> None:
     assert run.fired() == [
         (0, "high_risk_destination", "warning"),  # the first call to Cuba
         (4, "high_risk_destination", "critical"),  # the 5th within 60 minutes
+        (9, "night_cost_burst", "warning"),  # 5.04 EUR >= 5 at 03:00:52, before the 10th set-up
         (9, "calls_per_minute", "warning"),  # 10 set-ups within 60 s (0 s … 54 s)
-        (9, "night_cost_burst", "warning"),  # 5.40 EUR >= 5
-        (16, "night_cost_burst", "critical"),  # 16.32 EUR >= 15
-        (18, "cost_burst", "warning"),  # 20.52 EUR >= 20
+        (16, "night_cost_burst", "critical"),  # 15.04 EUR >= 15 at 03:01:32
+        (18, "cost_burst", "warning"),  # 20.16 EUR >= 20 at 03:01:47
     ]
-    assert [a.observed for a in run.alerts] == [1, 5, 10, "5.40", "16.32", "20.52"]
+    assert [a.observed for a in run.alerts] == [1, 5, "5.04", 10, "15.04", "20.16"]
+    assert [a.time[11:19] for a in run.alerts] == ["03:00:00", "03:00:24", "03:00:52", "03:00:54", "03:01:32",
+                                                   "03:01:47"]
     critical = run.outcomes[4].alerts[0]
     assert (critical.time, critical.window) == ("2026-03-03T03:00:24+01:00", "2026-03-03T03:00:00+01:00")
     assert critical.evidence["call_ids"] == [f"pbx-{i}" for i in range(5)]
@@ -172,22 +213,23 @@ def test_hacked_pbx_is_caught_from_start_events_before_any_call_ends() -> None:
 
 
 def test_cost_of_calls_in_progress_rises_with_every_later_event() -> None:
-    """Only cost_burst (20/50). After the 20 set-ups (22.80 EUR at 03:01:54), a REGISTER refresh at
-    03:03:00 values the open calls at Σ(180 − 6i) = 2460 s → 49.20 EUR (no alert); one at 03:03:06
-    at 2580 s → 51.60 EUR: critical, still before any `end`. Ends in the same hour add nothing."""
+    """Only cost_burst (20/50). After the 20 set-ups (22.80 EUR at 03:01:54) the open calls add
+    0.40 EUR a second: 50.00 EUR at 03:03:02 (Σ(182 − 6i) = 2500 s), critical at that instant, with
+    no event of the user then (the REGISTER refreshes at 03:03:00 and 03:03:06 only carry time on),
+    still before any `end`. Ends in the same hour add nothing."""
     night = paris("2026-03-03T03:00:00")
     ends = [end_cdr(f"pbx-{i}", at(6 * i, night), duration=600 - 6 * i, callee=cuba(i)) for i in range(20)]
     events: list[Event] = [*hacked_pbx_starts(), tick(at(180, night)), tick(at(186, night)), *ends]
     run = feed(make_engine(only("cost_burst", 20, 50)), events)
     assert run.fired() == [(18, "cost_burst", "warning"), (21, "cost_burst", "critical")]
-    assert run.levels() == [("warning", "20.52"), ("critical", "51.60")]
+    assert run.levels() == [("warning", "20.16"), ("critical", "50.00")]
     critical = run.alerts[1]
-    assert critical.time == "2026-03-03T03:03:06+01:00"
-    assert critical.evidence["amount"] == "51.60"
-    assert critical.evidence["window_start"] == "2026-03-03T02:03:06+01:00"
+    assert critical.time == "2026-03-03T03:03:02+01:00"
+    assert critical.evidence["amount"] == "50.00"
+    assert critical.evidence["window_start"] == "2026-03-03T02:03:02+01:00"
     assert critical.evidence["calls_total"] == 20
     assert critical.evidence["calls"][0] == {
-        "call_id": "pbx-0", "destination": "Cuba", "seconds": 186, "amount": "3.72", "in_progress": True,
+        "call_id": "pbx-0", "destination": "Cuba", "seconds": 182, "amount": "3.64", "in_progress": True,
     }
     assert [a.action for a in run.actions] == ["restrict_to_emergency"]
 
@@ -253,7 +295,8 @@ def test_forwarded_legs_count_when_configured() -> None:
 
 def test_an_open_call_stops_counting_after_the_maximum_call_duration() -> None:
     events = [start_cdr("c0", B, callee=cuba()), tick(at(3000))]
-    assert feed(make_engine(only("cost_burst", 15, 30)), events).levels() == [("critical", "60.00")]
+    # 0.02 EUR a second: 15.00 at 750 s, 30.00 at 1500 s
+    assert feed(make_engine(only("cost_burst", 15, 30)), events).levels() == [("warning", "15.00"), ("critical", "30.00")]
     capped = FraudEngine(make_engine(only("cost_burst", 15, 30)).plans, DECK, max_call_duration_s=600)
     assert feed(capped, events).levels() == []  # 600 s → 12.00
 
@@ -436,18 +479,19 @@ LONG = only("long_call", 60, 120)
         # live: the call is still open when a later event of the user arrives
         ([start_cdr("c0", B, callee=france()), tick(at(3600))], []),
         ([start_cdr("c0", B, callee=france()), tick(at(3601))], [("warning", 3601, True)]),
+        # each level at the first second the call is longer than it, whatever comes later
         ([start_cdr("c0", B, callee=france()), start_cdr("c1", at(7260), callee=france(1))],
-         [("critical", 7260, True)]),
+         [("warning", 3601, True), ("critical", 7201, True)]),
         # at its end: billsec
         ([end_cdr("c0", B, duration=3600, callee=france())], []),
         ([end_cdr("c0", B, duration=3601, callee=france())], [("warning", 3601, False)]),
         ([end_cdr("c0", B, duration=7201, callee=france())], [("critical", 7201, False)]),
-        # live warning, then the end carries the critical
+        # both levels live, before the end (known from its start event, timed live, not at its end)
         ([start_cdr("c0", B, callee=france()), tick(at(3660)), end_cdr("c0", B, duration=7500, callee=france())],
-         [("warning", 3660, True), ("critical", 7500, False)]),
-        # live warning, the end at the same level adds nothing
+         [("warning", 3601, True), ("critical", 7201, True)]),
+        # live warning; the call ends before the critical
         ([start_cdr("c0", B, callee=france()), tick(at(3660)), end_cdr("c0", B, duration=4000, callee=france())],
-         [("warning", 3660, True)]),
+         [("warning", 3601, True)]),
         ([end_cdr("c0", B, duration=7201, callee=france(), direction="inbound")], []),
     ],
     ids=["live-at-60min", "live-over-60min", "live-critical", "end-at-60min", "end-over", "end-critical",
@@ -459,9 +503,9 @@ def test_long_call(events: list[Event], expected: list[tuple[str, int, bool]]) -
     assert all(a.window == "c0" and a.unit == "seconds" for a in run.alerts)
 
 
-def test_long_call_threshold_is_reported_in_seconds_and_time_is_the_detecting_event() -> None:
-    run = feed(make_engine(LONG), [start_cdr("c0", B, callee=cuba()), tick(at(7201))])
-    alert = run.alerts[0]
+def test_long_call_threshold_is_reported_in_seconds_and_time_is_the_crossing() -> None:
+    run = feed(make_engine(LONG), [start_cdr("c0", B, callee=cuba()), tick(at(9000))])
+    alert = run.alerts[1]
     assert (alert.level, alert.threshold, alert.time) == ("critical", 7200, "2026-03-04T12:00:01+01:00")
     assert alert.evidence == {
         "call_id": "c0", "start_time": "2026-03-04T10:00:00+01:00", "destination": "Cuba",
@@ -475,22 +519,51 @@ def test_long_call_live_detection_stops_at_the_maximum_call_duration() -> None:
     assert feed(eng, [start_cdr("c0", B, callee=france()), tick(at(7300))]).alerts == []
 
 
-def test_a_register_read_ahead_of_the_cdrs_values_open_calls_only_as_far_as_they_were_read() -> None:
+def test_a_register_read_ahead_of_the_cdrs_never_makes_an_open_call_look_longer() -> None:
     """`cdrs` and `sip-registrations` are separate topics: a worker may read a REGISTER of the next
-    day before a call's `end`. Valued up to the REGISTER's time, the 100-second call would look like a
-    call of hours (a false critical). The worker says how far it has read the CDRs; up to there only."""
+    day before a call's `end`. Timed up to the REGISTER's time, the 100-second call would look like a
+    call of hours (a false critical). A registration times nothing; the clock runs only as far as
+    every input has been read (the watermark), and then the end is known."""
     eng, store = make_engine(LONG), MemoryStore()
+    clock = Clock(eng, store)
     call = start_cdr("c0", B, callee=france())
     ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
-    assert eng.on_call(store, call).alerts == []
-    assert eng.on_registration(store, tick(at(86_000)), calls_read_ms=ms(at(50))).alerts == []
-    assert eng.on_registration(store, tick(at(86_010)), calls_read_ms=0).alerts == []  # the user's own newest call
+    clock.schedule("alice", eng.on_call(store, call))
+    assert eng.on_registration(store, tick(at(86_000))).alerts == []
+    assert clock.advance(ms(at(50))).alerts == []  # the CDRs are read up to 10:00:50
     assert eng.on_call(store, end_cdr("c0", B, duration=100, callee=france())).alerts == []
-    # read far enough: the call really was in progress that long (a live warning, as without a bound)
+    assert clock.advance(ms(at(86_000))).alerts == []  # the call lasted 100 s
+    # read that far with the call still open: it really was in progress that long
     store = MemoryStore()
-    eng.on_call(store, call)
-    live = eng.on_registration(store, tick(at(86_000)), calls_read_ms=ms(at(3601)))
-    assert [(a.level, a.observed, a.time) for a in live.alerts] == [("warning", 3601, "2026-03-04T11:00:01+01:00")]
+    clock = Clock(eng, store)
+    clock.schedule("alice", eng.on_call(store, call))
+    live = clock.advance(ms(at(86_000)))
+    assert [(a.level, a.observed, a.time) for a in live.alerts] == [
+        ("warning", 3601, "2026-03-04T11:00:01+01:00"), ("critical", 7201, "2026-03-04T12:00:01+01:00")]
+
+
+def test_the_live_rules_are_the_same_whatever_the_watermark_steps() -> None:
+    """The hacked PBX's night through the clock in steps of 1 s, 7 s or all at once after the
+    events: the same alerts, at the same instants."""
+    eng = make_engine(BUNDLED_RULES)
+    events = hacked_pbx_starts()
+    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
+    night = ms(paris("2026-03-03T03:00:00"))
+    results = []
+    for step in (1_000, 7_000, None):
+        store = MemoryStore()
+        clock = Clock(eng, store)
+        alerts = []
+        for ev in events:  # all read before the clock moves: the watermark lags
+            found = eng.on_call(store, ev)
+            alerts += found.alerts
+            clock.schedule(ev.user, found)
+        end = night + 4 * 3600 * 1000
+        for until in [*(range(night, end, step) if step else []), end]:
+            alerts += clock.advance(until).alerts
+        results.append(sorted((a.time, a.rule_name, a.level, a.observed) for a in alerts))
+    assert results[0] == results[1] == results[2]
+    assert ("2026-03-03T03:03:02+01:00", "cost_burst", "critical", "50.00") in results[0]
 
 
 @pytest.mark.parametrize(
@@ -603,6 +676,10 @@ def test_new_network_alert_and_action() -> None:
         "user_agent": "Yealink SIP-T46S 66.86.0.15",
         "active_bindings": ["<urn:uuid:desk>", "<urn:uuid:soft>"],
         "days": 30,
+        "first_seen": "2026-03-04T10:00:00+01:00",
+        "learning_days": 0,
+        # the networks of the customer's users (here the user's own) other than the new one
+        "customer_networks": ["192.0.2.0/24", "198.51.100.0/24"],
     }
     assert [(a.action, a.rule) for a in run.actions] == [("restrict_to_emergency", "new_network")]
 
@@ -700,11 +777,11 @@ def test_hacked_night_outputs() -> None:
         ("new_network", "warning"),
         ("high_risk_destination", "warning"),
         ("high_risk_destination", "critical"),
+        ("night_cost_burst", "warning"),  # 03:00:52, before the 10th set-up
         ("calls_per_minute", "warning"),
-        ("night_cost_burst", "warning"),
         ("night_cost_burst", "critical"),
         ("cost_burst", "warning"),
-        ("cost_burst", "critical"),  # the refresh at 03:03:06: 51.60 EUR
+        ("cost_burst", "critical"),  # 03:03:02: 50.00 EUR, with no event of the user then
     ]
     first_end = next(i for i, ev in enumerate(hacked_night()) if isinstance(ev, CallEvent) and ev.is_end)
     assert all(i < first_end for i, _rule, level in run.fired() if level == "critical")
@@ -794,7 +871,7 @@ def test_no_rules_no_state() -> None:
     store = MemoryStore()
     assert eng.on_call(store, cuba_call("c0", B, 3000), plan=eng.plans.resolve("per-second")).status == "ok"
     assert store.fraud == {}
-    assert eng.on_call(store, cuba_call("c0", B, 3000), plan=eng.plans.resolve("gold")).alerts  # unknown plan: the default
+    assert feed(eng, [cuba_call("c0", B, 3000)], plan="gold").alerts  # unknown plan: the default
 
 
 def test_state_is_bounded() -> None:

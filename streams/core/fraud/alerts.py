@@ -38,12 +38,14 @@ class FraudOutcome:
     status: str
     alerts: list[FraudAlert]
     actions: list[AccountAction]
+    due: int  # the next instant (event time) at which the user's live rules are to be evaluated; -1: none
 
     def __init__(self, status: str, alerts: list[FraudAlert] | None = None,
-                 actions: list[AccountAction] | None = None) -> None:
+                 actions: list[AccountAction] | None = None, due: int = -1) -> None:
         self.status = status
         self.alerts = alerts if alerts is not None else []
         self.actions = actions if actions is not None else []
+        self.due = due
 
 
 class Evaluation:

@@ -12,10 +12,14 @@ what the rules need and nothing older:
 * an analyst's verdicts (``fraud-feedback``): the networks trusted for the user, and the rules muted
   for the user until a given instant.
 
-"Now" is always the event time of the event being processed: a ``start`` event's ``start_time``, an
-``end`` event's ``end_time``, a registration's ``time``. Calls in progress are valued and timed up to
-that instant, so every event of the user — including a registration — re-evaluates ``cost_burst`` and
-``long_call`` live, before any ``end`` has arrived.
+"Now" is the event time of the event being processed (a ``start`` event's ``start_time``, an
+``end`` event's ``end_time``, a registration's ``time``) for the rules an event triggers. The live
+rules (``cost_burst``, ``long_call``) are evaluated by time instead (``on_time``): at each event of
+the user and at each instant they could next fire, once the caller knows it has read every input
+up to that instant (its watermark). A call in progress is then valued and timed up to that
+instant from what was known of it by then, so an alert fires when the threshold is crossed, with
+that instant as its time, even if the user sends nothing else — and a REGISTER read ahead of the
+CDRs never makes an open call look longer than it is.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from ..plans import Plan, PlanBook
 from ..rates import RateDeck
 from ..rating import number_hash_key
 from ..records import OPEN, CallEvent, Feedback, Registration
-from ..state import FraudState, Store
+from ..state import CustomerState, FraudState, Store
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from .alerts import Evaluation, FraudOutcome
 from .destinations import Destinations
-from .rules import FRESH_NETWORK_MS, PlanRules, count_rules, live_rules, long_call, network_of, new_network
+from .rules import FRESH_NETWORK_MS, NO_DUE, PlanRules, count_rules, live_rules, long_call, network_of, new_network
 
 # A call event this much older than the newest call event of its user (a registration: than the
 # newest registration) is ignored: fraud alerting is live, and the state does not reach that far back.
@@ -41,6 +45,9 @@ KEEP_CALLS_MS = 26 * HOUR_MS
 # non-stale event can still reach.
 KEEP_WINDOWS_MS = 50 * HOUR_MS
 MAX_TRUSTED_NETWORKS = 256  # networks an analyst trusted for one user: the oldest go beyond this
+MAX_CUSTOMER_NETWORKS = 256  # networks remembered per customer: the least recently used go beyond this
+CUSTOMER_REFRESH_MS = 6 * HOUR_MS
+EVIDENCE_NETWORKS = 20  # at most this many of the customer's networks listed in an alert's evidence  # a customer's network is rewritten at most this often per use
 PRUNE_EVERY_MS = 10 * MINUTE_MS  # the state is walked for pruning at most this often (event time)
 
 
@@ -82,7 +89,7 @@ class FraudEngine:
             return FraudOutcome("ok")
         rules = self._compiled(the_plan)
         now = ev.event_ms
-        state = store.get_fraud(ev.user) or FraudState()
+        state = store.get_fraud(ev.user) or FraudState(since=now)
         if state.newest_call_ms and now < state.newest_call_ms - STALE_MS:
             return FraudOutcome("stale")
         record = state.calls.get(ev.call_id)
@@ -93,12 +100,14 @@ class FraudEngine:
             if callee is None:
                 callee = Callee(ev.callee, self.rates, self.hash_key)
             key, counted = self.destinations.classify(callee, ev.direction, the_plan.fraud)
-            record = [ev.start_ms, OPEN, 0, key, counted]
+            record = [ev.start_ms, OPEN, 0, key, counted, now]  # known from this event on
             state.calls[ev.call_id] = record
         if ev.is_end:
             assert ev.end_ms is not None
             record[0], record[1], record[2] = ev.start_ms, ev.end_ms, ev.billsec * SECOND_MS
         state.newest_call_ms = max(state.newest_call_ms, now)
+        if state.customer != ev.customer:
+            state.customer = ev.customer
         self._prune(state)
 
         ctx = Evaluation(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"), self.destinations,
@@ -106,13 +115,43 @@ class FraudEngine:
         if new and record[4] and rules.on_new_call:
             assert callee is not None  # classified above: a new call
             count_rules(ctx, rules, ev.call_id, ev.start_ms, record[3], callee)
-        if rules.live:
-            live_rules(ctx, rules)
-        if ev.is_end and record[4]:
+        if new and ev.is_end and record[4]:  # a call known only from its end: timed at its end
             for rule in rules.long_call:
                 long_call(ctx, rule, ev.call_id, record, record[2], False)
+        if rules.live and record[4]:
+            ctx.outcome.due = now  # the live rules, once every input is read up to this event
         store.put_fraud(ev.user, state)
         return ctx.outcome
+
+    def on_time(self, store: Store, user: str, at: int, *, plan: Plan | None = None) -> FraudOutcome:
+        """The live rules of ``user`` at the instant ``at`` (event time), which the caller has read
+        every input up to. The outcome's ``due``: when to evaluate the user again, if nothing
+        else comes first."""
+        the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(user))
+        state = store.get_fraud(user)
+        if state is None or not the_plan.fraud:
+            return FraudOutcome("ok")
+        rules = self._compiled(the_plan)
+        if not rules.live:
+            return FraudOutcome("ok")
+        ctx = Evaluation(user, state.customer, the_plan, state, at, FraudOutcome("ok"), self.destinations,
+                         self.max_call_ms)
+        ctx.outcome.due = live_rules(ctx, rules)
+        if ctx.outcome.alerts:
+            store.put_fraud(user, state)
+        return ctx.outcome
+
+    @staticmethod
+    def open_since(state: FraudState) -> int:
+        """When the user's live rules are next due from its state alone: the earliest instant a
+        call of the state was known while open (NO_DUE: none open). After a restart, the caller
+        evaluates the user from there on."""
+        due = NO_DUE
+        for record in state.calls.values():
+            if record[1] == OPEN and record[4]:
+                known = int(record[5]) if len(record) > 5 else int(record[0])
+                due = known if due == NO_DUE else min(due, known)
+        return due
 
     def _compiled(self, plan: Plan) -> PlanRules:
         rules = self._rules.get(plan.name)
@@ -120,28 +159,20 @@ class FraudEngine:
             rules = self._rules[plan.name] = PlanRules.of(plan)
         return rules
 
-    # -- rules on a new call ------------------------------------------------------------------
-
-    # -- live rules (every event) -------------------------------------------------------------
-
     # -- registrations ------------------------------------------------------------------------
 
-    def on_registration(self, store: Store, reg: Registration, *, plan: Plan | None = None,
-                        calls_read_ms: int | None = None) -> FraudOutcome:
+    def on_registration(self, store: Store, reg: Registration, *, plan: Plan | None = None) -> FraudOutcome:
         """One ``sip-registrations`` event. ``plan`` as in ``on_call``.
 
-        ``calls_read_ms``: how far, in event time, the caller has read the ``cdrs`` partition of this
-        user (None: as far as this registration, e.g. events fed in event-time order). The two topics
-        are not read in step — a worker may read a user's REGISTERs days ahead of its CDRs — so calls
-        in progress are valued up to ``min(registration time, max(calls_read_ms, newest call event of
-        the user))`` only: a call whose ``end`` is still unread is not taken for a call lasting until
-        the registration's time."""
+        new_network learns: a network is not new while the user, or its customer, is in its
+        learning period (``learning_days``, ``customer_learning_days`` after its first event), nor
+        when another user of the same customer registered from it within the rule's ``days``."""
         the_plan = plan if plan is not None else self.plans.resolve(store.plan_of(reg.user))
         config = the_plan.fraud
         if not config:
             return FraudOutcome("ok")
         now = reg.time_ms
-        state = store.get_fraud(reg.user) or FraudState()
+        state = store.get_fraud(reg.user) or FraudState(since=now)
         if state.newest_registration_ms and now < state.newest_registration_ms - STALE_MS:
             return FraudOutcome("stale")
         identity = reg.binding
@@ -155,32 +186,59 @@ class FraudEngine:
 
         fresh = False
         memory = min((r.days for r in config.rules if r.kind == "new_network"), default=0)
+        customer: CustomerState | None = None
         if memory and reg.expires > 0 and network is not None:
+            customer, known = self._customer_saw(store, reg.customer, network, now, memory)
             others = any(k != identity and s <= now < e for k, (s, e, _n) in state.bindings.items())
             previous = state.networks.get(network, -1)
+            learning = (now < state.since + config.learning_days * DAY_MS
+                        or now < customer.since + config.customer_learning_days * DAY_MS)
             # new for the rule with the shortest memory; each rule checks its own `days` when counting
-            if others and previous < now - memory * DAY_MS and network not in state.trusted:
+            if (others and not learning and previous < now - memory * DAY_MS and network not in state.trusted
+                    and not known):
                 state.fresh.append([now, network, previous])
                 fresh = True
             state.networks[network] = max(previous, now)
         # an unregister stays as an expired binding, so that its redelivery is a duplicate
         state.bindings[identity] = entry
         state.newest_registration_ms = max(state.newest_registration_ms, now)
+        if state.customer != reg.customer:
+            state.customer = reg.customer
         self._prune(state)
         self._prune_networks(state)
 
         ctx = Evaluation(reg.user, reg.customer, the_plan, state, now, FraudOutcome("ok"), self.destinations,
                          self.max_call_ms)
         if fresh:
+            assert customer is not None and network is not None  # fresh: both were looked at
+            theirs = sorted(n for n in customer.networks if n != network)[:EVIDENCE_NETWORKS]
             for rule in config.rules:
                 if rule.kind == "new_network":
-                    new_network(ctx, rule, reg, identity)
-        rules = self._compiled(the_plan)
-        if rules.live:
-            clock = now if calls_read_ms is None else min(now, max(calls_read_ms, state.newest_call_ms))
-            live_rules(ctx if clock == now else ctx.at(clock), rules)
+                    new_network(ctx, rule, reg, identity, theirs)
         store.put_fraud(reg.user, state)
         return ctx.outcome
+
+    def _customer_saw(self, store: Store, name: str, network: str, now: int,
+                      memory_days: int) -> tuple[CustomerState, bool]:
+        """The customer's record, with this use of ``network`` recorded (rewritten in the store at
+        most every ``CUSTOMER_REFRESH_MS`` per network), and whether a user of the customer had
+        registered from it within ``memory_days`` before."""
+        customer = store.get_customer(name)
+        created = customer is None
+        if customer is None:
+            customer = CustomerState(since=now)
+        last = customer.networks.get(network, -1)
+        known = last >= now - memory_days * DAY_MS
+        if created or last < now - CUSTOMER_REFRESH_MS:
+            customer.networks[network] = max(last, now)
+            horizon = now - max(self._network_days, 1) * DAY_MS
+            for old in [n for n, at in customer.networks.items() if at < horizon]:
+                del customer.networks[old]
+            if len(customer.networks) > MAX_CUSTOMER_NETWORKS:
+                for old in sorted(customer.networks, key=lambda n: (customer.networks[n], n))[:-MAX_CUSTOMER_NETWORKS]:
+                    del customer.networks[old]
+            store.put_customer(name, customer)
+        return customer, known
 
     # -- an analyst's verdicts ----------------------------------------------------------------
 

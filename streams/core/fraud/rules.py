@@ -161,71 +161,119 @@ def sequence_rule(ctx: Evaluation, rule: Rule, call_id: str, start: int, callee:
             fire(ctx, rule.rule, level.name, run[2], start, count, level.threshold, evidence)
 
 
-# -------------------------------------------------------------------- live rules (every event)
+# ------------------------------------------------------------- live rules (as event time passes)
+
+# a call in the hour up to an instant: (call_id, record, costing from, costing to, open then)
+Recent = tuple[str, list[Any], int, int, bool]
+NO_DUE = -1
 
 
-def live_rules(ctx: Evaluation, rules: PlanRules) -> None:
-    """cost_burst and long_call, on every event of the user."""
-    # the counted calls that cost money in the last hour, and all open ones: one pass for all rules
+def known_at(record: list[Any]) -> int:
+    """When the worker learnt of a call: the event time of its first event (its ``start`` event,
+    else its ``end``). States written before this was kept count an ended call from its end."""
+    if len(record) > 5:
+        return int(record[5])
+    return int(record[0] if record[1] == OPEN else record[1])
+
+
+def live_rules(ctx: Evaluation, rules: PlanRules) -> int:
+    """cost_burst and long_call at the instant ``ctx.now``, from what was known of the calls by then
+    (a call is open at that instant when its end is later, even if the end has been read since);
+    returns the next instant at which one of them could fire (``NO_DUE``: none before new input).
+
+    The caller evaluates a user at each instant returned, and at each event of the user, once
+    every input has been read up to that instant (a watermark): the alerts' times are the
+    crossing times, whatever the order in which the topics were read."""
     now, lo = ctx.now, ctx.now - HOUR_MS
     cap = ctx.max_call_ms
-    recent: list[tuple[str, list[Any], int, int]] = []
+    recent: list[Recent] = []
+    learnt = NO_DUE  # the next instant a call of the state becomes known (read ahead of the clock)
     for call_id, record in ctx.state.calls.items():
         if not record[4]:
             continue
+        known = known_at(record)
+        if known > now:
+            learnt = _sooner(learnt, known)
+            continue
         start, end = record[0], record[1]
-        if end == OPEN:  # costing from its start to now, at most the maximum call duration
-            recent.append((call_id, record, start, min(now, start + cap)))
+        if end == OPEN or end > now:  # costing from its start to now, at most the maximum call duration
+            recent.append((call_id, record, start, min(now, start + cap), start + cap > now))
         elif end > lo:  # its answered seconds [end - billsec, end]
-            recent.append((call_id, record, end - record[2], end))
+            recent.append((call_id, record, end - record[2], end, False))
     if not recent:
-        return
+        return learnt
+    due = learnt
     # every cost_burst rule values a subset of these calls: below the lowest threshold, none fires
-    costly = rules.cost_least is not None and hour_value(ctx.destinations, recent, now) >= rules.cost_least * MINUTE_MS
+    value, growth = hour_value(ctx.destinations, recent, now)
+    costly = rules.cost_least is not None and value >= rules.cost_least * MINUTE_MS
     for rule in rules.live:
         if rule.rule.kind == "cost_burst":
             if costly:
-                cost_burst(ctx, rule, recent)
+                due = _sooner(due, cost_burst(ctx, rule, recent))
         else:
-            for call_id, record, a, b in recent:  # long_call: open calls, timed from their start
-                if record[1] == OPEN:
-                    long_call(ctx, rule, call_id, record, b - a, True)
+            for call_id, record, a, b, running in recent:  # long_call: open calls, timed from their start
+                if running:
+                    due = _sooner(due, long_call(ctx, rule, call_id, record, b - a, True))
+    if not costly and rules.cost_least is not None and growth > 0:
+        due = _sooner(due, _after(now, (rules.cost_least * MINUTE_MS - value) / growth))
+    return due
 
 
-def hour_value(destinations: Destinations, recent: list[tuple[str, list[Any], int, int]], now: int) -> Decimal:
-    """Tariff value (EUR x ms / min) of ``recent``'s answered time in the 60 minutes up to now."""
-    lo, total = now - HOUR_MS, Decimal(0)
-    for _call_id, record, a, b in recent:
+def _sooner(a: int, b: int) -> int:
+    return b if a == NO_DUE or (b != NO_DUE and b < a) else a
+
+
+def _after(now: int, wait: Decimal) -> int:
+    """The first whole second (event time) at least ``wait`` ms after ``now``, and after ``now``:
+    alerts carry whole-second times."""
+    at = now + max(1, int(-(-wait // 1)))
+    return -(-at // SECOND_MS) * SECOND_MS
+
+
+def hour_value(destinations: Destinations, recent: list[Recent], now: int) -> tuple[Decimal, Decimal]:
+    """Tariff value (EUR x ms / min) of ``recent``'s answered time in the 60 minutes up to now, and
+    how fast the open calls add to it (EUR x ms / min per ms)."""
+    lo, total, growth = now - HOUR_MS, Decimal(0), Decimal(0)
+    for _call_id, record, a, b, running in recent:
         overlap = min(b, now) - max(a, lo)
+        rate = destinations.rate(record[3])[1]
         if overlap > 0:
-            total += overlap * destinations.rate(record[3])[1]
-    return total
+            total += overlap * rate
+        if running:
+            growth += rate
+    return total, growth
 
 
-def cost_burst(ctx: Evaluation, rule: Rule, recent: list[tuple[str, list[Any], int, int]]) -> None:
-    """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now."""
+def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
+    """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now; returns
+    when the next level could be reached at the pace of the open calls (``NO_DUE``: never)."""
     now, lo = ctx.now, ctx.now - HOUR_MS
     total = Decimal(0)  # EUR x ms / min
+    growth = Decimal(0)
     parts: list[tuple[str, Decimal, int, bool, str | None]] = []
-    for call_id, record, a, b in recent:
+    for call_id, record, a, b, running in recent:
         overlap = min(b, now) - max(a, lo)
-        if overlap <= 0:
-            continue
         destination, rate = ctx.destinations.rate(record[3])
         if rate == 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
             continue
+        if running:
+            growth += rate
+        if overlap <= 0:
+            continue
         value = overlap * rate
         total += value
-        parts.append((call_id, value, overlap, record[1] == OPEN, destination))
-    if not total:
-        return
-    window = ""  # computed only when a threshold is reached: most events cost little
+        parts.append((call_id, value, overlap, record[1] == OPEN or record[1] > now, destination))
+    window = clock_hour(now, ctx.plan)
+    due = NO_DUE
     for level in rule.levels:
         threshold = level.threshold
         if total < threshold * MINUTE_MS:
+            if growth > 0:
+                due = _sooner(due, _after(now, (threshold * MINUTE_MS - total) / growth))
             continue
-        window = window or clock_hour(now, ctx.plan)
         if fired(ctx, rule.rule, level.name, window):
+            if growth > 0:  # still above it: the next clock hour is a new window
+                due = _sooner(due, now - now % HOUR_MS + HOUR_MS)
             continue
         parts.sort(key=lambda p: (-p[1], p[0]))
         evidence = {
@@ -245,15 +293,23 @@ def cost_burst(ctx: Evaluation, rule: Rule, recent: list[tuple[str, list[Any], i
             "calls_total": len(parts),
         }
         fire(ctx, rule.rule, level.name, window, now, money(total / MINUTE_MS), threshold, evidence)
+    return due
 
 
-def long_call(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], duration: int, live: bool) -> None:
-    """A call that has lasted (live: is lasting) more than N minutes."""
-    if duration <= 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
-        return
+def long_call(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], duration: int, live: bool) -> int:
+    """A call that has lasted (live: is lasting) more than N minutes; live, returns the instant
+    the next level will be crossed (``NO_DUE``: none)."""
+    if duration < 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
+        return NO_DUE
+    due = NO_DUE
     for level in rule.levels:
         threshold = level.threshold
-        if duration <= threshold * MINUTE_MS or fired(ctx, rule.rule, level.name, call_id):
+        if fired(ctx, rule.rule, level.name, call_id):
+            continue
+        limit = int(threshold) * MINUTE_MS
+        if duration <= limit:
+            if live and limit + SECOND_MS <= ctx.max_call_ms:
+                due = _sooner(due, record[0] + limit + SECOND_MS)  # the first whole second it is longer
             continue
         evidence = {
             "call_id": call_id,
@@ -263,6 +319,7 @@ def long_call(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], dura
             "seconds": duration // SECOND_MS,
         }
         fire(ctx, rule.rule, level.name, call_id, ctx.now, duration // SECOND_MS, threshold, evidence)
+    return due
 
 
 # ------------------------------------------------------------------- new_network (a REGISTER)
@@ -287,9 +344,11 @@ def network_of(source_ip: str) -> str | None:
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
-def new_network(ctx: Evaluation, rule: FraudRule, reg: Registration, identity: str) -> None:
-    """Distinct networks, new for this rule (unused for ``days``), registered from in the last
-    24 h while another binding was active."""
+def new_network(ctx: Evaluation, rule: FraudRule, reg: Registration, identity: str,
+                customer_networks: list[str]) -> None:
+    """Distinct networks, new for this rule (unused for ``days`` by the user and by the other users
+    of its customer, ``customer_networks``), registered from in the last 24 h while another
+    binding was active."""
     now = ctx.now
     if rule.time and not rule.time.contains(from_ms(now, ctx.plan.timezone)):
         return
@@ -316,5 +375,8 @@ def new_network(ctx: Evaluation, rule: FraudRule, reg: Registration, identity: s
             "user_agent": reg.user_agent,
             "active_bindings": others,
             "days": rule.days,
+            "first_seen": local_iso(ctx.state.since, ctx.plan.timezone) if ctx.state.since else None,
+            "learning_days": ctx.plan.fraud.learning_days,
+            "customer_networks": customer_networks,
         }
         fire(ctx, rule, level, day, now, len(networks), threshold, evidence)
