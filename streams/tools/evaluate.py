@@ -463,6 +463,14 @@ class FraudEvaluation:
     def passed(self) -> bool:
         return all(t.passed for t in self.targets)
 
+    @property
+    def overall(self) -> ScenarioScore:
+        """Every scenario together (a target of two scenarios counted in each)."""
+        c = self.scenarios
+        return ScenarioScore("all scenarios", sum(s.labelled for s in c), sum(s.targets for s in c),
+                             sum(s.detected for s in c), sum(s.late for s in c), sum(s.missed for s in c),
+                             tuple(x for s in c for x in s.lead_minutes))
+
 
 def score_fraud(labels: Sequence[FraudLabel], alerts: Iterable[FraudAlert], actions: Iterable[AccountAction], *,
                 users: int, fair_use_users: Iterable[str] = (), duplicate_alerts: int = 0,
@@ -559,6 +567,11 @@ def _capped(items: Sequence[str], show: int) -> list[str]:
     return lines
 
 
+def _scenario_row(c: ScenarioScore) -> str:
+    return (f"{c.scenario:<22} {c.labelled:>6} {c.targets:>7} {c.detected:>8} {_ratio(c.recall):>7} {c.late:>5} "
+            f"{c.missed:>6} {_minutes(c.lead_min):>9} {_minutes(c.lead_median):>11}")
+
+
 def format_fraud(ev: FraudEvaluation, *, show: int = 20) -> str:
     """The per-(rule kind, level) table, the honest population, the per-scenario table and the
     targets; lists at most ``show`` users of each kind."""
@@ -591,9 +604,10 @@ def format_fraud(ev: FraudEvaluation, *, show: int = 20) -> str:
     header = (f"{'scenario':<22} {'fraud':>6} {'targets':>7} {'detected':>8} {'recall':>7} {'late':>5} "
               f"{'missed':>6} {'lead min':>9} {'lead median':>11}")
     lines += [header, "-" * len(header)]
-    for c in ev.scenarios:
-        lines.append(f"{c.scenario:<22} {c.labelled:>6} {c.targets:>7} {c.detected:>8} {_ratio(c.recall):>7} "
-                     f"{c.late:>5} {c.missed:>6} {_minutes(c.lead_min):>9} {_minutes(c.lead_median):>11}")
+    rows = [_scenario_row(c) for c in ev.scenarios]
+    if len(ev.scenarios) > 1:
+        rows += ["-" * len(header), _scenario_row(ev.overall)]
+    lines += rows
     if not ev.scenarios:
         lines.append("(no fraud labels)")
     lines.append("(lead: damage − earliest account action, in minutes; detected: that action no later than the damage)")
@@ -630,7 +644,7 @@ def register(sub: Any) -> None:
         "or target label) warned, with a critical alert, acted on; per scenario, the fraud users whose earliest "
         "account action came no later than the damage (recall), late and missed ones, and the lead time; "
         "then the targets: (a) no action and no critical on an honest user, (b) honest users warned (any "
-        "fraud alert) at most 1 %% of the honest population, (c) every fraud user acted on before the "
+        "fraud alert) at most 1 % of the honest population, (c) every fraud user acted on before the "
         "damage. A lift action is ignored. A ratio shows '—' when undefined. Exit 0; with --strict, exit 1 "
         "when any fair-use rule's precision or recall is below 1 or any fraud target fails.",
     )
