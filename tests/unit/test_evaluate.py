@@ -326,7 +326,7 @@ def test_per_scenario_detection_late_missed_and_lead_times(month: tuple[Path, Pa
     got = {c.scenario: (c.labelled, c.targets, c.detected, c.late, c.missed, c.recall, c.lead_min, c.lead_median)
            for c in ev.scenarios}
     assert got["irsf"][:5] == (3, 0, 2, 0, 1)
-    assert got["irsf"][5:] == (pytest.approx(2 / 3), 5.0, 12.5)
+    assert got["irsf"][5] == pytest.approx(2 / 3) and got["irsf"][6:] == (5.0, 12.5)
     assert got["pbx_hack"] == (1, 0, 0, 1, 0, 0.0, None, None)
     assert got["wangiri"] == (0, 1, 0, 0, 0, None, None, None)
     assert [(m.user, m.action) for m in ev.late] == [("f4", "2026-11-08T12:05:00Z")]
