@@ -425,7 +425,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Missed:
+class Undetected:
     """A fraud user acted on after the damage (``action`` is the earliest action's time) or not at all."""
 
     user: str
@@ -447,8 +447,8 @@ class FraudEvaluation:
     honest_actions: list[AccountAction]  # the earliest account action of each honest user acted on
     targets_acted_on: list[str]
     scenarios: list[ScenarioScore]
-    late: list[Missed]
-    missed: list[Missed]
+    late: list[Undetected]
+    missed: list[Undetected]
     targets: list[Target]
     duplicate_alerts: int = 0
     duplicate_actions: int = 0
@@ -514,22 +514,23 @@ def score_fraud(labels: Sequence[FraudLabel], alerts: Iterable[FraudAlert], acti
     targets_acted_on = sorted(u for u in earliest if side(u) == "target")
 
     scenarios: list[ScenarioScore] = []
-    late: list[Missed] = []
-    missed: list[Missed] = []
+    late: list[Undetected] = []
+    missed: list[Undetected] = []
     for name in sorted({lab.scenario for lab in labels}):
         fraud = sorted((lab for lab in labels if lab.scenario == name and lab.kind == "fraud"), key=lambda x: x.user)
         victims = {lab.user for lab in labels if lab.scenario == name and lab.kind == "target"} - fraud_users
         leads: list[float] = []
         n_late = n_missed = 0
         for lab in fraud:
-            assert lab.damage is not None and lab.damage_us is not None  # a fraud label has one
+            if lab.damage is None or lab.damage_us is None:
+                raise ValueError(f"the fraud label of {lab.user} ({name}) has no damage time")
             first = earliest.get(lab.user)
             if first is None:
                 n_missed += 1
-                missed.append(Missed(lab.user, name, lab.damage, None))
+                missed.append(Undetected(lab.user, name, lab.damage, None))
             elif first.time_us > lab.damage_us:
                 n_late += 1
-                late.append(Missed(lab.user, name, lab.damage, first.time))
+                late.append(Undetected(lab.user, name, lab.damage, first.time))
             else:
                 leads.append((lab.damage_us - first.time_us) / 60_000_000)
         scenarios.append(ScenarioScore(name, len(fraud), len(victims), len(leads), n_late, n_missed, tuple(leads)))
