@@ -31,7 +31,7 @@ from ..jsonl import iter_jsonl
 
 __all__ = [
     "AccountAction", "AlertScore", "EvaluateInputError", "Evaluation", "FraudAlert", "FraudEvaluation", "FraudLabel",
-    "Labels", "RuleScore", "ScenarioScore", "Target", "evaluate", "format_evaluation", "format_fraud", "read_actions",
+    "Labels", "RuleScore", "ScenarioScore", "Target", "Undetected", "evaluate", "format_evaluation", "format_fraud", "read_actions",
     "read_fraud_alerts", "read_labels", "read_manifest_users", "read_triples", "register", "score_fraud",
 ]
 
