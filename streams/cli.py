@@ -35,7 +35,7 @@ EXIT_USAGE = 2
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("streams.tools.bench", "throughput: pipeline vs naive Faust vs raw consumer; alert latency; state size"),
     "generate": ("streams.tools.generator", "write a synthetic, labelled month of CDRs and registrations"),
-    "evaluate": ("streams.tools.evaluate", "score fair-use alerts against labels: per-rule precision and recall"),
+    "evaluate": ("streams.tools.evaluate", "score fair-use and fraud alerts, and account actions, against labels"),
     "import": ("streams.tools.importers", "convert Asterisk, FreeSWITCH or Kamailio CDRs to the cdrs payload (JSONL)"),
     "ingest": ("streams.ingest", "HTTP service: switches post CDRs and events, produced to the input topics"),
     "statement": ("streams.tools.statement", "a customer's monthly fair-use statement, HTML and PDF"),
