@@ -108,6 +108,8 @@ class FraudEngine:
         state.newest_call_ms = max(state.newest_call_ms, now)
         if state.customer != ev.customer:
             state.customer = ev.customer
+        if now < state.since:  # the topics are not read in step: the first event may be read later
+            state.since = now
         self._prune(state)
 
         ctx = Evaluation(ev.user, ev.customer, the_plan, state, now, FraudOutcome("ok"), self.destinations,
@@ -204,6 +206,8 @@ class FraudEngine:
         state.newest_registration_ms = max(state.newest_registration_ms, now)
         if state.customer != reg.customer:
             state.customer = reg.customer
+        if now < state.since:
+            state.since = now
         self._prune(state)
         self._prune_networks(state)
 
@@ -229,7 +233,8 @@ class FraudEngine:
             customer = CustomerState(since=now)
         last = customer.networks.get(network, -1)
         known = last >= now - memory_days * DAY_MS
-        if created or last < now - CUSTOMER_REFRESH_MS:
+        if created or last < now - CUSTOMER_REFRESH_MS or now < customer.since:
+            customer.since = min(customer.since, now)
             customer.networks[network] = max(last, now)
             horizon = now - max(self._network_days, 1) * DAY_MS
             for old in [n for n, at in customer.networks.items() if at < horizon]:
