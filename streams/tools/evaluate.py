@@ -83,6 +83,8 @@ def read_triples(path: Path, what: str, default_name: str) -> tuple[list[Triple]
         raise EvaluateInputError(f"{what} {path}: cannot read ({exc.strerror})") from None
     with handle:
         for line_no, _raw, data in iter_jsonl(handle, path, EvaluateInputError):
+            if isinstance(data, dict) and "kind" in data and "rule" not in data:
+                continue  # a fraud label of `cdrwatch generate` (fraud or target): not a fair-use alert
             triple = _triple(data, path, line_no)
             if triple in seen:
                 duplicates += 1
