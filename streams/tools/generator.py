@@ -307,7 +307,7 @@ _PREMIUM_INTL = (  # toll-fraud favourites, all outside the plan
 )
 # ranges of one fraud each, all high-risk in the bundled plans.toml (Sierra Leone, Cuba, Guinée,
 # Lettonie Premium, Iridium, Inmarsat, France Premium): numbers sharing a long prefix
-_IRSF_RANGES = (("+23276", 6), ("+23277", 6), ("+535", 7), ("+22462", 7), ("+37190", 6), ("+8816", 8))
+_IRSF_RANGES = (("+23276", 6), ("+23277", 6), ("+22462", 7), ("+37190", 6), ("+8816", 8))  # 11-12 digits
 _WANGIRI_RANGES = (("+23276", 6), ("+23230", 6), ("+22462", 7), ("+535", 7))
 _SATELLITE = (("+8707", 8), ("+8816", 8))
 _PUMPING = (("0899", 6), ("+37190", 6))
