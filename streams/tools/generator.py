@@ -802,21 +802,19 @@ class _Generator:
             u.bound[key] = (on, until)
             u.networks[network] = max(u.networks.get(network, 0), last)
 
-    def home_session(self, u: _User, dev: _Device, day: _Day) -> None:
-        """The phone at home: some working days' evenings (until 23:00 at the latest), half the
-        weekend and holiday days."""
+    def home_hours(self, u: _User, day: _Day) -> tuple[int, int] | None:
+        """When the phone at home is on: some working days' evenings (until 23:00 at the latest),
+        half the weekend and holiday days."""
         rng = u.rng
         if day.is_work:
             if rng.random() >= u.home_evenings:
-                return
+                return None
             on = day.at(rng.randint(19 * HOUR, 21 * HOUR + 1800))
-            off = min(day.at(23 * HOUR), on + rng.randint(1800, 2 * HOUR))
-        else:
-            if rng.random() >= 0.5:
-                return
-            on = day.at(rng.randint(9 * HOUR, 18 * HOUR))
-            off = min(day.at(22 * HOUR), on + rng.randint(HOUR, 4 * HOUR))
-        self.session(u, dev, on, off)
+            return on, min(day.at(23 * HOUR), on + rng.randint(1800, 2 * HOUR))
+        if rng.random() >= 0.5:
+            return None
+        on = day.at(rng.randint(9 * HOUR, 18 * HOUR))
+        return on, min(day.at(22 * HOUR), on + rng.randint(HOUR, 4 * HOUR))
 
     # ---- ordinary traffic -------------------------------------------------------------------
 
@@ -901,23 +899,25 @@ class _Generator:
         fixed = self.prospect_calls(u, day) if u.quota and day.is_work else None
         first, last = self.ordinary_calls(u, day, count, fixed=fixed)
         present = rng.random() < (u.presence if day.is_work else 0.08) or first > 0
+        devices = u.devices + ([u.home] if u.home is not None else [])
+        sessions: list[tuple[int, int, int]] = []  # (on, index in devices, off)
         if present and u.devices:
             second = len(u.sites) > 1 and day.date.weekday() in u.second_days
             site = u.sites[1] if second else u.sites[0]
-            sessions = []
             for n, dev in enumerate(u.devices):
                 on = day.at(rng.randint(7 * HOUR, 9 * HOUR + 1800))
                 off = day.at(rng.randint(17 * HOUR + 1800, 19 * HOUR + 1800))
                 if first:  # (never before midnight: the previous day is written already)
                     on = max(day.start, min(on, first - rng.randint(300, 1800)))
                     off = max(off, last + rng.randint(300, 1800))
-                sessions.append((on, n, off))
-            for on, n, off in sorted(sessions):  # in time order: the first one opens a new site
-                dev = u.devices[n]
                 dev.source_ip = site
-                self.session(u, dev, on, off)
+                sessions.append((on, n, off))
         if u.home is not None:
-            self.home_session(u, u.home, day)
+            hours = self.home_hours(u, day)
+            if hours is not None:
+                sessions.append((hours[0], len(devices) - 1, hours[1]))
+        for on, n, off in sorted(sessions):  # in time order: a network's first registration decides
+            self.session(u, devices[n], on, off)
 
     def prospect_calls(self, u: _User, day: _Day) -> list[_Call]:
         """The prospector's new numbers of the day: answered calls spread over business hours."""
