@@ -1,21 +1,28 @@
 """Synthetic, labelled months of hosted-telephony traffic: the ``cdrwatch generate`` command.
 
-``generate_month()`` writes ``cdrs``, ``sip-registrations`` (JSONL or Parquet) and ``labels.jsonl``
-(one ``{user, period, rule, scenario}`` line per injected abuse) for N users and one calendar month,
-streaming day by day so that memory stays flat however many users are asked for.
+``generate_month()`` writes ``cdrs``, ``sip-registrations`` (JSONL or Parquet), ``labels.jsonl``
+and ``manifest.json`` for N users and one calendar month, streaming day by day so that memory stays
+flat however many users are asked for.
 
-Ordinary users follow a business-hours and weekly profile (French public holidays included), make
-heavy-tailed calls (log-normal, median ~80 s), about a quarter unanswered, mostly to a personal
-address book with a few popular contacts, with a little international, premium, toll-free and
-emergency traffic; their operator-supplied phones (real User-Agent strings) register each working
-morning and refresh before expiry. By construction they never breach a rule of the bundled default
-plan: at most 3 lines, at most 140 different numbers dialled, at most 50 outbound calls in any hour,
-at most 3 phones with stable binding identities.
+Ordinary users follow a business-hours and weekly profile (French public holidays included, quiet
+nights), make heavy-tailed calls (log-normal, median ~80 s), about a quarter unanswered, mostly to a
+personal address book with a few popular contacts, with a little international, premium, toll-free
+and emergency traffic; their operator-supplied phones (real User-Agent strings) register each
+working morning from an office site of their customer (1-3 sites, each a stable public address in
+a /24 of its own; some users work at two sites) and refresh before expiry; about a fifth also have
+a supplied phone at home, on some evenings and weekends. By construction they never breach a rule
+of the bundled default plan: at most 3 lines, at most 140 different numbers dialled, at most 50
+outbound calls in any hour, at most 3 phones with stable binding identities; and they never
+register from a network new to them while another of their bindings is up.
 
-Abuse is injected per scenario (``SCENARIOS``): one per fair-use rule, plus a call centre, an
-office PBX and a hacked account dialling premium destinations at night. Each scenario's ``rules``
-are exactly the alerts the engine must raise for that user (``labels.jsonl``), guaranteed by the
-shape of the injected traffic (see the ``_setup_*`` functions).
+Abuse is injected per scenario (``SCENARIOS``): one per fair-use rule, plus a call centre and an
+office PBX. Fraud is injected per ``FRAUD_SCENARIOS`` from the 16th of the month: a hacked account,
+a hacked PBX, IRSF, wangiri, a silent call, a short-call burst, traffic pumping; every fraudulent
+call sends a ``start`` event. Each scenario's ``rules`` are exactly the fair-use alerts the engine
+must raise for that user (``labels.jsonl``), guaranteed by the shape of the injected traffic (see
+the ``_setup_*`` functions); a fraud adds a ``kind`` "fraud" line with its first call's start and
+end (``first_call``, ``damage``), and a wangiri's rung users who do not call back a ``kind``
+"target" line.
 
 Everything derives from the seed through per-user ``random.Random`` instances: the same arguments
 give byte-identical files. Pure: no Kafka, no Faust.
@@ -46,6 +53,8 @@ from ..core.timeutil import check_period
 from ..checks import output_dir
 
 __all__ = [
+    "ALL_SCENARIOS",
+    "FRAUD_SCENARIOS",
     "SCENARIOS",
     "GenerateSummary",
     "Scenario",
@@ -146,20 +155,43 @@ SCENARIOS: tuple[Scenario, ...] = (
              "4-6 agents behind a predictive dialler (Asterisk/VICIdial) on one account, 2 campaign mornings"),
     Scenario("office_pbx", 0.002, ("simultaneous_calls", "pbx_or_gateway"),
              "an office IP-PBX (3CX, FreePBX, Yeastar…) carrying 10-20 people's calls on one account"),
-    Scenario("hacked", 0.001, ("simultaneous_calls", "third_party_device"),
-             "credentials stolen: a softphone registers at night and 5-7 channels dial premium "
-             "international numbers for hours"),
 )
-_SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
+# Toll fraud and its relatives, each on ~0.1 % of the users (at least one each): on a day from the
+# 16th, once a fortnight of ordinary traffic has been seen; every fraudulent call sends a `start`
+# event. ``rules`` are, as above, exactly the fair-use alerts the shape of the traffic raises.
+FRAUD_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("hacked_account", 0.001, ("simultaneous_calls", "third_party_device"),
+             "credentials stolen from a desk-phone user: one night an attacker registers from 2 new "
+             "foreign networks and 4-6 channels dial high-risk international numbers for 2-3 hours"),
+    Scenario("hacked_pbx", 0.001, ("simultaneous_calls", "pbx_or_gateway"),
+             "an office IP-PBX compromised: one night, from its usual network, 4-8 parallel calls to "
+             "high-risk destinations for 2-4 hours"),
+    Scenario("irsf", 0.001, ("simultaneous_calls", "autodialer"),
+             "international revenue share: 61-120 numbers of one high-risk range (same first 8-9 digits) "
+             "within an hour, on 4-6 channels, 1-10 minutes each"),
+    Scenario("wangiri", 0.001, (),
+             "one-ring calls from a high-risk range to 40-80 subscribers within 20 minutes; the 2-3 who "
+             "call back are the victims (the others are labelled targets)"),
+    Scenario("silent_call", 0.001, (),
+             "one answered call to a satellite number (Inmarsat, Iridium) lasting 5 hours, from 20:00"),
+    Scenario("short_call_burst", 0.001, ("autodialer",),
+             "150-300 attempts within an hour to distinct high-risk numbers, under 10 % answered, 1-6 s"),
+    Scenario("traffic_pumping", 0.001, (),
+             "the same 2-5 premium-rate numbers (France Premium 0899, Lettonie Premium) called back to "
+             "back, 20-60 minutes each, on 1-2 lines, for a day or two"),
+)
+ALL_SCENARIOS: tuple[Scenario, ...] = SCENARIOS + FRAUD_SCENARIOS
+_FRAUD_NAMES = frozenset(s.name for s in FRAUD_SCENARIOS)
+_SCENARIO_BY_NAME = {s.name: s for s in ALL_SCENARIOS}
 
 # --------------------------------------------------------------------------------------------
 # calendar
 
 
-_HOURS_WORK = (0.05, 0.03, 0.02, 0.02, 0.03, 0.1, 0.4, 1.8, 5.5, 9.5, 11.5, 10.5,
-               5.5, 6.0, 9.5, 10.5, 9.5, 6.5, 3.2, 1.5, 0.9, 0.6, 0.35, 0.15)
-_HOURS_WEEKEND = (0.1, 0.05, 0.03, 0.03, 0.03, 0.05, 0.2, 0.8, 2.5, 5.0, 7.5, 8.0,
-                  6.0, 5.0, 5.5, 6.0, 6.0, 5.5, 5.0, 4.0, 3.0, 2.0, 1.0, 0.4)
+_HOURS_WORK = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 1.8, 5.5, 9.5, 11.5, 10.5,
+               5.5, 6.0, 9.5, 10.5, 9.5, 6.5, 3.2, 1.5, 0.9, 0.6, 0.35, 0.05)
+_HOURS_WEEKEND = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 0.8, 2.5, 5.0, 7.5, 8.0,
+                  6.0, 5.0, 5.5, 6.0, 6.0, 5.5, 5.0, 4.0, 3.0, 2.0, 1.0, 0.1)
 _CUM_WORK = tuple(itertools.accumulate(_HOURS_WORK))
 _CUM_WEEKEND = tuple(itertools.accumulate(_HOURS_WEEKEND))
 _DAY_FACTOR = {0: 1.0, 1: 1.05, 2: 0.95, 3: 1.0, 4: 0.85, 5: 0.12, 6: 0.05}
@@ -273,6 +305,12 @@ _PREMIUM_INTL = (  # toll-fraud favourites, all outside the plan
     ("+2526", 7), ("+535", 7), ("+8707", 8), ("+2327", 7), ("+22462", 7), ("+37190", 6), ("+6889", 4),
     ("+6745", 4), ("+2399", 6),
 )
+# ranges of one fraud each, all high-risk in the bundled plans.toml (Sierra Leone, Cuba, Guinée,
+# Lettonie Premium, Iridium, Inmarsat, France Premium): numbers sharing a long prefix
+_IRSF_RANGES = (("+23276", 6), ("+23277", 6), ("+22462", 7), ("+37190", 6), ("+8816", 8))  # 11-12 digits
+_WANGIRI_RANGES = (("+23276", 6), ("+23230", 6), ("+22462", 7), ("+535", 7))
+_SATELLITE = (("+8707", 8), ("+8816", 8))
+_PUMPING = (("0899", 6), ("+37190", 6))
 
 
 def _digits(rng: random.Random, n: int) -> str:
@@ -296,8 +334,9 @@ def _from_table(rng: random.Random, table: tuple[tuple[str, int], ...]) -> str:
     return prefix + _digits(rng, n)
 
 
-def _one_off(rng: random.Random) -> str:
-    """A number outside the address book: mostly French, a little of everything else."""
+def _one_off(rng: random.Random, premium: bool = True) -> str:
+    """A number outside the address book: mostly French, a little of everything else (no France
+    Premium 0899 without ``premium``: a shared-cost 0810 instead)."""
     x = rng.random()
     if x < 0.46:
         return french_mobile(rng)
@@ -306,7 +345,9 @@ def _one_off(rng: random.Random) -> str:
     if x < 0.90:
         return f"0800{_digits(rng, 6)}" if rng.random() < 0.7 else f"0805{_digits(rng, 6)}"
     if x < 0.93:
-        return f"081{_digits(rng, 7)}" if rng.random() < 0.6 else f"0899{_digits(rng, 6)}"
+        if rng.random() < 0.6 or not premium:
+            return f"081{_digits(rng, 7)}"
+        return f"0899{_digits(rng, 6)}"
     if x < 0.965:
         return _from_table(rng, _INTL_INCLUDED)
     return _from_table(rng, _INTL_OTHER)
@@ -356,6 +397,7 @@ class _Call:
     direction: str
     other: str  # the far end, as signalled
     with_start: bool
+    fraud: bool = False  # part of a fraud scenario (the first one is the label's first_call)
 
 
 @dataclass
@@ -384,6 +426,15 @@ class _User:
     prospects: list[str] = field(default_factory=list)
     quota: int = 0  # prospector: new numbers a working day
     calls: int = 0
+    sites: list[str] = field(default_factory=list)  # office addresses: the usual one, maybe a second
+    second_days: frozenset[int] = frozenset()  # weekdays at the second site
+    home: _Device | None = None  # a supplied phone at home, some evenings and weekends
+    home_evenings: float = 0.0  # chance of a home session on a working day's evening
+    networks: dict[str, int] = field(default_factory=dict)  # /24 -> last registration from it
+    bound: dict[int, tuple[int, int]] = field(default_factory=dict)  # device -> its last binding
+    premium: bool = True  # ordinary traffic may dial France Premium (0899)
+    first_fraud: tuple[int, int] | None = None  # (start, end) of the first fraudulent call
+    target_of: str | None = None  # rung by a fraud without falling for it (wangiri)
 
     def set_book(self, book: list[str], cum: list[float]) -> None:
         """The address book; its numbers count towards the dialled-numbers cap from the start."""
@@ -438,8 +489,17 @@ def _call_id(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _public_ip(rng: random.Random) -> str:
-    return f"{rng.choice(('203.0.113', '198.51.100', '192.0.2'))}.{rng.randint(1, 254)}"
+# First octets of public IPv4 space held by French business and residential ISPs (no private,
+# shared 100.64/10 or documentation ranges): each office site and each home gets a /24 of its own.
+_BUSINESS_OCTETS = (62, 80, 81, 82, 193, 194, 195, 212, 213, 217)
+_HOME_OCTETS = (2, 5, 37, 78, 86, 88, 90, 92, 109, 176)
+# hosting networks abroad that attackers register from
+_ATTACKER_NETWORKS = ("45.134.26", "185.53.88", "91.92.109", "193.42.33", "5.188.62", "141.98.10")
+
+
+def network_of(address: str) -> str:
+    """The /24 of an IPv4 address (``a.b.c``)."""
+    return address.rsplit(".", 1)[0]
 
 
 def _device(rng: random.Random, user_agent: str, *, expires: int | None = None, instance: bool | None = None,
@@ -459,7 +519,7 @@ def _device(rng: random.Random, user_agent: str, *, expires: int | None = None, 
         lan=f"192.168.{rng.randint(0, 20)}.{rng.randint(10, 250)}",
         port=5061 if tls else rng.choice((5060, 5060, 5062, 5064)),
         transport="tls" if tls else "udp",
-        source_ip=source_ip or _public_ip(rng),
+        source_ip=source_ip or "",  # the office site's address, set day by day
         expires=expires,
         refresh=rng.uniform(0.85, 0.95),
         nat_rebind=with_instance and rng.random() < 0.3,
@@ -568,6 +628,7 @@ class GenerateSummary:
     registrations: int
     labels: list[dict[str, str]]
     scenarios: dict[str, list[str]]  # scenario -> users
+    targets: dict[str, list[str]]  # fraud scenario -> users rung by it who did not fall for it
     files: list[Path]
     seconds: float
 
@@ -581,6 +642,9 @@ class _Generator:
         self.work_days = [d for d in self.days if d.is_work]
         # bursts stay clear of the month's edges, so every breach instant is inside the period
         self.burst_days = [d for d in self.work_days if 3 <= d.index <= len(self.days) - 3] or self.work_days
+        # frauds wait for a fortnight of ordinary traffic (a detector's learning period)
+        self.fraud_days = [d for d in self.days if 16 <= d.index <= len(self.days) - 3]
+        self.used_networks: set[str] = set()
         self.month_end = self.days[-1].end
         self.clock = _Clock(tz)
         self.cdrs: list[tuple[int, int, int, dict[str, Any]]] = []
@@ -597,27 +661,53 @@ class _Generator:
         order = list(range(count))
         random.Random(f"cdrwatch-generate:{self.seed}:roles").shuffle(order)
         taken = 0
-        for scenario in SCENARIOS:
+        for scenario in ALL_SCENARIOS:
             if abuse_scale <= 0:
                 break
+            if scenario.name == "wangiri":  # picked among ordinary users once all exist
+                continue
             n = max(1, round(count * scenario.rate * abuse_scale))
             for i in order[taken:taken + n]:
                 roles[i] = scenario
             taken = min(count, taken + n)
         crng = random.Random(f"cdrwatch-generate:{self.seed}:customers")
         users, customer_no, left = [], 0, 0
+        sites: list[str] = []
         for i in range(count):
             if left == 0:
                 customer_no += 1
                 left = min(int(crng.paretovariate(1.2)), 40)
+                sites = self._sites(customer_no, left)
             left -= 1
             rng = random.Random(f"cdrwatch-generate:{self.seed}:user:{i}")
-            user = self._user(i, f"u{i + 1:0{width}d}", f"C{customer_no:0{width}d}", rng, roles[i])
+            user = self._user(i, f"u{i + 1:0{width}d}", f"C{customer_no:0{width}d}", rng, roles[i], sites)
             users.append(user)
         self.customers = customer_no
+        if abuse_scale > 0:
+            _wangiri(self, users, count, abuse_scale)
         return users
 
-    def _user(self, i: int, name: str, customer: str, rng: random.Random, scenario: Scenario | None) -> _User:
+    def address(self, rng: random.Random, octets: tuple[int, ...]) -> str:
+        """A public IPv4 address in a /24 no other site or home uses."""
+        while True:
+            network = f"{rng.choice(octets)}.{rng.randrange(256)}.{rng.randrange(256)}"
+            if network not in self.used_networks:
+                self.used_networks.add(network)
+                return f"{network}.{rng.randint(1, 254)}"
+
+    def _sites(self, customer_no: int, size: int) -> list[str]:
+        """A customer's office sites (1-3 by its size), each with one stable public address."""
+        rng = random.Random(f"cdrwatch-generate:{self.seed}:customer:{customer_no}")
+        if size <= 2:
+            n = 1
+        elif size < 10:
+            n = rng.choices((1, 2), (0.7, 0.3))[0]
+        else:
+            n = rng.choices((1, 2, 3), (0.4, 0.4, 0.2))[0]
+        return [self.address(rng, _BUSINESS_OCTETS) for _ in range(n)]
+
+    def _user(self, i: int, name: str, customer: str, rng: random.Random, scenario: Scenario | None,
+              sites: list[str]) -> _User:
         size = max(5, min(90, int(rng.lognormvariate(3.2, 0.55))))
         book, cum = _book(rng, size)
         n_devices = rng.choices((1, 2, 3), (0.6, 0.32, 0.08))[0]
@@ -629,6 +719,17 @@ class _Generator:
             lines=[0] * lines, book=book, book_cum=cum, devices=devices,
             forward_to="+33" + french_mobile(rng)[1:], dialled=set(book),
         )
+        # the office site of the desk phones; ~15 % of a multi-site customer's staff also work
+        # at a second site on 1-2 weekdays
+        user.sites = [rng.choices(sites, (6, 3, 1)[:len(sites)])[0]]
+        if len(sites) > 1 and rng.random() < 0.15:
+            user.sites.append(rng.choice([s for s in sites if s != user.sites[0]]))
+            user.second_days = frozenset(rng.sample(range(5), rng.randint(1, 2)))
+        # ~20 % have a supplied phone at home too (3 bindings at most with the desk phones)
+        if scenario is None and n_devices <= 2 and rng.random() < 0.2:
+            user.home = _device(rng, rng.choice(SUPPLIED_UAS), expires=3600, instance=True,
+                                source_ip=self.address(rng, _HOME_OCTETS))
+            user.home_evenings = rng.uniform(0.1, 0.35)
         if scenario is not None:
             _SETUP[scenario.name](self, user)
         return user
@@ -655,6 +756,8 @@ class _Generator:
         self.cdrs.append((end, 0, self.seq, cdr_payload(
             "end", call_id, u.name, u.customer, caller, callee, call.direction, start_time,
             None if answer is None else clock(answer), clock(end), call.talk, call.disposition)))
+        if call.fraud and (u.first_fraud is None or start < u.first_fraud[0]):
+            u.first_fraud = (start, end)
         u.calls += 1
         self.calls += 1
 
@@ -664,18 +767,54 @@ class _Generator:
             u.name, u.customer, dev.contact(u.name), dev.instance_id, dev.user_agent, dev.source_ip, expires,
             self.clock(at))))
 
-    def session(self, u: _User, dev: _Device, on: int, off: int) -> None:
-        """A device switched on at ``on``, refreshing before expiry until ``off``."""
+    def session(self, u: _User, dev: _Device, on: int, off: int, *, guard: bool = True) -> None:
+        """A device switched on at ``on``, refreshing before expiry until ``off``.
+
+        ``guard``: a first registration from a network (none from it for 29 days) waits until no
+        other binding of the user is up, as when a phone moves with its owner; an honest user
+        never looks like a stranger registering beside a live binding (the fraud rule new_network)."""
         rng = u.rng
         if dev.nat_rebind:
             dev.port = rng.randint(1024, 65535)
         off = min(off, self.month_end - 60)
-        at = on
+        key = id(dev)
+        network = network_of(dev.source_ip)
+        if guard:
+            seen = u.networks.get(network)
+            if seen is None or seen < on - 29 * DAY:
+                while True:
+                    up = [e for k, (s, e) in u.bound.items() if k != key and s <= on < e]
+                    if not up:
+                        break
+                    on = max(up)
+                if on >= off:
+                    return
+        at = last = on
         while at < off:
             self.emit_registration(u, dev, at, dev.expires)
+            last = at
             at += max(60, int(dev.expires * dev.refresh * rng.uniform(0.97, 1.0)))
+        until = last + dev.expires
         if rng.random() < dev.unregisters and off > on:
             self.emit_registration(u, dev, off, 0)
+            until = off
+        if off > on:
+            u.bound[key] = (on, until)
+            u.networks[network] = max(u.networks.get(network, 0), last)
+
+    def home_hours(self, u: _User, day: _Day) -> tuple[int, int] | None:
+        """When the phone at home is on: some working days' evenings (until 23:00 at the latest),
+        half the weekend and holiday days."""
+        rng = u.rng
+        if day.is_work:
+            if rng.random() >= u.home_evenings:
+                return None
+            on = day.at(rng.randint(19 * HOUR, 21 * HOUR + 1800))
+            return on, min(day.at(23 * HOUR), on + rng.randint(1800, 2 * HOUR))
+        if rng.random() >= 0.5:
+            return None
+        on = day.at(rng.randint(9 * HOUR, 18 * HOUR))
+        return on, min(day.at(22 * HOUR), on + rng.randint(HOUR, 4 * HOUR))
 
     # ---- ordinary traffic -------------------------------------------------------------------
 
@@ -730,7 +869,7 @@ class _Generator:
                 elif rng.random() < 0.85:
                     other = signalled(u.pick_book(), rng)
                 else:
-                    other = signalled(u.dial(_one_off(rng)), rng)
+                    other = signalled(u.dial(_one_off(rng, u.premium)), rng)
             elif x < 0.97:
                 direction = "inbound"
                 y = rng.random()
@@ -760,14 +899,25 @@ class _Generator:
         fixed = self.prospect_calls(u, day) if u.quota and day.is_work else None
         first, last = self.ordinary_calls(u, day, count, fixed=fixed)
         present = rng.random() < (u.presence if day.is_work else 0.08) or first > 0
+        devices = u.devices + ([u.home] if u.home is not None else [])
+        sessions: list[tuple[int, int, int]] = []  # (on, index in devices, off)
         if present and u.devices:
-            for dev in u.devices:
+            second = len(u.sites) > 1 and day.date.weekday() in u.second_days
+            site = u.sites[1] if second else u.sites[0]
+            for n, dev in enumerate(u.devices):
                 on = day.at(rng.randint(7 * HOUR, 9 * HOUR + 1800))
                 off = day.at(rng.randint(17 * HOUR + 1800, 19 * HOUR + 1800))
                 if first:  # (never before midnight: the previous day is written already)
                     on = max(day.start, min(on, first - rng.randint(300, 1800)))
                     off = max(off, last + rng.randint(300, 1800))
-                self.session(u, dev, on, off)
+                dev.source_ip = site
+                sessions.append((on, n, off))
+        if u.home is not None:
+            hours = self.home_hours(u, day)
+            if hours is not None:
+                sessions.append((hours[0], len(devices) - 1, hours[1]))
+        for on, n, off in sorted(sessions):  # in time order: a network's first registration decides
+            self.session(u, devices[n], on, off)
 
     def prospect_calls(self, u: _User, day: _Day) -> list[_Call]:
         """The prospector's new numbers of the day: answered calls spread over business hours."""
@@ -791,6 +941,7 @@ class _Generator:
             for user in self.users:
                 if day.index == 1:
                     for dev in user.always_on:
+                        dev.source_ip = user.sites[0]
                         self.session(user, dev, day.at(user.rng.randrange(2 * HOUR)), self.month_end)
                 self.day_of(user, day)
             final = day is self.days[-1]
@@ -806,12 +957,21 @@ class _Generator:
         return n_cdrs, n_regs
 
     def labels(self) -> list[dict[str, str]]:
+        """Fair-use lines ``{user, period, rule, scenario}``, one per alert the user must raise;
+        then for a fraud, ``kind`` "fraud" with the first fraudulent call's start (``first_call``)
+        and end (``damage``), or ``kind`` "target" for a user rung by it who did not fall for it."""
         out = []
         for user in self.users:
             if user.scenario is not None:
                 for rule in user.scenario.rules:
                     out.append({"user": user.name, "period": self.period, "rule": rule,
                                 "scenario": user.scenario.name})
+                if user.scenario.name in _FRAUD_NAMES and user.first_fraud is not None:
+                    start, end = user.first_fraud
+                    out.append({"user": user.name, "period": self.period, "scenario": user.scenario.name,
+                                "kind": "fraud", "first_call": self.clock(start), "damage": self.clock(end)})
+            elif user.target_of is not None:
+                out.append({"user": user.name, "period": self.period, "scenario": user.target_of, "kind": "target"})
         return out
 
 
@@ -877,7 +1037,7 @@ def _setup_softphone(g: _Generator, u: _User) -> None:
         def evening(g: _Generator, u: _User, day: _Day, soft: _Device = soft) -> None:
             on = day.at(rng.randint(18 * HOUR, 21 * HOUR))
             soft.source_ip = f"100.{rng.randint(64, 127)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-            g.session(u, soft, on, on + rng.randint(1800, 3 * HOUR))
+            g.session(u, soft, on, on + rng.randint(1800, 3 * HOUR), guard=False)
         u.bursts.setdefault(day.index, []).append(evening)
 
 
@@ -991,34 +1151,232 @@ def _setup_office_pbx(g: _Generator, u: _User) -> None:
     u.bursts.setdefault(day.index, []).append(busy)
 
 
-def _setup_hacked(g: _Generator, u: _User) -> None:
-    """An ordinary user (at most 2 phones) whose credentials leak: one night a softphone registers
-    from abroad (third_party_device) and 5-7 channels dial premium destinations from 00:40 to
-    04:30, each call >= 8 minutes (<= 8 starts per channel per hour: <= 56 an hour, no autodialer),
-    all channels busy within a minute (simultaneous_calls). None of it is covered: no distinct."""
+# ---- frauds: every fraudulent call sends its `start` event; ordinary calls keep an hour clear
+
+
+def _channels(g: _Generator, u: _User, base: int, stop: int, channels: int, talk: tuple[int, int],
+              number: Callable[[], str]) -> None:
+    """``channels`` lines all busy within a minute of ``base``, answered calls back to back until
+    ``stop``, each lasting ``talk`` seconds."""
     rng = u.rng
-    u.devices = u.devices[:2]
+    for _ in range(channels):
+        t = base + rng.randint(0, 60)
+        while t < stop:
+            ring = rng.randint(3, 10)
+            call = _Call(t, ring, rng.randint(*talk), "ANSWERED", "outbound", signalled(number(), rng), True, True)
+            g.emit_call(u, call)
+            t += call.ring + call.talk + rng.randint(1, 30)
+
+
+def _setup_hacked_account(g: _Generator, u: _User) -> None:
+    """An ordinary user whose desk phone stays registered all month from the office (one binding).
+    One night between 01:00 and 04:00 an attacker registers from 2 foreign networks within an
+    hour (a FRAUD_UAS user agent: third_party_device; 3 bindings in all), then 4-6 channels, all
+    busy within a minute (simultaneous_calls), dial high-risk numbers for 2-3 hours. Every call
+    lasts >= 7 minutes: <= 9 starts per channel per hour, <= 54 in all (no autodialer); none is
+    covered (no distinct_numbers)."""
+    rng = u.rng
+    u.devices = []
+    u.always_on = [_device(rng, rng.choice(SUPPLIED_UAS), expires=3600)]
     u.lines = u.lines[:2]
-    day = rng.choice(g.burst_days)
-    base = day.at(40 * 60 + rng.randrange(600))
-    stop = day.at(4 * HOUR + 1800)
-    channels = rng.randint(5, 7)
-    u.blocked.append((day.start - HOUR, day.at(6 * HOUR + 3600)))
-    hacker = _device(rng, rng.choice(FRAUD_UAS), expires=3600, instance=False,
-                     source_ip=f"{rng.choice(('45.134.26', '185.53.88', '91.92.109'))}.{rng.randint(1, 254)}")
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    first_reg = day.at(HOUR + rng.randrange(HOUR))
+    second_reg = first_reg + rng.randint(600, 2400)
+    base = second_reg + rng.randint(120, 600)
+    stop = base + rng.randint(2 * HOUR, 3 * HOUR)
+    channels = rng.randint(4, 6)
+    _burst_window(u, first_reg, stop + 1900)
+    attackers = [_device(rng, rng.choice(FRAUD_UAS), expires=1800, instance=False,
+                         source_ip=f"{network}.{rng.randint(1, 254)}")
+                 for network in rng.sample(_ATTACKER_NETWORKS, 2)]
 
     def night(g: _Generator, u: _User, day: _Day) -> None:
-        g.emit_registration(u, hacker, base - rng.randint(60, 300), 3600)
-        for _ in range(channels):
-            t = base + rng.randint(0, 60)
-            while t < stop:
-                ring = rng.randint(3, 10)
-                talk = rng.randint(480, 1800)
-                number = _from_table(rng, _PREMIUM_INTL)
-                g.emit_call(u, _Call(t, ring, talk, "ANSWERED", "outbound", signalled(number, rng), rng.random() < 0.5))
-                t += ring + talk + rng.randint(1, 20)
+        for dev, at in zip(attackers, (first_reg, second_reg)):
+            while at < stop:
+                g.emit_registration(u, dev, at, dev.expires)
+                at += int(dev.expires * dev.refresh)
+        _channels(g, u, base, stop, channels, (420, 1800), lambda: _from_table(rng, _PREMIUM_INTL))
 
     u.bursts.setdefault(day.index, []).append(night)
+
+
+def _setup_hacked_pbx(g: _Generator, u: _User) -> None:
+    """An office PBX registered all month from its site (pbx_or_gateway), ordinary traffic on 3
+    lines. One night from 00:30-01:30, through the PBX itself (no new registration), 4-8
+    parallel calls to high-risk destinations (simultaneous_calls) for 2-4 hours, each >= 10
+    minutes: <= 6 starts per channel per hour, <= 48 in all."""
+    rng = u.rng
+    u.devices = []
+    u.always_on = [_device(rng, rng.choice(PBX_UAS), expires=3600, instance=False)]
+    u.lines = [0] * 3
+    u.activity = rng.uniform(8, 20)
+    u.set_book(*_book(rng, rng.randint(60, 90)))
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    base = day.at(1800 + rng.randrange(HOUR))
+    stop = base + rng.randint(2 * HOUR, 4 * HOUR)
+    channels = rng.randint(4, 8)
+    _burst_window(u, base, stop + 2500)
+
+    def night(g: _Generator, u: _User, day: _Day) -> None:
+        _channels(g, u, base, stop, channels, (600, 2400), lambda: _from_table(rng, _PREMIUM_INTL))
+
+    u.bursts.setdefault(day.index, []).append(night)
+
+
+def _setup_irsf(g: _Generator, u: _User) -> None:
+    """61-120 distinct numbers of one high-risk range sharing their first 8-9 digits, dialled on
+    4-6 channels within 3,330 s (> 60 starts in an hour: autodialer), every channel busy within
+    30 s of the start for >= 60 s (simultaneous_calls); answered, 1-10 minutes each."""
+    rng = u.rng
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    base = day.at(rng.choice((1, 2, 3, 22)) * HOUR + rng.randrange(1800))
+    channels = rng.randint(4, 6)
+    total = rng.randint(61, 120)
+    prefix, n = rng.choice(_IRSF_RANGES)
+    vary = 3 if len(prefix) - 1 + n <= 11 else rng.choice((3, 4))
+    head = prefix + _digits(rng, n - vary)
+    numbers = [f"{head}{k:0{vary}d}" for k in rng.sample(range(10 ** vary), total)]
+    _burst_window(u, base, base + HOUR)
+
+    def pump(g: _Generator, u: _User, day: _Day) -> None:
+        todo = iter(numbers)
+        for c in range(channels):
+            count = total // channels + (1 if c < total % channels else 0)
+            budget = 3300 // count  # seconds per call, ring and hang-up included
+            t = base + rng.randint(0, 30)
+            for _ in range(count):
+                ring, gap = rng.randint(2, 8), rng.randint(1, 5)
+                talk = rng.randint(60, max(60, min(600, budget - ring - gap)))
+                g.emit_call(u, _Call(t, ring, talk, "ANSWERED", "outbound", signalled(next(todo), rng), True, True))
+                t += ring + talk + gap
+
+    u.bursts.setdefault(day.index, []).append(pump)
+
+
+def _setup_silent_call(g: _Generator, u: _User) -> None:
+    """One answered call to a satellite number from 20:00-20:30, 5 hours long, alone on the line
+    (ordinary calls keep an hour clear); registrations go on."""
+    rng = u.rng
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    start = day.at(20 * HOUR + rng.randrange(1800))
+    ring = rng.randint(5, 15)
+    _burst_window(u, start, start + ring + 5 * HOUR)
+    number = _from_table(rng, _SATELLITE)
+
+    def call(g: _Generator, u: _User, day: _Day) -> None:
+        g.emit_call(u, _Call(start, ring, 5 * HOUR, "ANSWERED", "outbound", signalled(number, rng), True, True))
+
+    u.bursts.setdefault(day.index, []).append(call)
+
+
+def _setup_short_call_burst(g: _Generator, u: _User) -> None:
+    """150-300 attempts on one line (each ends before the next starts) within 59 minutes, to
+    distinct high-risk numbers (> 60 an hour: autodialer; none covered), 2.5-8.3 % answered for
+    1-6 s."""
+    rng = u.rng
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    base = day.at(rng.choice((2, 3, 13, 14, 21)) * HOUR + rng.randrange(1800))
+    n = rng.randint(150, 300)
+    step = 3540 // n  # 11-23 s
+    answered = set(rng.sample(range(n), rng.randint(n // 40, n // 12)))
+    numbers: list[str] = []
+    while len(numbers) < n:
+        number = _from_table(rng, _PREMIUM_INTL)
+        if number not in numbers:
+            numbers.append(number)
+    _burst_window(u, base, base + n * step)
+
+    def burst(g: _Generator, u: _User, day: _Day) -> None:
+        for k, number in enumerate(numbers):
+            if k in answered:
+                call = _Call(0, rng.randint(1, 3), rng.randint(1, 6), "ANSWERED", "outbound", "", True, True)
+            elif rng.random() < 0.8:
+                call = _Call(0, rng.randint(2, step - 2), 0, "NO ANSWER", "outbound", "", True, True)
+            else:
+                call = _Call(0, rng.randint(1, 2), 0, "FAILED", "outbound", "", True, True)
+            call.start, call.other = base + k * step, signalled(number, rng)
+            g.emit_call(u, call)
+
+    u.bursts.setdefault(day.index, []).append(burst)
+
+
+def _setup_traffic_pumping(g: _Generator, u: _User) -> None:
+    """The same 2-5 numbers of one premium range called back to back on 1-2 lines, answered,
+    20-60 minutes each, from the morning to the evening of 1-2 days (<= 2 at once, <= 6 an
+    hour, none covered)."""
+    rng = u.rng
+    u.premium = False
+    day = rng.choice(g.fraud_days)
+    days = [day] + [d for d in g.fraud_days if d.index == day.index + 1 and rng.random() < 0.5]
+    prefix, n = rng.choice(_PUMPING)
+    numbers = sorted({prefix + _digits(rng, n) for _ in range(rng.randint(2, 5))})
+    lines = rng.randint(1, 2)
+    for d in days:
+        start = d.at(9 * HOUR + rng.randrange(HOUR))
+        stop = d.at(17 * HOUR + rng.randrange(2 * HOUR))
+        _burst_window(u, start, stop + HOUR + 60)
+
+        def pump(g: _Generator, u: _User, day: _Day, start: int = start, stop: int = stop) -> None:
+            for _ in range(lines):
+                t = start + rng.randint(0, 300)
+                while t < stop:
+                    call = _Call(t, rng.randint(3, 10), rng.randint(1200, 3600), "ANSWERED", "outbound",
+                                 signalled(rng.choice(numbers), rng), True, True)
+                    g.emit_call(u, call)
+                    t += call.ring + call.talk + rng.randint(5, 60)
+
+        u.bursts.setdefault(d.index, []).append(pump)
+
+
+def _wangiri(g: _Generator, users: list[_User], count: int, abuse_scale: float) -> None:
+    """Campaigns of one-ring calls (1-3 s, unanswered) from a few numbers of one high-risk range
+    to 40-80 ordinary users of any customer within 20 minutes of a working day; 2-3 of them call
+    the number back 1-6 hours later (answered, 3-15 minutes): the fraud. Each call is alone on
+    the user's lines (ordinary calls may not touch it): no fair-use rule moves."""
+    scenario = _SCENARIO_BY_NAME["wangiri"]
+    campaigns = max(1, round(count * scenario.rate * abuse_scale / 2.5))
+    for k in range(campaigns):
+        rng = random.Random(f"cdrwatch-generate:{g.seed}:wangiri:{k}")
+        pool = [u for u in users if u.scenario is None and u.target_of is None]
+        if not pool:
+            return
+        targets = rng.sample(pool, min(len(pool), rng.randint(40, 80)))
+        day = rng.choice([d for d in g.fraud_days if d.is_work] or g.fraud_days)
+        base = day.at(rng.randint(10 * HOUR, 16 * HOUR))
+        prefix, n = rng.choice(_WANGIRI_RANGES)
+        head = prefix + _digits(rng, n - 3)
+        callers = [head + _digits(rng, 3) for _ in range(rng.randint(3, 5))]
+        backs = rng.randint(2, 3)
+        for j, u in enumerate(targets):
+            caller = rng.choice(callers)
+            ring = _Call(base + rng.randrange(1200), rng.randint(1, 3), 0, "NO ANSWER", "inbound",
+                         signalled(caller, rng), True)
+            calls = [ring]
+            u.blocked.append((ring.start, ring.start + ring.ring))
+            if j < backs:
+                u.scenario, u.premium = scenario, False
+                start = ring.start + ring.ring + rng.randint(HOUR, 6 * HOUR)
+                back = _Call(start, rng.randint(3, 12), rng.randint(180, 900), "ANSWERED", "outbound",
+                             signalled(caller, rng), True, True)
+                calls.append(back)
+                u.blocked.append((start, start + back.ring + back.talk))
+            else:
+                u.target_of = scenario.name
+
+            def rung(g: _Generator, u: _User, day: _Day, calls: list[_Call] = calls) -> None:
+                for call in calls:
+                    g.emit_call(u, call)
+
+            u.bursts.setdefault(day.index, []).append(rung)
+
+
+def _setup_none(g: _Generator, u: _User) -> None:
+    """Set up with its campaign (``_wangiri``)."""
 
 
 _SETUP: dict[str, Callable[[_Generator, _User], None]] = {
@@ -1030,7 +1388,13 @@ _SETUP: dict[str, Callable[[_Generator, _User], None]] = {
     "phoning": _setup_phoning,
     "call_centre": _setup_call_centre,
     "office_pbx": _setup_office_pbx,
-    "hacked": _setup_hacked,
+    "hacked_account": _setup_hacked_account,
+    "hacked_pbx": _setup_hacked_pbx,
+    "irsf": _setup_irsf,
+    "wangiri": _setup_none,
+    "silent_call": _setup_silent_call,
+    "short_call_burst": _setup_short_call_burst,
+    "traffic_pumping": _setup_traffic_pumping,
 }
 assert set(_SETUP) == set(_SCENARIO_BY_NAME)
 
@@ -1059,8 +1423,8 @@ def generate_month(
     timezone: str = DEFAULT_TIMEZONE,
     abuse_scale: float = 1.0,
 ) -> GenerateSummary:
-    """Write ``cdrs``, ``registrations`` (``fmt``: jsonl or parquet) and ``labels.jsonl`` into
-    ``out_dir`` (created); same arguments, byte-identical files."""
+    """Write ``cdrs``, ``registrations`` (``fmt``: jsonl or parquet), ``labels.jsonl`` and
+    ``manifest.json`` into ``out_dir`` (created); same arguments, byte-identical files."""
     if users < 1:
         raise ConfigError(f"--users: expected at least 1, got {users}")
     if fmt not in ("jsonl", "parquet"):
@@ -1097,31 +1461,46 @@ def generate_month(
     labels_path = out_dir / "labels.jsonl"
     labels_path.write_bytes(b"".join(orjson.dumps(label) + b"\n" for label in labels))
     scenarios: dict[str, list[str]] = {}
+    targets: dict[str, list[str]] = {}
     for user in gen.users:
         if user.scenario is not None:
             scenarios.setdefault(user.scenario.name, []).append(user.name)
+        elif user.target_of is not None:
+            targets.setdefault(user.target_of, []).append(user.name)
+    manifest_path = out_dir / "manifest.json"
+    manifest = {"users": users, "customers": gen.customers, "month": gen.period, "seed": seed,
+                "scenarios": {s.name: scenarios[s.name] for s in ALL_SCENARIOS if s.name in scenarios},
+                "targets": targets}
+    manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     return GenerateSummary(
         users=users, customers=gen.customers, month=gen.period, seed=seed, format=fmt, calls=gen.calls,
-        cdr_events=n_cdrs, registrations=n_regs, labels=labels, scenarios=scenarios,
-        files=[cdr_path, reg_path, labels_path], seconds=time.monotonic() - started,
+        cdr_events=n_cdrs, registrations=n_regs, labels=labels, scenarios=scenarios, targets=targets,
+        files=[cdr_path, reg_path, labels_path, manifest_path], seconds=time.monotonic() - started,
     )
 
 
 def format_generate(summary: GenerateSummary) -> str:
     by_rule: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
     for label in summary.labels:
-        by_rule[label["rule"]] = by_rule.get(label["rule"], 0) + 1
+        if "rule" in label:
+            by_rule[label["rule"]] = by_rule.get(label["rule"], 0) + 1
+        else:
+            by_kind[label["kind"]] = by_kind.get(label["kind"], 0) + 1
+    fair_use = sum(by_rule.values())
     lines = [
         f"generated {summary.month} for {summary.users} users ({summary.customers} customers), seed {summary.seed}, "
         f"in {summary.seconds:.1f} s",
         f"  {summary.calls} calls ({summary.cdr_events} cdrs events), {summary.registrations} registrations",
-        f"  {len(summary.labels)} labels: " + (", ".join(f"{r} {n}" for r, n in sorted(by_rule.items())) or "none"),
+        f"  {fair_use} fair-use labels: " + (", ".join(f"{r} {n}" for r, n in sorted(by_rule.items())) or "none"),
+        f"  {by_kind.get('fraud', 0)} fraud labels, {by_kind.get('target', 0)} fraud targets",
     ]
-    for scenario in SCENARIOS:
+    for scenario in ALL_SCENARIOS:
         names = summary.scenarios.get(scenario.name, [])
         if names:
             shown = ", ".join(names[:4]) + (f", … ({len(names)})" if len(names) > 4 else "")
-            lines.append(f"  {scenario.name:<12} {shown}  → {', '.join(scenario.rules)}")
+            fraud = "fraud" + (", " if scenario.rules else "") if scenario.name in _FRAUD_NAMES else ""
+            lines.append(f"  {scenario.name:<16} {shown}  → {fraud}{', '.join(scenario.rules)}")
     lines.append("  wrote " + ", ".join(str(p) for p in summary.files))
     return "\n".join(lines)
 
@@ -1138,14 +1517,23 @@ def _int(text: str) -> int:
 
 
 def register(sub: Any) -> None:
-    scenarios = "\n".join(f"  {s.name:<12} {', '.join(s.rules)}: {s.description}" for s in SCENARIOS)
+    def listed(scenarios: tuple[Scenario, ...]) -> str:
+        return "\n".join(f"  {s.name:<16} {', '.join(s.rules) or '-'}: {s.description}" for s in scenarios)
+
     parser = sub.add_parser(
         "generate", description="Generate a realistic month of hosted-telephony traffic for N users — business-hours "
-        "and weekly profile, heavy-tailed durations, ~25 % unanswered, address books, supplied phones "
-        "re-registering — with injected fair-use abuse, and write DIR/cdrs.jsonl, DIR/registrations.jsonl "
-        "(or .parquet) and DIR/labels.jsonl ({user, period, rule, scenario}: exactly the alerts the "
-        "default plan must raise). Same arguments, same files.",
-        epilog="scenarios (share of users, at least one each):\n" + scenarios,
+        "and weekly profile, quiet nights, heavy-tailed durations, ~25 % unanswered, address books, supplied "
+        "phones re-registering from their customer's office sites (and some from home) — with injected "
+        "fair-use abuse and labelled fraud, and write DIR/cdrs.jsonl, DIR/registrations.jsonl (or .parquet), "
+        "DIR/labels.jsonl and DIR/manifest.json. labels.jsonl: {user, period, rule, scenario} lines, exactly "
+        "the fair-use alerts the default plan must raise; {user, period, scenario, kind: \"fraud\", first_call, "
+        "damage} per defrauded user (the first fraudulent call's start and end); {user, period, scenario, "
+        "kind: \"target\"} per user rung by a wangiri who did not call back. Same arguments, same files.",
+        epilog="fair-use scenarios (share of users, at least one each) and the rules they raise:\n"
+        + listed(SCENARIOS)
+        + "\n\nfraud scenarios (~0.1 % of users each, at least one; from the 16th of the month; every "
+        "fraudulent call sends a start event) and the fair-use rules they raise as well:\n"
+        + listed(FRAUD_SCENARIOS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--users", type=_int, required=True, metavar="N", help="number of SIP accounts")
@@ -1158,7 +1546,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--timezone", default=DEFAULT_TIMEZONE, metavar="TZ",
                         help="zone of the month and of the business hours (default Europe/Paris, as plans.toml)")
     parser.add_argument("--abuse-scale", type=float, default=1.0, metavar="X",
-                        help="multiply every scenario's share of users (0 = no abuse at all; default 1)")
+                        help="multiply every scenario's share of users (0 = no abuse and no fraud at all; default 1)")
     parser.set_defaults(func=run)
 
 

@@ -127,6 +127,16 @@ def test_read_triples_counts_repeats_and_accepts_a_directory(tmp_path: Path) -> 
     assert triples == [("a", P, "autodialer"), ("b", P, "autodialer")] and duplicates == 1
 
 
+def test_read_triples_skips_the_fraud_lines_of_generated_labels(tmp_path: Path) -> None:
+    write(tmp_path / "labels.jsonl", [
+        {"user": "a", "period": P, "rule": "autodialer", "scenario": "short_call_burst"},
+        {"user": "a", "period": P, "scenario": "short_call_burst", "kind": "fraud",
+         "first_call": "2026-11-20T03:00:00+01:00", "damage": "2026-11-20T03:00:09+01:00"},
+        {"user": "b", "period": P, "scenario": "wangiri", "kind": "target"},
+    ])
+    assert read_triples(tmp_path, "labels", "labels.jsonl") == ([("a", P, "autodialer")], 0)
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [

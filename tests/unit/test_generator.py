@@ -3,6 +3,9 @@ labels that are exactly the alerts of the rules engine (run_offline, no broker).
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import os
 import statistics
 from collections import Counter, defaultdict
 from datetime import date, datetime
@@ -19,6 +22,8 @@ from streams.core.errors import ConfigError
 from streams.core.numbering import NumberKind, normalise
 from streams.core.timeutil import parse_rfc3339
 from streams.tools.generator import (
+    ALL_SCENARIOS,
+    FRAUD_SCENARIOS,
     DECT_UAS,
     DIALLER_UA,
     FRAUD_UAS,
@@ -36,6 +41,7 @@ from streams.tools.replay import read_stream, run_offline
 from streams.settings import Settings
 
 MONTH = "2026-11"
+USERS = 300
 Triple = tuple[str, str, str]
 
 
@@ -53,13 +59,13 @@ def engine_alerts(out: Path, ext: str = "jsonl") -> tuple[set[Triple], dict[tupl
 
 
 def label_set(summary: GenerateSummary) -> set[Triple]:
-    return {(label["user"], label["period"], label["rule"]) for label in summary.labels}
+    return {(label["user"], label["period"], label["rule"]) for label in summary.labels if "rule" in label}
 
 
 @pytest.fixture(scope="module")
 def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[GenerateSummary, Path]:
     out = tmp_path_factory.mktemp("generated")
-    return generate_month(out, users=200, month=MONTH, seed=7), out
+    return generate_month(out, users=USERS, month=MONTH, seed=7), out
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +85,8 @@ def registrations(month: tuple[GenerateSummary, Path]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def normal_users(month: tuple[GenerateSummary, Path]) -> set[str]:
-    abusers = {label["user"] for label in month[0].labels}
-    return {f"u{i:05d}" for i in range(1, 201)} - abusers
+    abusers = {user for users in month[0].scenarios.values() for user in users}
+    return {f"u{i:05d}" for i in range(1, USERS + 1)} - abusers
 
 
 # ------------------------------------------------------------------------------------------
@@ -90,7 +96,7 @@ def normal_users(month: tuple[GenerateSummary, Path]) -> set[str]:
 @pytest.mark.parametrize(
     ("month_text", "seed", "users"),
     [
-        (MONTH, 7, 200),  # the module's month
+        (MONTH, 7, USERS),  # the module's month
         ("2026-03", 3, 140),  # DST starts on the 29th
         ("2026-05", 5, 120),  # four public holidays
     ],
@@ -98,7 +104,7 @@ def normal_users(month: tuple[GenerateSummary, Path]) -> set[str]:
 def test_labels_are_exactly_the_alerts_of_the_rules_engine(
     month_text: str, seed: int, users: int, month: tuple[GenerateSummary, Path], tmp_path: Path
 ) -> None:
-    if (month_text, seed, users) == (MONTH, 7, 200):
+    if (month_text, seed, users) == (MONTH, 7, USERS):
         summary, out = month
     else:
         out = tmp_path
@@ -114,10 +120,10 @@ def test_labels_are_exactly_the_alerts_of_the_rules_engine(
 
 def test_every_scenario_is_injected_with_its_rules(month: tuple[GenerateSummary, Path]) -> None:
     summary, _ = month
-    assert set(summary.scenarios) == {s.name for s in SCENARIOS}
-    for scenario in SCENARIOS:
+    assert set(summary.scenarios) == {s.name for s in ALL_SCENARIOS}
+    for scenario in ALL_SCENARIOS:
         for user in summary.scenarios[scenario.name]:
-            rules = {label["rule"] for label in summary.labels if label["user"] == user}
+            rules = {label["rule"] for label in summary.labels if label["user"] == user and "rule" in label}
             assert rules == set(scenario.rules), (scenario.name, user)
     assert all(label["period"] == MONTH for label in summary.labels)
 
@@ -136,7 +142,7 @@ def test_same_arguments_give_byte_identical_files(tmp_path: Path) -> None:
     a = generate_month(tmp_path / "a", users=40, month=MONTH, seed=5)
     b = generate_month(tmp_path / "b", users=40, month=MONTH, seed=5)
     c = generate_month(tmp_path / "c", users=40, month=MONTH, seed=6)
-    for name in ("cdrs.jsonl", "registrations.jsonl", "labels.jsonl"):
+    for name in ("cdrs.jsonl", "registrations.jsonl", "labels.jsonl", "manifest.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "cdrs.jsonl").read_bytes() != (tmp_path / "c" / "cdrs.jsonl").read_bytes()
     assert (a.calls, a.registrations) == (b.calls, b.registrations)
@@ -275,6 +281,243 @@ def test_phones_are_supplied_and_re_register(registrations: list[dict[str, Any]]
 def test_user_agents_fall_in_the_intended_class_of_the_default_plan(agents: tuple[str, ...], rule: str | None) -> None:
     plan = load_plans_and_rates(Settings())[0].get(None)
     assert {ua: plan.classify_user_agent(ua) for ua in agents} == {ua: rule for ua in agents}
+
+
+# ------------------------------------------------------------------------------------------
+# networks: office sites, homes, bindings
+
+
+def _bindings(rows: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """(start, end, identity) of each binding a user's registrations keep up, in time order."""
+    intervals: list[tuple[int, int, str]] = []
+    current: dict[str, list[int]] = {}
+    for row in rows:
+        at = parse_rfc3339(row["time"]).timestamp()
+        key = row["instance_id"] or row["contact"]
+        if key in current and current[key][1] > at:
+            current[key][1] = int(at + row["expires"]) if row["expires"] else int(at)
+            if row["expires"] == 0:
+                intervals.append((current[key][0], current[key][1], key))
+                del current[key]
+            continue
+        if key in current:
+            intervals.append((current[key][0], current[key][1], key))
+            del current[key]
+        if row["expires"]:
+            current[key] = [int(at), int(at + row["expires"])]
+    intervals += [(s, e, k) for k, (s, e) in current.items()]
+    return sorted(intervals)
+
+
+def _max_overlap(intervals: list[tuple[int, int, str]]) -> int:
+    points = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals])
+    count = peak = 0
+    for _, delta in points:
+        count += delta
+        peak = max(peak, count)
+    return peak
+
+
+def _by_user(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        out[row["user"]].append(row)
+    return out
+
+
+def test_office_sites_are_public_stable_and_shared_within_a_customer(
+    registrations: list[dict[str, Any]], normal_users: set[str]
+) -> None:
+    mine = [r for r in registrations if r["user"] in normal_users]
+    addresses: dict[str, set[str]] = defaultdict(set)  # /24 -> addresses
+    customers: dict[str, set[str]] = defaultdict(set)  # /24 -> customers
+    users: dict[str, set[str]] = defaultdict(set)  # address -> users
+    for r in mine:
+        ip = ipaddress.IPv4Address(r["source_ip"])
+        assert ip.is_global and ip not in ipaddress.IPv4Network("100.64.0.0/10"), r["source_ip"]
+        network = r["source_ip"].rsplit(".", 1)[0]
+        addresses[network].add(r["source_ip"])
+        customers[network].add(r["customer"])
+        users[r["source_ip"]].add(r["user"])
+    assert max(len(a) for a in addresses.values()) == 1  # one stable address per /24, all month
+    assert max(len(c) for c in customers.values()) == 1  # a site (or home) belongs to one customer
+    shared = [ip for ip, who in users.items() if len(who) >= 3]
+    assert len(shared) >= 5  # colleagues register from the same office address
+    per_user = Counter(u for u, _ in {(r["user"], r["source_ip"]) for r in mine})
+    assert max(per_user.values()) <= 3  # at most two office sites and a home
+    assert Counter(per_user.values())[2] > 0
+    per_customer: dict[str, set[str]] = defaultdict(set)
+    for r in mine:
+        per_customer[r["customer"]].add(r["source_ip"])
+    assert any(len(ips) >= 2 for ips in per_customer.values())  # multi-site customers
+
+
+def test_honest_users_keep_at_most_three_bindings_and_never_register_beside_a_live_one_from_a_new_network(
+    registrations: list[dict[str, Any]], normal_users: set[str]
+) -> None:
+    rows = _by_user([r for r in registrations if r["user"] in normal_users])
+    assert max(_max_overlap(_bindings(mine)) for mine in rows.values()) <= 3
+    assert any(_max_overlap(_bindings(mine)) == 3 for mine in rows.values())
+    home_evenings = 0
+    for mine in rows.values():
+        seen: dict[str, float] = {}
+        up: dict[str, float] = {}  # identity -> binding end
+        for r in mine:
+            at = parse_rfc3339(r["time"]).timestamp()
+            key = r["instance_id"] or r["contact"]
+            network = r["source_ip"].rsplit(".", 1)[0]
+            if r["expires"]:
+                others = [k for k, end in up.items() if k != key and end > at]
+                if network not in seen or seen[network] < at - 30 * 86400:
+                    assert not others, (r["user"], r["time"], network)
+                elif others and len({x["source_ip"] for x in mine}) > 1:
+                    home_evenings += 1
+                seen[network] = at
+            up[key] = at + r["expires"]
+    assert home_evenings > 0  # the network is known: registering beside a live binding is fine
+
+
+def test_nights_are_quiet(ends: list[dict[str, Any]], normal_users: set[str], month: tuple[GenerateSummary, Path]) -> None:
+    targets = set(month[0].targets.get("wangiri", []))
+    night = [r for r in ends if r["user"] in normal_users - targets and not 6 <= _local(r).hour < 23]
+    assert len(night) < 0.002 * len(ends)
+
+
+# ------------------------------------------------------------------------------------------
+# fraud scenarios
+
+HIGH_RISK = {"Cuba", "Guinée", "Iles Cook", "Nauru", "Sao Tomé-et-Principe", "Satellite Inmarsat", "Satellite Iridium",
+             "Sierra Leone", "Somalie", "Tuvalu", "France Premium", "Lettonie Premium"}
+
+
+@functools.cache
+def _rates() -> Any:
+    return load_plans_and_rates(Settings())[1]
+
+
+@functools.cache
+def _destination(number: str) -> str | None:
+    rates = _rates()
+    rate = rates.lookup(normalise(number).digits)
+    return None if rate is None else rate.destination
+
+
+def fraud_labels(summary: GenerateSummary) -> dict[str, dict[str, str]]:
+    return {label["user"]: label for label in summary.labels if label.get("kind") == "fraud"}
+
+
+def test_high_risk_destinations_are_in_the_bundled_plan() -> None:
+    plans = (Path(__file__).parents[2] / "streams" / "data" / "plans.toml").read_text()
+    assert all(f'"{name}"' in plans for name in HIGH_RISK)
+
+
+def test_every_fraud_scenario_is_labelled_with_its_first_call(
+    month: tuple[GenerateSummary, Path], cdrs: list[dict[str, Any]]
+) -> None:
+    summary, _ = month
+    labels = fraud_labels(summary)
+    assert {label["scenario"] for label in labels.values()} == {s.name for s in FRAUD_SCENARIOS}
+    for scenario in FRAUD_SCENARIOS:
+        assert set(summary.scenarios[scenario.name]) == {u for u, lb in labels.items() if lb["scenario"] == scenario.name}
+    assert set(labels) & {u for users in summary.targets.values() for u in users} == set()
+    assert all(set(lb) == {"user", "period", "scenario", "kind", "first_call", "damage"} for lb in labels.values())
+    starts = {row["call_id"] for row in cdrs if row["event"] == "start"}
+    for user, label in labels.items():
+        first, damage = parse_rfc3339(label["first_call"]), parse_rfc3339(label["damage"])
+        assert first < damage and first.day >= 16 and label["period"] == MONTH
+        mine = [r for r in cdrs if r["user"] == user and r["event"] == "end"]
+        risky = sorted((r for r in mine if r["direction"] == "outbound" and _destination(r["callee"]) in HIGH_RISK),
+                       key=lambda r: parse_rfc3339(r["start_time"]))
+        assert risky, user
+        # the first call to a high-risk destination is the label's, and every one sends a start
+        assert (risky[0]["start_time"], risky[0]["end_time"]) == (label["first_call"], label["damage"]), user
+        assert all(r["call_id"] in starts for r in risky), user
+    targets = set(summary.targets["wangiri"])
+    assert 40 <= len(targets) + len(summary.scenarios["wangiri"]) <= 80 * len(summary.scenarios["wangiri"])
+    assert all(label["kind"] == "target" and set(label) == {"user", "period", "scenario", "kind"}
+               for label in summary.labels if label["user"] in targets)
+
+
+def _calls_of(cdrs: list[dict[str, Any]], summary: GenerateSummary, scenario: str) -> dict[str, list[dict[str, Any]]]:
+    users = set(summary.scenarios[scenario])
+    return _by_user([r for r in cdrs if r["user"] in users and r["event"] == "end"])
+
+
+def _epoch(text: str) -> float:
+    return parse_rfc3339(text).timestamp()
+
+
+def test_silent_call_lasts_five_hours_alone(month: tuple[GenerateSummary, Path], cdrs: list[dict[str, Any]]) -> None:
+    summary, _ = month
+    labels = fraud_labels(summary)
+    for user in summary.scenarios["silent_call"]:
+        start, end = _epoch(labels[user]["first_call"]), _epoch(labels[user]["damage"])
+        mine = [r for r in cdrs if r["user"] == user]
+        call = next(r for r in mine if r["event"] == "end" and _epoch(r["start_time"]) == start)
+        assert call["billsec"] == 5 * 3600 and call["disposition"] == "ANSWERED"
+        assert _destination(call["callee"]) in {"Satellite Inmarsat", "Satellite Iridium"}
+        assert parse_rfc3339(call["start_time"]).hour == 20
+        others = [r for r in mine if r["call_id"] != call["call_id"]
+                  and (start <= _epoch(r["start_time"]) <= end or start <= _epoch(r.get("end_time") or r["start_time"]) <= end)]
+        assert others == []
+        assert sum(1 for r in mine if r["call_id"] == call["call_id"]) == 2  # its start and its end
+
+
+def test_fraud_shapes(month: tuple[GenerateSummary, Path], cdrs: list[dict[str, Any]],
+                      registrations: list[dict[str, Any]]) -> None:
+    summary, _ = month
+    labels = fraud_labels(summary)
+    for user, calls in _calls_of(cdrs, summary, "irsf").items():
+        first = _epoch(labels[user]["first_call"])
+        burst = [r for r in calls if first <= _epoch(r["start_time"]) < first + 3600 and r["direction"] == "outbound"]
+        numbers = {normalise(r["callee"]).digits for r in burst}
+        assert 61 <= len(numbers) == len(burst) <= 120
+        shared = len(os.path.commonprefix(sorted(numbers)))
+        assert 8 <= shared <= 9 and {len(n) for n in numbers} == {len(next(iter(numbers)))}
+        assert 3 <= len(next(iter(numbers))) - shared <= 4
+        assert all(60 <= r["billsec"] <= 600 for r in burst)
+    for user, calls in _calls_of(cdrs, summary, "short_call_burst").items():
+        first = _epoch(labels[user]["first_call"])
+        burst = [r for r in calls if first <= _epoch(r["start_time"]) < first + 3600]
+        assert 150 <= len(burst) == len({normalise(r["callee"]).digits for r in burst}) <= 300
+        answered = [r for r in burst if r["billsec"] > 0]
+        assert 0 < len(answered) < 0.1 * len(burst) and all(r["billsec"] <= 6 for r in answered)
+    for user, calls in _calls_of(cdrs, summary, "traffic_pumping").items():
+        pumped = [r for r in calls if _destination(r["callee"]) in HIGH_RISK]
+        assert 2 <= len({normalise(r["callee"]).digits for r in pumped}) <= 5 and len(pumped) >= 8
+        assert all(1200 <= r["billsec"] <= 3600 for r in pumped)
+    for user, calls in _calls_of(cdrs, summary, "wangiri").items():
+        back = next(r for r in calls if _epoch(r["start_time"]) == _epoch(labels[user]["first_call"]))
+        ring = [r for r in calls if r["direction"] == "inbound" and normalise(r["caller"]).digits
+                == normalise(back["callee"]).digits]
+        assert len(ring) == 1 and ring[0]["disposition"] == "NO ANSWER" and ring[0]["billsec"] == 0
+        assert 3600 <= _epoch(back["start_time"]) - _epoch(ring[0]["end_time"]) <= 6 * 3600
+        assert 180 <= back["billsec"] <= 900
+    rung = [r for r in cdrs if r["event"] == "end" and r["user"] in set(summary.targets["wangiri"])
+            and r["direction"] == "inbound" and _destination(r["caller"]) in HIGH_RISK]
+    assert {r["user"] for r in rung} == set(summary.targets["wangiri"])
+    assert all(r["disposition"] == "NO ANSWER" and 1 <= _epoch(r["end_time"]) - _epoch(r["start_time"]) <= 3 for r in rung)
+    regs = _by_user(registrations)
+    for user in summary.scenarios["hacked_account"]:
+        first = _epoch(labels[user]["first_call"])
+        assert 1 <= parse_rfc3339(labels[user]["first_call"]).hour < 4
+        before = {r["source_ip"].rsplit(".", 1)[0] for r in regs[user] if _epoch(r["time"]) < first - 3 * 3600}
+        night = [r for r in regs[user] if first - 3600 <= _epoch(r["time"]) < first]
+        new = {r["source_ip"].rsplit(".", 1)[0] for r in night} - before
+        assert len(new) == 2 and all(r["user_agent"] in FRAUD_UAS for r in night if r["source_ip"].rsplit(".", 1)[0] in new)
+    for user in summary.scenarios["hacked_pbx"]:
+        assert len({r["source_ip"] for r in regs[user]}) == 1  # the PBX's own network, all month
+        assert {r["user_agent"] for r in regs[user]} <= set(PBX_UAS)
+
+
+def test_the_manifest_lists_every_scenario(month: tuple[GenerateSummary, Path]) -> None:
+    summary, out = month
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["users"] == USERS and manifest["month"] == MONTH and manifest["seed"] == 7
+    assert manifest["customers"] == summary.customers
+    assert manifest["scenarios"] == summary.scenarios
+    assert set(manifest["scenarios"]) == {s.name for s in SCENARIOS} | {s.name for s in FRAUD_SCENARIOS}
+    assert out / "manifest.json" in summary.files
 
 
 # ------------------------------------------------------------------------------------------
