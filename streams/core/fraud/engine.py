@@ -29,6 +29,7 @@ from ..state import FraudState, Store
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from .alerts import Evaluation, FraudOutcome
 from .destinations import Destinations
+from .patterns import pattern_rules
 from .rules import FRESH_NETWORK_MS, PlanRules, count_rules, live_rules, long_call, network_of, new_network
 
 # A call event this much older than the newest call event of its user (a registration: than the
@@ -111,6 +112,8 @@ class FraudEngine:
         if ev.is_end and record[4]:
             for rule in rules.long_call:
                 long_call(ctx, rule, ev.call_id, record, record[2], False)
+        if rules.patterns:
+            pattern_rules(ctx, rules.patterns, store, self.plans, ev, record, callee if new else None, self.hash_key)
         store.put_fraud(ev.user, state)
         return ctx.outcome
 
