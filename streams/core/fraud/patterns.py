@@ -5,9 +5,10 @@ user is in ``FraudState.patterns`` under the rule's name:
 
 * ``irsf_range``: ``[[start_ms, prefix, callee hash, call_id], ...]`` of the in-scope calls of the
   last ``window_minutes`` (never a whole number);
-* ``destination_baseline``: ``[since_ms, [country, ...], {hour of week: max cents}, hour_ms]`` —
-  when the history began, the countries called, the largest spend seen in each hour of the week
-  (0 = Monday 00:00 … 167 = Sunday 23:00, local time) and the clock hour being watched;
+* ``destination_baseline``: ``[since_ms, [country, ...], {hour of week: max cents}, hour_ms,
+  cents]`` — when the history began, the countries called, the largest spend seen in each hour of
+  the week (0 = Monday 00:00 … 167 = Sunday 23:00, local time), the clock hour being watched and
+  its spend so far;
 * ``wangiri`` (outbound leg): ``[[start_ms, caller hash, ring_ms], ...]`` of the short missed
   inbound calls of the last ``window_hours``, then ``[[start_ms, call_id], ...]`` of the calls back.
 
@@ -38,7 +39,7 @@ MAX_MISSED_CALLS = 256  # short missed inbound calls wangiri (outbound leg) keep
 MAX_RANGE_RINGS = 1024  # rings one caller range keeps in its shared record
 # The rate-deck destination name up to the first of these is the country: "Allemagne Mobile" and
 # "Allemagne Fixe" are both "Allemagne".
-COUNTRY_SUFFIXES = (" Fixe", " Mobile", " Premium", " VAS", " OLO", " Numero")
+COUNTRY_SUFFIXES = (" Fixe", " Mobile", " Premium", " VAS", " OLO", " Numero", " Special", " Banalise")
 ASR_PLACES = Decimal("0.01")
 
 
@@ -227,16 +228,17 @@ def destination_baseline(ctx: Evaluation, rule: Rule, call_id: str, record: list
     never) during the ``learning_days`` from the user's first call event."""
     now = ctx.now
     hour = now - now % HOUR_MS
-    history: list[Any] = _patterns(ctx.state, rule, [now, [], {}, hour])
+    history: list[Any] = _patterns(ctx.state, rule, [now, [], {}, hour, 0])
     since, countries, maxima = history[0], history[1], history[2]
     learning = now < since + rule.rule.learning_days * DAY_MS
     if hour > history[3]:  # the watched hour has closed: it teaches its hour of the week
         closed = history[3]
-        cents = int(spend(ctx, rule, closed, closed + HOUR_MS) * 100)
+        # its calls as the state still holds them (26 h), or what its last event saw of them
+        cents = max(history[4], int(spend(ctx, rule, closed, closed + HOUR_MS) * 100))
         closed_bucket = str(hour_of_week(closed, ctx))
         if cents > maxima.get(closed_bucket, 0):
             maxima[closed_bucket] = cents
-        history[3] = hour
+        history[3], history[4] = hour, 0
     tz = ctx.plan.timezone
     if new and record[3] and in_scope(ctx, rule, record[0], record[3]):
         destination = ctx.destinations.rate(record[3])[0]
@@ -255,9 +257,12 @@ def destination_baseline(ctx: Evaluation, rule: Rule, call_id: str, record: list
                 fire(ctx, rule.rule, named, country, now, 1, Decimal(1), evidence, unit="countries")
             if len(countries) < MAX_COUNTRIES:
                 countries.append(country)
-    if learning or not rule.levels or hour < history[3]:
+    if hour < history[3]:  # a late event of an hour already closed
         return
     amount = spend(ctx, rule, hour, hour + HOUR_MS)
+    history[4] = max(history[4], int(amount * 100))
+    if learning:
+        return
     bucket = hour_of_week(hour, ctx)
     learned = Decimal(maxima.get(str(bucket), 0)) / 100
     excess = amount - learned
