@@ -174,6 +174,9 @@ _UNSEEN = object()
 CUSTOMER_KEY = b"\x00customer|"
 
 
+SHARED_PREFIX = b"\x00"  # fraud-table keys of the records shared by users (TableStore.get_shared)
+
+
 class TableStore:
     """A batch's view of the tables (the processor's ``Store``). ``write()`` writes what the engines
     put; anything they only read (and may have touched) is dropped from the cache so the next read
@@ -187,6 +190,7 @@ class TableStore:
         self._put_fraud: dict[bytes, FraudState] = {}
         self._put_customers: dict[bytes, CustomerState] = {}
         self._read_fraud: set[bytes] = set()
+        self._put_shared: dict[bytes, bytes] = {}  # SHARED_PREFIX + key -> record (see get_shared)
         self.source: Any = None  # the input message being applied: its partition is the key's
         self._sources: dict[bytes, Any] = {}
         self._plans: dict[bytes, str | None] = {}
@@ -257,6 +261,26 @@ class TableStore:
         self._put_customers[key] = state
         self._sources[key] = self.source
 
+    def get_shared(self, key: str) -> bytes | None:
+        """A record shared by the users of this worker (the wangiri rule's caller ranges), kept in
+        the fraud table under ``SHARED_PREFIX`` + key: the input schemas refuse a user name starting
+        with NUL, so no user's state has such a key.
+
+        Its limitation: a worker sees the events of its own partitions only, so with several
+        workers each counts the subscribers of its partitions (a range ringing subscribers spread
+        over N workers reaches a worker's threshold N times later, or never). The record is written
+        to the changelog partition of the event that last changed it; after a rebalance a worker
+        restores the copy last written by one of its partitions."""
+        raw_key = SHARED_PREFIX + key.encode()
+        if raw_key in self._put_shared:
+            return self._put_shared[raw_key]
+        return self._read_fraud_raw(raw_key)
+
+    def put_shared(self, key: str, value: bytes) -> None:
+        raw_key = SHARED_PREFIX + key.encode()
+        self._put_shared[raw_key] = value
+        self._sources[b"x:" + raw_key] = self.source
+
     def plan_of(self, user: str) -> str | None:
         key = user.encode()
         if key in self._plans:
@@ -306,6 +330,10 @@ class TableStore:
                     raw = ustate.encode()
                     sink.stage(table, key, raw, source.partition)
                     cache.remember(key, raw, ustate)
+            for key, shared in self._put_shared.items():
+                source = self._sources[b"x:" + key]
+                enter(source)
+                sink.stage(self._fraud, key, shared, source.partition)
         finally:
             if context is not None:
                 context.leave()

@@ -36,7 +36,13 @@ FRAUD_RULES = (
     "long_call",
     "high_risk_destination",
     "new_network",
+    "price_cap",
+    "irsf_range",
+    "short_call_burst",
+    "destination_baseline",
+    "wangiri",
 )
+PATTERN_RULES = FRAUD_RULES[7:]  # price_cap … wangiri: streams.core.fraud.patterns
 ACCOUNT_ACTIONS = ("restrict_to_emergency", "suspend_unlimited")
 # What a critical alert asks the switch to do unless the rule says otherwise: theft (someone else
 # spending the account's money) cuts the line down to emergency calls; abuse patterns of the
@@ -49,7 +55,32 @@ DEFAULT_ACTIONS = {
     "long_call": "restrict_to_emergency",
     "high_risk_destination": "restrict_to_emergency",
     "new_network": "restrict_to_emergency",
+    "price_cap": "restrict_to_emergency",
+    "irsf_range": "restrict_to_emergency",
+    "short_call_burst": "suspend_unlimited",
+    "destination_baseline": "restrict_to_emergency",
+    "wangiri": "restrict_to_emergency",
 }
+# The parameters of the pattern rules beyond thresholds and scopes: the kinds that take each one,
+# and its default.
+PATTERN_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "prefix_digits": ("irsf_range", "wangiri"),
+    "window_minutes": ("irsf_range", "short_call_burst", "wangiri"),
+    "max_asr": ("short_call_burst",),
+    "new_country_level": ("destination_baseline",),
+    "learning_days": ("destination_baseline",),
+    "leg": ("wangiri",),
+    "ring_seconds": ("wangiri",),
+    "window_hours": ("wangiri",),
+}
+MONEY_RULES = ("cost_burst", "price_cap", "destination_baseline")  # thresholds in EUR (price_cap: EUR/min)
+WANGIRI_LEGS = ("inbound", "outbound")
+DEFAULT_PREFIX_DIGITS = 8
+DEFAULT_WINDOW_MINUTES = 60
+DEFAULT_MAX_ASR = Decimal("0.2")
+DEFAULT_LEARNING_DAYS = 14
+DEFAULT_RING_SECONDS = 5
+DEFAULT_WINDOW_HOURS = 24
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_NETWORK_DAYS = 30
 DEFAULT_LEARNING_DAYS = 14
@@ -133,7 +164,8 @@ class TimeScope:
 class FraudRule:
     """One ``[fraud.rules.NAME]``: a kind, its warning/critical thresholds, its scope and action.
 
-    Thresholds are Decimals: EUR for ``cost_burst``, minutes for ``long_call``, a count otherwise.
+    Thresholds are Decimals: EUR for ``cost_burst`` and ``destination_baseline`` (spend above the
+    learned maximum), EUR/min for ``price_cap``, minutes for ``long_call``, a count otherwise.
     ``destinations`` None means every destination.
     """
 
@@ -145,6 +177,15 @@ class FraudRule:
     destinations: DestinationSet | None = None
     time: TimeScope = TimeScope()
     days: int = DEFAULT_NETWORK_DAYS
+    # the pattern rules' parameters (see PATTERN_PARAMETERS): the defaults for the other kinds
+    prefix_digits: int = DEFAULT_PREFIX_DIGITS
+    window_minutes: int = DEFAULT_WINDOW_MINUTES
+    max_asr: Decimal = DEFAULT_MAX_ASR
+    new_country_level: str = "warning"
+    learning_days: int = DEFAULT_LEARNING_DAYS
+    leg: str = ""
+    ring_seconds: int = DEFAULT_RING_SECONDS
+    window_hours: int = DEFAULT_WINDOW_HOURS
 
     def threshold(self, level: str) -> Decimal | None:
         return self.critical if level == "critical" else self.warning
@@ -311,9 +352,10 @@ def _plan_fraud(
         config = dataclasses.replace(book, rules=tuple(r for r in merged.values() if r is not None),
                                      high_risk=high_risk)
     for rule in config.rules:
-        if rule.kind == "high_risk_destination" and not config.high_risk:
+        needs = rule.kind == "high_risk_destination" or (rule.kind == "irsf_range" and rule.destinations is None)
+        if needs and not config.high_risk:
             raise PlansError(
-                f"{source}: [{key}]: rule {rule.name} (high_risk_destination) needs a high_risk list "
+                f"{source}: [{key}]: rule {rule.name} ({rule.kind}) needs a high_risk list "
                 f"([fraud] high_risk or [{key}] high_risk)"
             )
     return config
@@ -331,7 +373,7 @@ def _fraud_rules(
         kind = spec.get("kind", name)
         if kind not in FRAUD_RULES:
             raise PlansError(f"{where} kind: unknown fraud rule {kind!r} (set kind to one of {', '.join(FRAUD_RULES)})")
-        if "warning" not in spec and "critical" not in spec:
+        if "warning" not in spec and "critical" not in spec and not _new_country_only(kind, spec):
             raise PlansError(f"{where}: needs a warning or a critical threshold (or both)")
         warning = _threshold(kind, spec.get("warning"), f"{where} warning")
         critical = _threshold(kind, spec.get("critical"), f"{where} critical")
@@ -357,14 +399,65 @@ def _fraud_rules(
                 weekdays=frozenset(WEEKDAYS.index(day) for day in spec.get("weekdays", [])),
             ),
             days=spec.get("days", DEFAULT_NETWORK_DAYS),
+            **_pattern_parameters(kind, spec, where),
         )
     return rules
+
+
+def _new_country_only(kind: str, spec: Mapping[str, Any]) -> bool:
+    """destination_baseline may alert on new countries alone (no spend threshold)."""
+    return kind == "destination_baseline" and spec.get("new_country_level", "warning") != "none"
+
+
+def _pattern_parameters(kind: str, spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The parameters of the pattern rules, checked: a parameter of another kind is refused."""
+    out: dict[str, Any] = {}
+    for name, kinds in PATTERN_PARAMETERS.items():
+        if name not in spec:
+            continue
+        if kind not in kinds:
+            raise PlansError(f"{where} {name}: only {' and '.join(kinds)} {'have' if len(kinds) > 1 else 'has'} {name}")
+        value = spec[name]
+        if name == "max_asr":
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise PlansError(f"{where} max_asr: expected a ratio between 0 and 1, got {value!r}")
+            try:
+                ratio = Decimal(value if isinstance(value, str) else str(value))
+            except InvalidOperation:
+                raise PlansError(f"{where} max_asr: {value!r} is not a decimal ratio") from None
+            if not ratio.is_finite() or not 0 <= ratio <= 1:
+                raise PlansError(f"{where} max_asr: must be a ratio between 0 and 1, got {value!r}")
+            out[name] = ratio
+        elif name == "new_country_level":
+            if value not in ("warning", "critical", "none"):
+                raise PlansError(f"{where} new_country_level: must be \"warning\", \"critical\" or \"none\", got {value!r}")
+            out[name] = value
+        elif name == "leg":
+            if value not in WANGIRI_LEGS:
+                raise PlansError(f"{where} leg: must be \"inbound\" or \"outbound\", got {value!r}")
+            out[name] = value
+        else:
+            low, high = {"prefix_digits": (4, 15), "window_minutes": (1, 1440), "learning_days": (0, 365),
+                         "ring_seconds": (1, 120), "window_hours": (1, 72)}[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise PlansError(f"{where} {name}: must be a whole number from {low} to {high}, got {value!r}")
+            out[name] = value
+    if kind == "wangiri":
+        if "leg" not in spec:
+            raise PlansError(f"{where} leg: wangiri needs leg = \"inbound\" (a caller range ringing many subscribers) "
+                             "or \"outbound\" (a call back to such a caller)")
+        if spec["leg"] == "inbound" and ("window_hours" in spec):
+            raise PlansError(f"{where} window_hours: only the outbound leg of wangiri has window_hours")
+        if spec["leg"] == "outbound" and ("window_minutes" in spec or "prefix_digits" in spec):
+            name = "window_minutes" if "window_minutes" in spec else "prefix_digits"
+            raise PlansError(f"{where} {name}: only the inbound leg of wangiri has {name}")
+    return out
 
 
 def _threshold(kind: str, value: Any, where: str) -> Decimal | None:
     if value is None:
         return None
-    if kind == "cost_burst":
+    if kind in MONEY_RULES:
         # money: a TOML float is read through its shortest repr, a string as written
         if isinstance(value, bool):
             raise PlansError(f"{where}: expected an amount in EUR, got {value!r}")

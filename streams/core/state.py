@@ -203,13 +203,17 @@ class FraudState:
     customer: str  # the user's customer, as its newest event gave it ("": not known yet)
     # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
     prune_due: int = field(repr=False, compare=False)
+    # rule name -> what a pattern rule (price_cap … wangiri, ``streams.core.fraud.patterns``) keeps
+    # of the user; absent from most states
+    patterns: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, calls: dict[str, list[Any]] | None = None, runs: dict[str, list[Any]] | None = None,
                  days: dict[str, list[int]] | None = None, networks: dict[str, int] | None = None,
                  bindings: dict[str, list[Any]] | None = None, fresh: list[list[Any]] | None = None,
                  fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
                  prune_due: int = 0, trusted: dict[str, int] | None = None,
-                 muted: dict[str, int] | None = None, since: int = 0, customer: str = "") -> None:
+                 muted: dict[str, int] | None = None, patterns: dict[str, Any] | None = None, since: int = 0,
+                 customer: str = "") -> None:
         self.since, self.customer = since, customer
         self.calls = calls if calls is not None else {}
         self.runs = runs if runs is not None else {}
@@ -220,6 +224,7 @@ class FraudState:
         self.fired = fired if fired is not None else {}
         self.trusted = trusted if trusted is not None else {}
         self.muted = muted if muted is not None else {}
+        self.patterns = patterns if patterns is not None else {}
         self.newest_call_ms, self.newest_registration_ms, self.prune_due = (
             newest_call_ms, newest_registration_ms, prune_due)
 
@@ -239,6 +244,8 @@ class FraudState:
             data["t"] = self.trusted
         if self.muted:
             data["m"] = self.muted
+        if self.patterns:
+            data["p"] = self.patterns
         if self.since:
             data["s"] = self.since
         if self.customer:
@@ -260,6 +267,7 @@ class FraudState:
             newest_registration_ms=data["tr"],
             trusted=data.get("t"),
             muted=data.get("m"),
+            patterns=data.get("p"),
             since=data.get("s", 0),
             customer=data.get("k", ""),
         )
@@ -301,6 +309,10 @@ class Store(Protocol):
     def put_customer(self, customer: str, state: CustomerState) -> None: ...
     def plan_of(self, user: str) -> str | None: ...
     def set_plan(self, user: str, plan: str | None) -> None: ...
+    # a small record shared by the users of one store, keyed by something other than a user (the
+    # wangiri rule's caller ranges); the key never collides with a user's state
+    def get_shared(self, key: str) -> bytes | None: ...
+    def put_shared(self, key: str, value: bytes) -> None: ...
 
 
 class MemoryStore:
@@ -312,6 +324,7 @@ class MemoryStore:
         self.fraud: dict[str, FraudState] = {}
         self.customers: dict[str, CustomerState] = {}
         self.subscribers: dict[str, str] = {}
+        self.shared: dict[str, bytes] = {}
 
     def get_period(self, user: str, period: str) -> PeriodState | None:
         return self.periods.get((user, period))
@@ -348,3 +361,9 @@ class MemoryStore:
             self.subscribers.pop(user, None)
         else:
             self.subscribers[user] = plan
+
+    def get_shared(self, key: str) -> bytes | None:
+        return self.shared.get(key)
+
+    def put_shared(self, key: str, value: bytes) -> None:
+        self.shared[key] = value

@@ -47,7 +47,7 @@ def test_bundled_fraud_section() -> None:
     plans = load_plans(DATA / "plans.toml", load_rate_deck(DATA / "rates.csv"))
     full = plans.get("full-illimite").fraud
     rules = {rule.name: rule for rule in full.rules}
-    assert set(FRAUD_RULES) <= set(rules)
+    assert set(FRAUD_RULES) - {"wangiri"} <= set(rules)  # wangiri: one rule per leg
     assert {r.kind for r in full.rules} == set(FRAUD_RULES)
     assert (rules["cost_burst"].warning, rules["cost_burst"].critical) == (D(20), D(50))
     night = rules["night_cost_burst"]
@@ -56,6 +56,19 @@ def test_bundled_fraud_section() -> None:
     assert rules["new_network"].days == 30
     assert rules["calls_per_minute"].action == "suspend_unlimited"
     assert rules["high_risk_destination"].action == "restrict_to_emergency"
+    assert (rules["price_cap"].warning, rules["price_cap"].critical) == (D("0.50"), D("1.00"))
+    assert (rules["irsf_range"].prefix_digits, rules["irsf_range"].window_minutes) == (8, 60)
+    assert (rules["irsf_range"].warning, rules["irsf_range"].critical) == (D(5), D(10))
+    assert (rules["short_call_burst"].warning, rules["short_call_burst"].critical) == (D(100), D(200))
+    assert rules["short_call_burst"].max_asr == D("0.15")
+    assert rules["short_call_burst"].action == "suspend_unlimited"
+    baseline = rules["destination_baseline"]
+    assert (baseline.new_country_level, baseline.learning_days, baseline.warning, baseline.critical) == (
+        "warning", 14, D(30), D(80))
+    rings, callback = rules["wangiri_rings"], rules["wangiri_callback"]
+    assert (rings.kind, rings.leg, rings.warning, rings.critical, rings.ring_seconds) == ("wangiri", "inbound", D(20), None, 5)
+    assert (callback.leg, callback.warning, callback.critical, callback.window_hours) == ("outbound", None, D(1), 24)
+    assert callback.destinations is not None and callback.destinations == full.high_risk
     assert {"Cuba", "Somalie", "Satellite Inmarsat"} <= full.high_risk.names
     assert full.high_risk.prefixes == ("882", "883")
     assert full.directions == {"outbound"}

@@ -27,7 +27,13 @@ UNITS = {
     "long_call": "seconds",
     "high_risk_destination": "calls",
     "new_network": "networks",
+    "price_cap": "EUR/min",
+    "irsf_range": "numbers",
+    "short_call_burst": "calls",
+    "destination_baseline": "EUR",  # a call to a new country: "countries"
+    "wangiri": "subscribers",  # the outbound leg (calls back): "calls"
 }
+MONEY_UNITS = ("EUR", "EUR/min")
 
 
 @dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
@@ -64,9 +70,10 @@ class Evaluation:
 
 
 def fire(ctx: Evaluation, rule: FraudRule, level: str, window: str, at: int, observed: int | str, threshold: Decimal,
-         evidence: dict[str, Any]) -> None:
+         evidence: dict[str, Any], unit: str | None = None) -> None:
     """An alert of ``rule`` at ``level`` for ``window``, unless it was raised already or an analyst
-    muted the rule for the user; a critical one with the rule's account action."""
+    muted the rule for the user; a critical one with the rule's account action. ``unit``: when
+    not the kind's (UNITS)."""
     key = fired_key(rule, level, window)
     if key in ctx.state.fired:
         return
@@ -76,7 +83,8 @@ def fire(ctx: Evaluation, rule: FraudRule, level: str, window: str, at: int, obs
     if level == "critical":  # a critical supersedes the warning of the same window
         ctx.state.fired.setdefault(fired_key(rule, "warning", window), at)
     shown: int | str
-    if rule.kind == "cost_burst":
+    unit = unit or UNITS[rule.kind]
+    if unit in MONEY_UNITS:
         shown = threshold_money(threshold)
     elif rule.kind == "long_call":
         shown = int(threshold) * 60
@@ -94,7 +102,7 @@ def fire(ctx: Evaluation, rule: FraudRule, level: str, window: str, at: int, obs
         window=window,
         observed=observed,
         threshold=shown,
-        unit=UNITS[rule.kind],
+        unit=unit,
         time=local_iso(at, plan.timezone),
         evidence=evidence,
     )
@@ -136,6 +144,15 @@ def reason(alert: FraudAlert) -> str:
         "high_risk_destination": f"{o} calls to high-risk destinations within 60 minutes (critical at {t})",
         "new_network": f"registrations from {o} new network(s) in 24 hours while another device was registered "
         f"(critical at {t})",
+        "price_cap": f"call {alert.window} to a destination priced {o} EUR/min (critical above {t} EUR/min)",
+        "irsf_range": f"{o} distinct numbers of one range called within minutes (critical at {t})",
+        "short_call_burst": f"{o} call attempts, almost none answered, within minutes (critical at {t})",
+        "destination_baseline": (
+            f"a first call to {alert.window}" if alert.unit == "countries"
+            else f"calls worth {o} EUR above the largest spend of this hour of the week (critical above {t} EUR)"),
+        "wangiri": (
+            f"{o} call(s) back to a number that rang once unanswered (critical at {t})" if alert.unit == "calls"
+            else f"one caller range rang {o} subscribers briefly (critical at {t})"),
     }[alert.rule]
     return f"fraud rule {alert.rule_name} ({alert.rule}) critical: {what}"
 

@@ -33,6 +33,7 @@ from ..state import CustomerState, FraudState, Store
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from .alerts import Evaluation, FraudOutcome
 from .destinations import Destinations
+from .patterns import pattern_rules
 from .rules import FRESH_NETWORK_MS, NO_DUE, PlanRules, count_rules, live_rules, long_call, network_of, new_network
 
 # A call event this much older than the newest call event of its user (a registration: than the
@@ -120,6 +121,8 @@ class FraudEngine:
         if new and ev.is_end and record[4]:  # a call known only from its end: timed at its end
             for rule in rules.long_call:
                 long_call(ctx, rule, ev.call_id, record, record[2], False)
+        if rules.patterns:
+            pattern_rules(ctx, rules.patterns, store, self.plans, ev, record, callee if new else None, self.hash_key)
         if rules.live and record[4]:
             ctx.outcome.due = now  # the live rules, once every input is read up to this event
         store.put_fraud(ev.user, state)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..callee import Callee
 from ..folds import DayCount, SameCalleeRun
-from ..plans import FraudRule, Plan
+from ..plans import PATTERN_RULES, FraudRule, Plan
 from ..records import OPEN, Registration
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
 from .alerts import LEVELS, Evaluation, clock_hour, fire, fired, local_day, money
@@ -52,6 +52,7 @@ class PlanRules:
     live: tuple[Rule, ...]  # cost_burst, long_call: every event
     long_call: tuple[Rule, ...]
     cost_least: Decimal | None  # the lowest cost_burst threshold (EUR); None: no cost_burst rule
+    patterns: tuple[Rule, ...] = ()  # price_cap … wangiri (``patterns``): on every call event
 
     @classmethod
     def of(cls, plan: Plan) -> "PlanRules":
@@ -60,7 +61,7 @@ class PlanRules:
                 Level(level, t, int(t)) for level in LEVELS if (t := rule.threshold(level)) is not None
             )
             scoped = rule.kind == "high_risk_destination" or rule.destinations is not None or bool(rule.time)
-            return Rule(rule, levels, scoped, min(level.count for level in levels))
+            return Rule(rule, levels, scoped, min((level.count for level in levels), default=0))
 
         rules = [compiled(r) for r in plan.fraud.rules if any(r.threshold(level) is not None for level in LEVELS)]
         counts = tuple(r for r in rules if r.rule.kind in _CALL_COUNT_RULES)
@@ -73,6 +74,7 @@ class PlanRules:
             long_call=tuple(r for r in rules if r.rule.kind == "long_call"),
             cost_least=min((lv.threshold for r in rules if r.rule.kind == "cost_burst" for lv in r.levels),
                            default=None),
+            patterns=tuple(compiled(r) for r in plan.fraud.rules if r.kind in PATTERN_RULES),
         )
 
 
