@@ -201,6 +201,7 @@ class FraudState:
     newest_registration_ms: int
     since: int  # the user's first event seen (event time; 0: a state older than this field, learned)
     customer: str  # the user's customer, as its newest event gave it ("": not known yet)
+    devices: dict[str, int]  # binding identity -> its last registration (as long as networks are kept)
     # not encoded: when (newest event time) _prune next walks the state; after a decode, at once
     prune_due: int = field(repr=False, compare=False)
     # rule name -> what a pattern rule (price_cap … wangiri, ``streams.core.fraud.patterns``) keeps
@@ -213,8 +214,9 @@ class FraudState:
                  fired: dict[str, int] | None = None, newest_call_ms: int = 0, newest_registration_ms: int = 0,
                  prune_due: int = 0, trusted: dict[str, int] | None = None,
                  muted: dict[str, int] | None = None, patterns: dict[str, Any] | None = None, since: int = 0,
-                 customer: str = "") -> None:
+                 customer: str = "", devices: dict[str, int] | None = None) -> None:
         self.since, self.customer = since, customer
+        self.devices = devices if devices is not None else {}
         self.calls = calls if calls is not None else {}
         self.runs = runs if runs is not None else {}
         self.days = days if days is not None else {}
@@ -250,6 +252,8 @@ class FraudState:
             data["s"] = self.since
         if self.customer:
             data["k"] = self.customer
+        if self.devices:
+            data["v"] = self.devices
         return orjson.dumps(data)
 
     @classmethod
@@ -270,6 +274,7 @@ class FraudState:
             patterns=data.get("p"),
             since=data.get("s", 0),
             customer=data.get("k", ""),
+            devices=data.get("v"),
         )
 
 

@@ -20,8 +20,8 @@ office PBX. Fraud is injected per ``FRAUD_SCENARIOS`` from the 16th of the month
 a hacked PBX, IRSF, wangiri, a silent call, a short-call burst, traffic pumping; every fraudulent
 call sends a ``start`` event. Each scenario's ``rules`` are exactly the fair-use alerts the engine
 must raise for that user (``labels.jsonl``), guaranteed by the shape of the injected traffic (see
-the ``_setup_*`` functions); a fraud adds a ``kind`` "fraud" line with its first call's start and
-end (``first_call``, ``damage``), and a wangiri's rung users who do not call back a ``kind``
+the ``_setup_*`` functions); a fraud adds a ``kind`` "fraud" line with its first call's start
+(``first_call``) and the end of its first answered call (``damage``: the first money lost), and a wangiri's rung users who do not call back a ``kind``
 "target" line.
 
 Everything derives from the seed through per-user ``random.Random`` instances: the same arguments
@@ -177,7 +177,7 @@ FRAUD_SCENARIOS: tuple[Scenario, ...] = (
     Scenario("short_call_burst", 0.001, ("autodialer",),
              "150-300 attempts within an hour to distinct high-risk numbers, under 10 % answered, 1-6 s"),
     Scenario("traffic_pumping", 0.001, (),
-             "the same 2-5 premium-rate numbers (France Premium 0899, Lettonie Premium) called back to "
+             "the same 2-5 premium-rate numbers (Allemagne Premium, Lettonie Premium) called back to "
              "back, 20-60 minutes each, on 1-2 lines, for a day or two"),
 )
 ALL_SCENARIOS: tuple[Scenario, ...] = SCENARIOS + FRAUD_SCENARIOS
@@ -306,11 +306,11 @@ _PREMIUM_INTL = (  # toll-fraud favourites, all outside the plan
     ("+6745", 4), ("+2399", 6),
 )
 # ranges of one fraud each, all high-risk in the bundled plans.toml (Sierra Leone, Cuba, Guinée,
-# Lettonie Premium, Iridium, Inmarsat, France Premium): numbers sharing a long prefix
+# Lettonie Premium, Iridium, Inmarsat): numbers sharing a long prefix
 _IRSF_RANGES = (("+23276", 6), ("+23277", 6), ("+22462", 7), ("+37190", 6), ("+8816", 8))  # 11-12 digits
 _WANGIRI_RANGES = (("+23276", 6), ("+23230", 6), ("+22462", 7), ("+535", 7))
 _SATELLITE = (("+8707", 8), ("+8816", 8))
-_PUMPING = (("0899", 6), ("+37190", 6))
+_PUMPING = (("+49900", 6), ("+37190", 6))  # Allemagne Premium, Lettonie Premium
 
 
 def _digits(rng: random.Random, n: int) -> str:
@@ -433,7 +433,8 @@ class _User:
     networks: dict[str, int] = field(default_factory=dict)  # /24 -> last registration from it
     bound: dict[int, tuple[int, int]] = field(default_factory=dict)  # device -> its last binding
     premium: bool = True  # ordinary traffic may dial France Premium (0899)
-    first_fraud: tuple[int, int] | None = None  # (start, end) of the first fraudulent call
+    first_fraud: tuple[int, int] | None = None  # (start, end) of the first answered fraudulent call
+    first_attempt: int | None = None  # start of the first fraudulent call, answered or not
     target_of: str | None = None  # rung by a fraud without falling for it (wangiri)
 
     def set_book(self, book: list[str], cum: list[float]) -> None:
@@ -756,7 +757,10 @@ class _Generator:
         self.cdrs.append((end, 0, self.seq, cdr_payload(
             "end", call_id, u.name, u.customer, caller, callee, call.direction, start_time,
             None if answer is None else clock(answer), clock(end), call.talk, call.disposition)))
-        if call.fraud and (u.first_fraud is None or start < u.first_fraud[0]):
+        if call.fraud and (u.first_attempt is None or start < u.first_attempt):
+            u.first_attempt = start
+        # the damage begins with the first answered call (an unanswered attempt costs nothing)
+        if call.fraud and call.talk > 0 and (u.first_fraud is None or start < u.first_fraud[0]):
             u.first_fraud = (start, end)
         u.calls += 1
         self.calls += 1
@@ -959,7 +963,7 @@ class _Generator:
     def labels(self) -> list[dict[str, str]]:
         """Fair-use lines ``{user, period, rule, scenario}``, one per alert the user must raise;
         then for a fraud, ``kind`` "fraud" with the first fraudulent call's start (``first_call``)
-        and end (``damage``), or ``kind`` "target" for a user rung by it who did not fall for it."""
+        and the end of the first answered one (``damage``: where money starts to be lost), or ``kind`` "target" for a user rung by it who did not fall for it."""
         out = []
         for user in self.users:
             if user.scenario is not None:
@@ -967,9 +971,10 @@ class _Generator:
                     out.append({"user": user.name, "period": self.period, "rule": rule,
                                 "scenario": user.scenario.name})
                 if user.scenario.name in _FRAUD_NAMES and user.first_fraud is not None:
-                    start, end = user.first_fraud
+                    start = user.first_attempt if user.first_attempt is not None else user.first_fraud[0]
                     out.append({"user": user.name, "period": self.period, "scenario": user.scenario.name,
-                                "kind": "fraud", "first_call": self.clock(start), "damage": self.clock(end)})
+                                "kind": "fraud", "first_call": self.clock(start),
+                                "damage": self.clock(user.first_fraud[1])})
             elif user.target_of is not None:
                 out.append({"user": user.name, "period": self.period, "scenario": user.target_of, "kind": "target"})
         return out
@@ -1527,7 +1532,7 @@ def register(sub: Any) -> None:
         "fair-use abuse and labelled fraud, and write DIR/cdrs.jsonl, DIR/registrations.jsonl (or .parquet), "
         "DIR/labels.jsonl and DIR/manifest.json. labels.jsonl: {user, period, rule, scenario} lines, exactly "
         "the fair-use alerts the default plan must raise; {user, period, scenario, kind: \"fraud\", first_call, "
-        "damage} per defrauded user (the first fraudulent call's start and end); {user, period, scenario, "
+        "damage} per defrauded user (the first fraudulent call's start, and the end of the first answered one); {user, period, scenario, "
         "kind: \"target\"} per user rung by a wangiri who did not call back. Same arguments, same files.",
         epilog="fair-use scenarios (share of users, at least one each) and the rules they raise:\n"
         + listed(SCENARIOS)

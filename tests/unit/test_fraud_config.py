@@ -56,7 +56,7 @@ def test_bundled_fraud_section() -> None:
     assert rules["new_network"].days == 30
     assert rules["calls_per_minute"].action == "suspend_unlimited"
     assert rules["high_risk_destination"].action == "restrict_to_emergency"
-    assert (rules["price_cap"].warning, rules["price_cap"].critical) == (D("0.50"), D("1.00"))
+    assert (rules["price_cap"].warning, rules["price_cap"].critical) == (None, D("1.00"))
     assert (rules["irsf_range"].prefix_digits, rules["irsf_range"].window_minutes) == (8, 60)
     assert (rules["irsf_range"].warning, rules["irsf_range"].critical) == (D(5), D(10))
     assert (rules["short_call_burst"].warning, rules["short_call_burst"].critical) == (D(100), D(200))

@@ -46,6 +46,7 @@ KEEP_CALLS_MS = 26 * HOUR_MS
 # non-stale event can still reach.
 KEEP_WINDOWS_MS = 50 * HOUR_MS
 MAX_TRUSTED_NETWORKS = 256  # networks an analyst trusted for one user: the oldest go beyond this
+MAX_DEVICES = 32  # binding identities remembered per user: the least recently registered go beyond this
 MAX_CUSTOMER_NETWORKS = 256  # networks remembered per customer: the least recently used go beyond this
 CUSTOMER_REFRESH_MS = 6 * HOUR_MS
 EVIDENCE_NETWORKS = 20  # at most this many of the customer's networks listed in an alert's evidence  # a customer's network is rewritten at most this often per use
@@ -198,12 +199,19 @@ class FraudEngine:
             previous = state.networks.get(network, -1)
             learning = (now < state.since + config.learning_days * DAY_MS
                         or now < customer.since + config.customer_learning_days * DAY_MS)
+            # a device the user registered before (its binding identity) moving to another network
+            # is the user on the move; a stranger registers a device of its own
+            device = state.devices.get(identity, -1) >= now - memory * DAY_MS
             # new for the rule with the shortest memory; each rule checks its own `days` when counting
-            if (others and not learning and previous < now - memory * DAY_MS and network not in state.trusted
-                    and not known):
+            if (others and not learning and not device and previous < now - memory * DAY_MS
+                    and network not in state.trusted and not known):
                 state.fresh.append([now, network, previous])
                 fresh = True
             state.networks[network] = max(previous, now)
+            state.devices[identity] = now
+            if len(state.devices) > MAX_DEVICES:
+                for old in sorted(state.devices, key=lambda d: (state.devices[d], d))[:-MAX_DEVICES]:
+                    del state.devices[old]
         # an unregister stays as an expired binding, so that its redelivery is a duplicate
         state.bindings[identity] = entry
         state.newest_registration_ms = max(state.newest_registration_ms, now)
@@ -315,4 +323,6 @@ class FraudEngine:
         tr = state.newest_registration_ms
         for network in [n for n, last in state.networks.items() if last < tr - memory]:
             del state.networks[network]
+        for device in [d for d, last in state.devices.items() if last < tr - memory]:
+            del state.devices[device]
 
