@@ -429,3 +429,50 @@ def test_irsf_range_needs_a_high_risk_list_or_destinations() -> None:
         parse_plans(data, DECK)
     data["fraud"]["rules"]["irsf_range"]["destinations"] = ["Cuba"]
     assert parse_plans(data, DECK).get(None).fraud.rules[0].destinations is not None
+
+
+# ------------------------------------------------------------------------ the worker's tables
+
+
+class _Table:
+    """A table whose values are a plain dict (what TableStore reads through ``data.get``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.staged: list[tuple[Any, bytes, bytes | None, int]] = []
+
+    def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
+        self.staged.append((table, key, value, partition))
+
+
+class _Source:
+    partition = 3
+
+
+def test_table_store_keeps_shared_records_apart_from_users() -> None:
+    """A shared record lives in the fraud table under a NUL-prefixed key (the input schemas refuse
+    a user name starting with NUL), written to the partition of the event that changed it."""
+    from streams.agents.tables import TableCaches, TableStore
+
+    fraud = _Table()
+    store = TableStore(_Table(), _Table(), _Table(), TableCaches(), fraud)
+    store.source = _Source()
+    assert store.get_shared("wangiri|w|53720000") is None
+    store.put_shared("wangiri|w|53720000", b'{"r":[],"a":[]}')
+    assert store.get_shared("wangiri|w|53720000") == b'{"r":[],"a":[]}'
+    sink = _Sink()
+    store._write(sink, None)  # type: ignore[arg-type]
+    assert sink.staged == [(fraud, b"\x00wangiri|w|53720000", b'{"r":[],"a":[]}', 3)]
+    fraud.data[b"\x00wangiri|w|53720000"] = b'{"r":[],"a":[]}'
+    assert TableStore(_Table(), _Table(), _Table(), TableCaches(), fraud).get_shared("wangiri|w|53720000") is not None
+    from streams.codecs import cdr_payload, decode_cdr
+    from streams.core.errors import InvalidRecord
+
+    payload = cdr_payload("start", "c0", "alice", "acme", "+33199000000", cuba(0), "outbound", B.isoformat())
+    assert decode_cdr(orjson.dumps(payload)).user == "alice"
+    with pytest.raises(InvalidRecord, match="user"):
+        decode_cdr(orjson.dumps(payload | {"user": "\x00wangiri|w|53720000"}))
