@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 import pytest
@@ -26,6 +26,7 @@ from tests.unit.test_fraud import DECK, B, at, cuba, feed, make_engine, only, pa
 
 D = Decimal
 ALERT = validator("fraud-alerts")
+ACTION = validator("account-actions")
 
 
 def minutes(m: float, base: datetime = B) -> datetime:
@@ -41,9 +42,11 @@ def ring(call_id: str, user: str, caller: str, start: datetime, seconds: int = 3
                      ms(start) if billsec else None, end, billsec, "ANSWERED" if billsec else "NO ANSWER")
 
 
-def checked(alerts: list[Any]) -> None:
+def checked(alerts: Sequence[Any], actions: Sequence[Any] = ()) -> None:
     for alert in alerts:
         ALERT(alert.payload())
+    for action in actions:
+        ACTION(action.payload())
 
 
 # ---------------------------------------------------------------------------------- price_cap
@@ -69,7 +72,7 @@ def test_price_cap_fires_above_the_cap_on_the_first_event() -> None:
     assert critical.time == "2026-03-04T10:02:00+01:00"
     assert [a.action for a in run.actions] == ["restrict_to_emergency"]
     assert "priced 3.00 EUR/min" in run.actions[0].reason
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
 
 
 def test_price_cap_scopes_directions_and_an_end_only_call() -> None:
@@ -109,7 +112,7 @@ def test_irsf_range_counts_distinct_numbers_of_one_prefix() -> None:
     }
     assert critical.evidence["distinct_numbers"] == 5 and critical.time == "2026-03-04T10:05:00+01:00"
     assert [a.action for a in run.actions] == ["restrict_to_emergency"]
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
     state = MemoryStore()
     feed(eng, [start_cdr("c0", B, callee=cuba(0))], state)
     kept = state.fraud["alice"].patterns["irsf_range"]
@@ -170,7 +173,7 @@ def test_short_call_burst_many_attempts_collapsing_asr() -> None:
     }
     assert (critical.evidence["attempts"], critical.evidence["answered"], critical.evidence["asr"]) == (8, 1, "0.12")
     assert [a.action for a in run.actions] == ["suspend_unlimited"]
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
 
 
 def test_short_call_burst_asr_and_window_edges() -> None:
@@ -218,7 +221,7 @@ def test_destination_baseline_new_country_after_learning() -> None:
         "known_countries": ["France", "Royaume-Uni"], "known_countries_total": 2,
         "learning_since": "2026-03-04T10:00:00+01:00",
     }
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
     # during learning a new country is learned, not alerted; "none" never alerts
     assert feed(eng, [start_cdr("l0", B), start_cdr("n0", at(3600), callee=cuba(0))]).fired() == []
     silent = make_engine(only("destination_baseline", 5, learning_days=1, new_country_level="none"))
@@ -260,7 +263,7 @@ def test_destination_baseline_spend_above_the_hour_of_week_maximum() -> None:
     }
     assert (critical.observed, critical.evidence["spend"]) == ("17.02", "23.02")
     assert [a.action for a in run.actions] == ["restrict_to_emergency"]
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
     noon = feed(eng, [cuba_end("m0", minutes(120, week), 550)], store)
     assert [(a.level, a.observed, a.evidence["learned_max"]) for a in noon.alerts] == [("critical", "11.00", "0.00")]
 
@@ -299,7 +302,7 @@ def test_wangiri_inbound_one_range_rings_many_subscribers() -> None:
                               "window_start": "2026-03-04T09:05:00+01:00"}
     assert run.alerts[1].evidence["call_id"] == "r1b"  # u1's latest ring
     assert len({a.alert_id for a in run.alerts}) == 4
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
 
 
 def test_wangiri_inbound_window_edge_and_shared_record() -> None:
@@ -343,7 +346,7 @@ def test_wangiri_callback_to_a_short_missed_call() -> None:
                               "ring_seconds": 3, "destination": "Cuba", "callbacks": 1}
     assert [a.action for a in run.actions] == ["restrict_to_emergency"]
     assert "call(s) back" in run.actions[0].reason
-    checked(run.alerts)
+    checked(run.alerts, run.actions)
     kept = store.fraud["alice"].patterns["wangiri_callback"]
     assert len(kept[0]) == 1 and "5372000042" not in orjson.dumps(kept).decode()
     assert FraudState.decode(store.fraud["alice"].encode()) == store.fraud["alice"]
@@ -429,3 +432,50 @@ def test_irsf_range_needs_a_high_risk_list_or_destinations() -> None:
         parse_plans(data, DECK)
     data["fraud"]["rules"]["irsf_range"]["destinations"] = ["Cuba"]
     assert parse_plans(data, DECK).get(None).fraud.rules[0].destinations is not None
+
+
+# ------------------------------------------------------------------------ the worker's tables
+
+
+class _Table:
+    """A table whose values are a plain dict (what TableStore reads through ``data.get``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.staged: list[tuple[Any, bytes, bytes | None, int]] = []
+
+    def stage(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
+        self.staged.append((table, key, value, partition))
+
+
+class _Source:
+    partition = 3
+
+
+def test_table_store_keeps_shared_records_apart_from_users() -> None:
+    """A shared record lives in the fraud table under a NUL-prefixed key (the input schemas refuse
+    a user name starting with NUL), written to the partition of the event that changed it."""
+    from streams.agents.tables import TableCaches, TableStore
+
+    fraud = _Table()
+    store = TableStore(_Table(), _Table(), _Table(), TableCaches(), fraud)
+    store.source = _Source()
+    assert store.get_shared("wangiri|w|53720000") is None
+    store.put_shared("wangiri|w|53720000", b'{"r":[],"a":[]}')
+    assert store.get_shared("wangiri|w|53720000") == b'{"r":[],"a":[]}'
+    sink = _Sink()
+    store._write(sink, None)  # type: ignore[arg-type]
+    assert sink.staged == [(fraud, b"\x00wangiri|w|53720000", b'{"r":[],"a":[]}', 3)]
+    fraud.data[b"\x00wangiri|w|53720000"] = b'{"r":[],"a":[]}'
+    assert TableStore(_Table(), _Table(), _Table(), TableCaches(), fraud).get_shared("wangiri|w|53720000") is not None
+    from streams.codecs import cdr_payload, decode_cdr
+    from streams.core.errors import InvalidRecord
+
+    payload = cdr_payload("start", "c0", "alice", "acme", "+33199000000", cuba(0), "outbound", B.isoformat())
+    assert decode_cdr(orjson.dumps(payload)).user == "alice"
+    with pytest.raises(InvalidRecord, match="user"):
+        decode_cdr(orjson.dumps(payload | {"user": "\x00wangiri|w|53720000"}))

@@ -169,11 +169,14 @@ def irsf_range(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], cal
 def short_call_burst(ctx: Evaluation, rule: Rule) -> None:
     """Ended attempts of the last ``window_minutes`` (by their start): at least N of them, and at
     most ``max_asr`` of them answered."""
+    if len(ctx.state.calls) < rule.least:  # most users: fewer calls in the state than the threshold
+        return
     now = ctx.now
     lo = now - rule.rule.window_minutes * MINUTE_MS
+    scoped = rule.scoped
     attempts: list[tuple[int, str, bool]] = []
     for call_id, r in ctx.state.calls.items():
-        if r[4] and r[1] != OPEN and lo < r[0] <= now and in_scope(ctx, rule, r[0], r[3]):
+        if r[4] and r[1] != OPEN and lo < r[0] <= now and (not scoped or in_scope(ctx, rule, r[0], r[3])):
             attempts.append((r[0], call_id, r[2] > 0))
     if len(attempts) < rule.least:
         return
@@ -208,16 +211,24 @@ def spend(ctx: Evaluation, rule: Rule, lo: int, hi: int) -> Decimal:
     """Tariff value (EUR) of the in-scope calls' answered time inside ``[lo, hi)``, calls in
     progress counted from their start up to now (as cost_burst values them)."""
     now, cap = min(ctx.now, hi), ctx.max_call_ms
+    scoped = rule.scoped
     total = Decimal(0)  # EUR x ms / min
     for r in ctx.state.calls.values():
         if not r[4]:
             continue
-        a, b = (r[0], min(now, r[0] + cap)) if r[1] == OPEN else (r[1] - r[2], r[1])
-        overlap = min(b, now) - max(a, lo)
+        end: int = r[1]
+        if end == OPEN:
+            a: int = r[0]
+            b = min(now, a + cap)
+        elif end <= lo:
+            continue
+        else:
+            a, b = end - r[2], min(end, now)
+        overlap = b - max(a, lo)
         if overlap <= 0:
             continue
         rate = ctx.destinations.rate(r[3])[1]
-        if rate and in_scope(ctx, rule, r[0], r[3]):
+        if rate and (not scoped or in_scope(ctx, rule, r[0], r[3])):
             total += overlap * rate
     return total / MINUTE_MS
 
@@ -359,9 +370,17 @@ def wangiri_rings(ctx: Evaluation, rule: Rule, store: Store, plans: PlanBook, ev
     shared: dict[str, Any] = orjson.loads(raw) if raw is not None else {"r": [], "a": []}
     span = rule.rule.window_minutes * MINUTE_MS
     rings: list[list[Any]] = shared["r"]
-    rings.append([start, ctx.user, ctx.customer, ctx.plan.name, ev.call_id])
-    top = max(r[0] for r in rings)
-    rings = sorted((r for r in rings if r[0] > top - span), key=lambda r: (r[0], r[4]))[-MAX_RANGE_RINGS:]
+    entry = [start, ctx.user, ctx.customer, ctx.plan.name, ev.call_id]
+    if rings and (rings[-1][0], rings[-1][4]) > (start, ev.call_id):
+        rings.append(entry)
+        rings.sort(key=lambda r: (r[0], r[4]))  # a ring older than the newest: rarely
+    else:
+        rings.append(entry)  # kept in start order
+    top = rings[-1][0]
+    first = 0
+    while rings[first][0] <= top - span:
+        first += 1
+    rings = rings[max(first, len(rings) - MAX_RANGE_RINGS):]
     alerted: list[list[Any]] = [a for a in shared["a"] if a[0] > top - span - HOUR_MS]
     group = [r for r in rings if start - span < r[0] <= start]
     subscribers: dict[str, list[Any]] = {}
