@@ -64,7 +64,7 @@ def test_bundled_fraud_section() -> None:
     assert rules["short_call_burst"].action == "suspend_unlimited"
     baseline = rules["destination_baseline"]
     assert (baseline.new_country_level, baseline.learning_days, baseline.warning, baseline.critical) == (
-        "warning", 14, D(30), D(80))
+        "none", 14, D(30), D(80))
     rings, callback = rules["wangiri_rings"], rules["wangiri_callback"]
     assert (rings.kind, rings.leg, rings.warning, rings.critical, rings.ring_seconds) == ("wangiri", "inbound", D(20), None, 5)
     assert (callback.leg, callback.warning, callback.critical, callback.window_hours) == ("outbound", None, D(1), 24)
