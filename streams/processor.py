@@ -240,6 +240,10 @@ class Processor:
         """Users whose live rules are due at some instant."""
         return len(self._due)
 
+    def next_due(self) -> int | None:
+        """The earliest instant (event time) at which a user's live rules are due; None: none."""
+        return min(self._due.values(), default=None)
+
     def _feedback(self, message: Source, store: Store, out: Outputs) -> None:
         try:
             feedback = decode_feedback(message.value)

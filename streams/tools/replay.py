@@ -297,6 +297,7 @@ async def replay(
             rest = [m for m in ordered if m.topic != "subscribers"]
             total += await produce(run_settings, rest, _produce_progress(len(rest), report), speed)
             await _wait_processed(pipeline, total, timeout_s, report)
+            await _wait_clock(pipeline, timeout_s)
 
             def expected() -> dict[str, int]:
                 want = {t: len(ids) for t, ids in sent_outputs.items()}
@@ -340,6 +341,18 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
         pipeline.progress.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(pipeline.progress.wait(), 0.5)
+
+
+async def _wait_clock(pipeline: Pipeline, timeout_s: float) -> None:
+    """Until the live fraud rules have been evaluated up to now: once input is idle, the worker's
+    clock runs on the wall clock, and a call still open fires when its threshold is crossed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        due = pipeline.processor.next_due()
+        if due is None or due > time.time() * 1000:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("the live fraud rules' clock did not catch up with the wall clock")
 
 
 def _produce_progress(total: int, report: Callable[[str], None] | None) -> Callable[[int], None] | None:
