@@ -4,13 +4,18 @@ One ``FraudState`` per user (``streams.core.state``), read and written through a
 what the rules need and nothing older:
 
 * the user's calls of the last ~26 h (start, end or open, talk time, a rate-deck/scope prefix of the
-  callee — never the whole number), the duplicate filter and the clock of every call rule;
+  callee — never the whole number, when the call became known), the duplicate filter and the
+  clock of every call rule;
 * per-day call counters and the current same-callee run of each rule;
-* the source networks (/24, /64) the user registered from, its SIP bindings, and the registrations
-  from a new network while another binding was active (24 h);
+* the source networks (/24, /64) and the devices (binding identities) the user registered from,
+  its SIP bindings, and the registrations from a new network while another binding was active
+  (24 h); the user's first event (its learning period) and its customer;
 * the (rule, level, window) triples already alerted, so that each alert is emitted once;
 * an analyst's verdicts (``fraud-feedback``): the networks trusted for the user, and the rules muted
   for the user until a given instant.
+
+One ``CustomerState`` per customer holds its first event and the networks its users registered
+from: a network a colleague uses is not new for the user.
 
 "Now" is the event time of the event being processed (a ``start`` event's ``start_time``, an
 ``end`` event's ``end_time``, a registration's ``time``) for the rules an event triggers. The live
