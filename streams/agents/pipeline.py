@@ -134,14 +134,7 @@ class Pipeline:
                     watermark = self.watermark() if watermark is None else watermark
                     self._advance(watermark, store, out, by_partition,
                                   None if transactional_id is None else {m.partition for m in part})
-                try:
-                    await self._deliver(out, transactional_id)
-                    self.writer.transactional_id = transactional_id
-                    await store.write(self.writer, by_partition)
-                except BaseException:
-                    store.discard()
-                    raise
-                self.metrics.report(out)
+                await self._complete(store, out, transactional_id, by_partition)
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()
@@ -216,14 +209,19 @@ class Pipeline:
                 store = self.store()
                 out = Outputs()
                 self._advance(until, store, out, by_partition, partitions)
-                try:
-                    await self._deliver(out, tid)
-                    self.writer.transactional_id = tid
-                    await store.write(self.writer, by_partition)
-                except BaseException:
-                    store.discard()
-                    raise
-                self.metrics.report(out)
+                await self._complete(store, out, tid, by_partition)
+
+    async def _complete(self, store: TableStore, out: Outputs, transactional_id: str | None,
+                        context: PartitionContext | None) -> None:
+        """Send the outputs, then write the states (in the open transaction, if any), then count."""
+        try:
+            await self._deliver(out, transactional_id)
+            self.writer.transactional_id = transactional_id
+            await store.write(self.writer, context)
+        except BaseException:
+            store.discard()
+            raise
+        self.metrics.report(out)
 
     def _stores_by_partition(self) -> bool:
         if self.by_partition is None:
