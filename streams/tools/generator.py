@@ -498,7 +498,7 @@ _HOME_OCTETS = (2, 5, 37, 78, 86, 88, 90, 92, 109, 176)
 _ATTACKER_NETWORKS = ("45.134.26", "185.53.88", "91.92.109", "193.42.33", "5.188.62", "141.98.10")
 
 
-def network_of(address: str) -> str:
+def _network(address: str) -> str:
     """The /24 of an IPv4 address (``a.b.c``)."""
     return address.rsplit(".", 1)[0]
 
@@ -645,7 +645,7 @@ class _Generator:
         self.burst_days = [d for d in self.work_days if 3 <= d.index <= len(self.days) - 3] or self.work_days
         # frauds wait for a fortnight of ordinary traffic (a detector's learning period)
         self.fraud_days = [d for d in self.days if 16 <= d.index <= len(self.days) - 3]
-        self.used_networks: set[str] = set()
+        self.used_networks: set[str] = set(_ATTACKER_NETWORKS)  # no office or home among them
         self.month_end = self.days[-1].end
         self.clock = _Clock(tz)
         self.cdrs: list[tuple[int, int, int, dict[str, Any]]] = []
@@ -782,7 +782,7 @@ class _Generator:
             dev.port = rng.randint(1024, 65535)
         off = min(off, self.month_end - 60)
         key = id(dev)
-        network = network_of(dev.source_ip)
+        network = _network(dev.source_ip)
         if guard:
             seen = u.networks.get(network)
             if seen is None or seen < on - 29 * DAY:
