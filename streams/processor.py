@@ -224,9 +224,9 @@ class Processor:
         return done
 
     def resume(self, user: str, state: FraudState | None, message: Source) -> None:
-        """After a restart: evaluate the live rules of a recovered user with calls still open."""
+        """After a restart: put a recovered user back on the live rules' clock."""
         if self.fraud is not None and state is not None:
-            due = self.fraud.open_since(state)
+            due = self.fraud.resume_at(state)
             if due >= 0:
                 self.schedule(user, due, message)
 

@@ -75,6 +75,7 @@ class Pipeline:
     writer: ChangelogWriter = field(init=False)
     by_partition: bool | None = None  # whether a table's store reads the current event (RocksDB)
     last_input: float = field(default_factory=time.monotonic)  # when the newest batch arrived
+    newest_read: tuple[int, int] = (-1, 0)  # the newest event time read, and the wall clock (ms) then
     generation: int | None = None  # the consumer group generation the live rules' clock was resumed for
 
     def __post_init__(self) -> None:
@@ -135,6 +136,9 @@ class Pipeline:
                     self._advance(watermark, store, out, by_partition,
                                   None if transactional_id is None else {m.partition for m in part})
                 await self._complete(store, out, transactional_id, by_partition)
+            newest = max(self.processor.read_ms.values(), default=-1)
+            if newest > self.newest_read[0]:
+                self.newest_read = (newest, int(time.time() * 1000))
         self.processed += len(messages)
         if self.progress is not None:
             self.progress.set()
@@ -144,7 +148,8 @@ class Pipeline:
     def watermark(self, idle: bool = False) -> int:
         """The event time up to which this worker has read every input partition it owns: the
         oldest newest-event of the partitions still behind the broker; when none is behind, the
-        newest event read, or (``idle``: nothing arrived for a while) the wall clock if later."""
+        newest event read — and (``idle``: nothing arrived for a while) that event's time moved on
+        by the wall-clock time since it was read."""
         behind: list[int] = []
         newest = -1
         for tp, done in caught_up(self.app).items():
@@ -157,7 +162,13 @@ class Pipeline:
                 behind.append(read)
         if behind:
             return min(behind)
-        return max(newest, int(time.time() * 1000)) if idle else newest
+        if not idle or newest < 0:
+            return newest
+        # idle: event time runs on with the wall clock from the newest event, as late as it was read
+        # (a recording replayed weeks later moves on by the seconds waited, not to today)
+        read, read_at = self.newest_read
+        wall = int(time.time() * 1000)
+        return max(newest, min(wall, read + wall - read_at))
 
     def _advance(self, until: int, store: TableStore, out: Outputs, context: PartitionContext | None,
                  partitions: set[int] | None) -> None:

@@ -267,8 +267,11 @@ async def replay(
     report: Callable[[str], None] | None = None,
     on_pipeline: Callable[[Pipeline], None] | None = None,
     speed: float | None = None,
+    live_until_ms: int | None = None,
 ) -> ReplayResult:
-    """Run ``inputs`` through a broker and an in-process worker; return everything it emitted."""
+    """Run ``inputs`` through a broker and an in-process worker; return everything it emitted.
+    ``live_until_ms``: keep the worker up until that wall-clock instant, so that the live fraud
+    rules due by then fire on time (a live feed, rather than a recording)."""
     plans, rates = load_plans_and_rates(settings)
     started = time.monotonic()
     async with broker_for(settings, broker_url) as run_settings, _scratch_dir() as scratch:
@@ -297,7 +300,7 @@ async def replay(
             rest = [m for m in ordered if m.topic != "subscribers"]
             total += await produce(run_settings, rest, _produce_progress(len(rest), report), speed)
             await _wait_processed(pipeline, total, timeout_s, report)
-            await _wait_clock(pipeline, timeout_s)
+            await _wait_clock(pipeline, timeout_s, live_until_ms)
 
             def expected() -> dict[str, int]:
                 want = {t: len(ids) for t, ids in sent_outputs.items()}
@@ -343,13 +346,14 @@ async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, repo
             await asyncio.wait_for(pipeline.progress.wait(), 0.5)
 
 
-async def _wait_clock(pipeline: Pipeline, timeout_s: float) -> None:
-    """Until the live fraud rules have been evaluated up to now: once input is idle, the worker's
-    clock runs on the wall clock, and a call still open fires when its threshold is crossed."""
+async def _wait_clock(pipeline: Pipeline, timeout_s: float, until_ms: int | None = None) -> None:
+    """Until the live fraud rules have been evaluated up to now (or up to ``until_ms``, wall clock):
+    once input is idle, the worker's clock runs on, and a call still open fires when its threshold
+    is crossed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        due = pipeline.processor.next_due()
-        if due is None or due > time.time() * 1000:
+        due, now = pipeline.processor.next_due(), time.time() * 1000
+        if (until_ms is None or now >= until_ms) and (due is None or due > now):
             return
         await asyncio.sleep(0.2)
     raise TimeoutError("the live fraud rules' clock did not catch up with the wall clock")

@@ -39,7 +39,8 @@ from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from .alerts import Evaluation, FraudOutcome
 from .destinations import Destinations
 from .patterns import pattern_rules
-from .rules import FRESH_NETWORK_MS, NO_DUE, PlanRules, count_rules, live_rules, long_call, network_of, new_network
+from .rules import (FRESH_NETWORK_MS, NO_DUE, PlanRules, count_rules, known_at, live_rules, long_call, network_of,
+                    new_network)
 
 # A call event this much older than the newest call event of its user (a registration: than the
 # newest registration) is ignored: fraud alerting is live, and the state does not reach that far back.
@@ -101,7 +102,9 @@ class FraudEngine:
             return FraudOutcome("stale")
         record = state.calls.get(ev.call_id)
         if record is not None and (record[1] != OPEN or not ev.is_end):
-            return FraudOutcome("duplicate")
+            # a redelivery (after a restart, say) changes nothing, but the live rules are due at
+            # its instant as at the first delivery's: the clock is not kept in the state
+            return FraudOutcome("duplicate", due=now if record[4] and self._compiled(the_plan).live else -1)
         new = record is None
         if record is None:
             if callee is None:
@@ -153,14 +156,16 @@ class FraudEngine:
         return ctx.outcome
 
     @staticmethod
-    def open_since(state: FraudState) -> int:
-        """When the user's live rules are next due from its state alone: the earliest instant a
-        call of the state was known while open (NO_DUE: none open). After a restart, the caller
-        evaluates the user from there on."""
+    def resume_at(state: FraudState) -> int:
+        """After a restart (the clock is not kept in the state): the earliest instant from which
+        the user's live rules may still have something to raise — when the first call still open,
+        or ended within the last hour of its calls, became known (NO_DUE: none). Evaluating again
+        an instant evaluated before the restart raises nothing twice: fired windows are kept."""
         due = NO_DUE
+        recent = state.newest_call_ms - HOUR_MS
         for record in state.calls.values():
-            if record[1] == OPEN and record[4]:
-                known = int(record[5]) if len(record) > 5 else int(record[0])
+            if record[4] and (record[1] == OPEN or record[1] >= recent):
+                known = known_at(record)
                 due = known if due == NO_DUE else min(due, known)
         return due
 
