@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from .codecs import decode_cdr, decode_feedback, decode_key, decode_registration, decode_subscriber
 from .core.callee import Callee
@@ -86,10 +86,10 @@ class Processor:
         self.rates: RateDeck = fairuse.rates
         self.partitions = partitions  # with more than one, a message keyed by another user is re-keyed
         # the live fraud rules' clock: user -> the instant its live rules are next due (a heap of
-        # (instant, user) with stale entries skipped), and the message whose partition its state
-        # is written to
+        # (instant, user) per input partition, stale entries skipped), and the message whose
+        # partition its state is written to
         self._due: dict[str, int] = {}
-        self._queue: list[tuple[int, str]] = []
+        self._queues: dict[int, list[tuple[int, str]]] = {}  # per input partition
         self._source: dict[str, Source] = {}
         # (topic, partition) -> the newest event time read from it: the watermark's input
         self.read_ms: dict[tuple[str, int], int] = {}
@@ -161,6 +161,11 @@ class Processor:
             return
         try:
             if isinstance(record, CallEvent):
+                # its own earlier instants first: every CDR of the user before this one has been
+                # read (a partition is in event-time order), and this one may prune what they need
+                due = self._due.get(record.user)
+                if due is not None and due < record.event_ms:
+                    self._catch_up(record.user, record.event_ms - 1, store, out)
                 found = self.fraud.on_call(store, record, plan=plan, callee=callee)
             else:
                 found = self.fraud.on_registration(store, record, plan=plan)
@@ -186,42 +191,55 @@ class Processor:
         self._source[user] = message
         if current is None or due < current:
             self._due[user] = due
-            heapq.heappush(self._queue, (due, user))
+            heapq.heappush(self._queues.setdefault(message.partition, []), (due, user))
 
-    def advance(self, until: int, store: Store, out: Outputs, enter: Callable[[Source], None] | None = None,
-                partitions: set[int] | None = None) -> int:
+    def advance(self, until: int | Mapping[int, int], store: Store, out: Outputs,
+                enter: Callable[[Source], None] | None = None, partitions: set[int] | None = None) -> int:
         """Evaluate every live rule due up to ``until``, the instant (event time) up to which every
-        input has been read (the caller's watermark), in time order; only the users of
-        ``partitions`` if given. ``enter`` is told the message whose partition takes a user's
-        state before it is evaluated. Returns how many users were evaluated."""
+        input of its user has been read — one for all, or one per input partition (the caller's
+        watermarks; a partition left out waits) — in time order per partition; only the users of
+        ``partitions`` if given. ``enter`` is told the message whose partition takes a user's state
+        before it is evaluated. Returns how many users were evaluated."""
         if self.fraud is None:
             return 0
-        queue, done = self._queue, 0
-        elsewhere: list[tuple[int, str]] = []
-        while queue and queue[0][0] <= until:
-            due, user = heapq.heappop(queue)
-            if self._due.get(user) != due:
-                continue  # rescheduled sooner, and evaluated then
-            if partitions is not None and self._source[user].partition not in partitions:
-                elsewhere.append((due, user))
+        done = 0
+        for partition in sorted(self._queues):
+            limit = until if isinstance(until, int) else until.get(partition)
+            if limit is None or (partitions is not None and partition not in partitions):
                 continue
+            queue = self._queues[partition]
+            while queue and queue[0][0] <= limit:
+                due, user = heapq.heappop(queue)
+                if self._due.get(user) != due:
+                    continue  # rescheduled sooner, and evaluated then
+                del self._due[user]
+                source = self._source.pop(user)
+                if enter is not None:
+                    enter(source)
+                try:
+                    found = self.fraud.on_time(store, user, due)
+                except Exception:  # a bug costs this evaluation, not the worker
+                    log.exception("fraud engine failed on the live rules of a user at %s", due)
+                    continue
+                done += 1
+                out.fraud_alerts += found.alerts
+                out.actions += found.actions
+                if found.due >= 0:
+                    self.schedule(user, found.due, source)
+        return done
+
+    def _catch_up(self, user: str, until: int, store: Store, out: Outputs) -> None:
+        """Evaluate ``user``'s live rules at every instant due up to ``until`` (its heap entries
+        left behind are skipped as stale)."""
+        assert self.fraud is not None
+        while (due := self._due.get(user)) is not None and due <= until:
             del self._due[user]
             source = self._source.pop(user)
-            if enter is not None:
-                enter(source)
-            try:
-                found = self.fraud.on_time(store, user, due)
-            except Exception:  # a bug costs this evaluation, not the worker
-                log.exception("fraud engine failed on the live rules of a user at %s", due)
-                continue
-            done += 1
+            found = self.fraud.on_time(store, user, due)
             out.fraud_alerts += found.alerts
             out.actions += found.actions
             if found.due >= 0:
                 self.schedule(user, found.due, source)
-        for entry in elsewhere:
-            heapq.heappush(queue, entry)
-        return done
 
     def resume(self, user: str, state: FraudState | None, message: Source) -> None:
         """After a restart: put a recovered user back on the live rules' clock."""
@@ -235,6 +253,8 @@ class Processor:
         for user in [u for u, m in self._source.items() if m.partition in partitions]:
             del self._source[user]
             self._due.pop(user, None)
+        for partition in partitions:
+            self._queues.pop(partition, None)
 
     def pending(self) -> int:
         """Users whose live rules are due at some instant."""

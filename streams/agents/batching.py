@@ -75,26 +75,28 @@ def consumer_of(app: faust.App) -> Any:
     return getattr(app, "_consumer", None)
 
 
-def caught_up(app: faust.App) -> dict[TP, bool]:
-    """Each assigned partition of the app's consumer: whether it has read everything the broker
-    had when it last fetched (its position at the fetch's high watermark). A partition not
-    fetched yet counts as behind."""
+def read_marks(app: faust.App) -> dict[TP, tuple[int | None, int | None]]:
+    """Each assigned partition of the app's consumer: (its position, the offset up to which the
+    broker had records when it was last fetched — the high watermark, or under read_committed the
+    last stable offset); None where not known yet. The position counts records fetched, not yet
+    handed over."""
     consumer = consumer_of(app)
     thread = getattr(consumer, "_thread", None) if consumer is not None else None
     inner = getattr(thread, "_consumer", None) if thread is not None else None
     if inner is None:
         return {}
-    assignment = inner._subscription.subscription
-    assignment = assignment.assignment if assignment is not None else None
+    subscription = inner._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
     if assignment is None:
         return {}
-    out: dict[TP, bool] = {}
+    out: dict[TP, tuple[int | None, int | None]] = {}
     for tp in assignment.tps:
         state = assignment.state_value(tp)
-        # read_committed: the last stable offset is as far as the partition can be read
-        mark = None if state is None else state.lso if state.lso is not None else state.highwater
-        out[TP(tp.topic, tp.partition)] = bool(
-            state is not None and state.has_valid_position and mark is not None and state.position >= mark)
+        if state is None:
+            out[TP(tp.topic, tp.partition)] = (None, None)
+            continue
+        mark = state.lso if state.lso is not None else state.highwater
+        out[TP(tp.topic, tp.partition)] = (state.position if state.has_valid_position else None, mark)
     return out
 
 
@@ -536,4 +538,4 @@ def attach(app: faust.App, topics: frozenset[str], run: Runner) -> None:
     cast(Any, app).cdrwatch_batch_handler = handler
 
 
-__all__ = ["App", "BatchConsumer", "PartitionContext", "attach", "caught_up", "TP"]
+__all__ = ["App", "BatchConsumer", "PartitionContext", "attach", "read_marks", "TP"]

@@ -26,7 +26,7 @@ from ..processor import Outputs, Processor, build_processor
 from ..settings import Settings
 from ..topics import ALL_TOPICS, INPUT_TOPICS
 from .batching import App as BatchApp
-from .batching import PartitionContext, attach, caught_up, consumer_of, transactional_id
+from .batching import PartitionContext, attach, consumer_of, read_marks, transactional_id
 from .checkpoint import Checkpoint
 from .tables import ChangelogWriter, TableCaches, TableStore
 
@@ -76,6 +76,8 @@ class Pipeline:
     by_partition: bool | None = None  # whether a table's store reads the current event (RocksDB)
     last_input: float = field(default_factory=time.monotonic)  # when the newest batch arrived
     newest_read: tuple[int, int] = (-1, 0)  # the newest event time read, and the wall clock (ms) then
+    last_cdr: dict[int, float] = field(default_factory=dict)  # input partition -> when it last handed over a CDR
+    handed: dict[int, int] = field(default_factory=dict)  # cdrs partition -> the offset after the last handed over
     generation: int | None = None  # the consumer group generation the live rules' clock was resumed for
 
     def __post_init__(self) -> None:
@@ -122,7 +124,13 @@ class Pipeline:
         self.last_input = time.monotonic()
         async with self.lock:
             self._resume_clock()
-            watermark = None
+            watermarks = None
+            now, cdrs = time.monotonic(), self.settings.topic("cdrs")
+            for message in messages:
+                if message.topic == cdrs:
+                    self.last_cdr[message.partition] = now
+                    if message.offset >= self.handed.get(message.partition, 0):
+                        self.handed[message.partition] = message.offset + 1
             for transactional_id, part in parts.items():
                 store = self.store()
                 out = Outputs()
@@ -132,8 +140,8 @@ class Pipeline:
                         by_partition.enter(message)
                     self.processor.process(self._base_topic(message.topic), message, store, out)
                 if self.fraud_table is not None:
-                    watermark = self.watermark() if watermark is None else watermark
-                    self._advance(watermark, store, out, by_partition,
+                    watermarks = self.watermarks() if watermarks is None else watermarks
+                    self._advance(watermarks, store, out, by_partition,
                                   None if transactional_id is None else {m.partition for m in part})
                 await self._complete(store, out, transactional_id, by_partition)
             newest = max(self.processor.read_ms.values(), default=-1)
@@ -145,32 +153,35 @@ class Pipeline:
 
     # -- the live fraud rules' clock ---------------------------------------------------------
 
-    def watermark(self, idle: bool = False) -> int:
-        """The event time up to which this worker has read every input partition it owns: the
-        oldest newest-event of the partitions still behind the broker; when none is behind, the
-        newest event read — and (``idle``: nothing arrived for a while) that event's time moved on
-        by the wall-clock time since it was read."""
-        behind: list[int] = []
-        newest = -1
-        for tp, done in caught_up(self.app).items():
-            topic = self._base_topic(tp.topic)
-            if topic not in ("cdrs", "sip-registrations"):
+    def watermarks(self, idle: bool = False) -> dict[int, int]:
+        """Per input partition this worker owns (a user's ``cdrs`` and ``sip-registrations`` share
+        it): the event time up to which its users' live fraud rules may be evaluated — as far as
+        its ``cdrs`` have been read, the only input those rules look at. A partition that has
+        caught up with the broker and handed over no CDR for ``IDLE_S`` does not hold its users
+        back: they go as far as any input partition has been read — and, ``idle`` (nothing
+        arrived for ``IDLE_S``), that far moved on by the wall-clock time since it was read (a
+        recording replayed weeks later moves on by the seconds waited, not to today)."""
+        read = self.processor.read_ms
+        newest = max(read.values(), default=-1)
+        if idle and newest >= 0:
+            at, read_at = self.newest_read
+            wall = int(time.time() * 1000)
+            newest = max(newest, min(wall, at + wall - read_at))
+        quiet_since = time.monotonic() - IDLE_S
+        cdrs = self.settings.topic("cdrs")
+        marks: dict[int, int] = {}
+        for tp, (position, mark) in read_marks(self.app).items():
+            if tp.topic != cdrs:
                 continue
-            read = self.processor.read_ms.get((topic, tp.partition), -1)
-            newest = max(newest, read)
-            if not done:
-                behind.append(read)
-        if behind:
-            return min(behind)
-        if not idle or newest < 0:
-            return newest
-        # idle: event time runs on with the wall clock from the newest event, as late as it was read
-        # (a recording replayed weeks later moves on by the seconds waited, not to today)
-        read, read_at = self.newest_read
-        wall = int(time.time() * 1000)
-        return max(newest, min(wall, read + wall - read_at))
+            # caught up: every record the broker had at the last fetch has been handed over here
+            handed = self.handed.get(tp.partition, position)
+            done = handed is not None and mark is not None and handed >= mark
+            own = read.get(("cdrs", tp.partition), -1)
+            quiet = self.last_cdr.get(tp.partition, 0.0) <= quiet_since
+            marks[tp.partition] = max(own, newest) if done and quiet else own
+        return marks
 
-    def _advance(self, until: int, store: TableStore, out: Outputs, context: PartitionContext | None,
+    def _advance(self, until: dict[int, int], store: TableStore, out: Outputs, context: PartitionContext | None,
                  partitions: set[int] | None) -> None:
         def enter(message: Any) -> None:
             store.source = message
@@ -187,8 +198,9 @@ class Pipeline:
         if self.fraud_table is None or consumer is None or generation == self.generation:
             return
         self.generation = generation
-        owned = {tp.partition for tp in caught_up(self.app)}
+        owned = {tp.partition for tp in read_marks(self.app)}
         self.processor.forget(set(range(self.settings.partitions)) - owned)
+        self.handed.clear()  # read again from the committed offsets
         topic = self.settings.topic("cdrs")
         for key, raw in list(self.table_items(self.fraud_table)):
             if key.startswith(b"\x00") or raw is None:
@@ -210,12 +222,12 @@ class Pipeline:
         if time.monotonic() - self.last_input < IDLE_S or self.processor.pending() == 0:
             return
         async with self.lock:
-            until = self.watermark(idle=True)
+            until = self.watermarks(idle=True)
             by_partition = PartitionContext(self.app) if self._stores_by_partition() else None
             groups: list[tuple[str | None, set[int] | None]] = [(None, None)]
             if self.app.in_transaction:
                 cdrs = self.settings.topic("cdrs")
-                groups = [(transactional_id(self.app, cdrs, p), {p}) for p in {tp.partition for tp in caught_up(self.app)}]
+                groups = [(transactional_id(self.app, cdrs, p), {p}) for p in {tp.partition for tp in read_marks(self.app)}]
             for tid, partitions in groups:
                 store = self.store()
                 out = Outputs()
