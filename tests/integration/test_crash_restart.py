@@ -92,8 +92,14 @@ def test_three_crashes_and_restarts_lose_and_double_nothing(broker: Broker, tmp_
         for r in part.rebills:
             assert lines.setdefault(r["line_id"], r["amount"]) == r["amount"], r
     assert {a["alert_id"] for p in results for a in p.alerts} == {a["alert_id"] for a in reference.alerts}
-    got = {a["alert_id"]: a for p in results for a in p.fraud_alerts}
-    want = {a["alert_id"]: a for a in reference.fraud_alerts}
+    # every fraud alert but wangiri's inbound leg, whose count of subscribers per caller range is
+    # shared by the users of all the partitions a worker reads (README, Fraud rules): what it
+    # counted at an instant depends on how far each partition had been read then
+    def per_user(alerts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {a["alert_id"]: a for a in alerts if a["rule_name"] != "wangiri_rings"}
+
+    got = per_user([a for p in results for a in p.fraud_alerts])
+    want = per_user(reference.fraud_alerts)
 
     def described(alerts: dict[str, Any], ids: set[str]) -> list[str]:
         return sorted(f"{alerts[i]['user']} {alerts[i]['rule']} {alerts[i]['level']} {alerts[i].get('window')} at "
