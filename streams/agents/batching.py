@@ -75,11 +75,11 @@ def consumer_of(app: faust.App) -> Any:
     return getattr(app, "_consumer", None)
 
 
-def read_marks(app: faust.App) -> dict[TP, tuple[int | None, int | None]]:
+def read_marks(app: faust.App) -> dict[TP, tuple[int | None, int | None, int]]:
     """Each assigned partition of the app's consumer: (its position, the offset up to which the
     broker had records when it was last fetched — the high watermark, or under read_committed the
-    last stable offset); None where not known yet. The position counts records fetched, not yet
-    handed over."""
+    last stable offset — and when that fetch answered, wall-clock ms, 0 if never); None where not
+    known yet. The position counts records fetched, not yet handed over."""
     consumer = consumer_of(app)
     thread = getattr(consumer, "_thread", None) if consumer is not None else None
     inner = getattr(thread, "_consumer", None) if thread is not None else None
@@ -89,14 +89,15 @@ def read_marks(app: faust.App) -> dict[TP, tuple[int | None, int | None]]:
     assignment = subscription.assignment if subscription is not None else None
     if assignment is None:
         return {}
-    out: dict[TP, tuple[int | None, int | None]] = {}
+    out: dict[TP, tuple[int | None, int | None, int]] = {}
     for tp in assignment.tps:
         state = assignment.state_value(tp)
         if state is None:
-            out[TP(tp.topic, tp.partition)] = (None, None)
+            out[TP(tp.topic, tp.partition)] = (None, None, 0)
             continue
         mark = state.lso if state.lso is not None else state.highwater
-        out[TP(tp.topic, tp.partition)] = (state.position if state.has_valid_position else None, mark)
+        out[TP(tp.topic, tp.partition)] = (state.position if state.has_valid_position else None, mark,
+                                           state.timestamp or 0)
     return out
 
 

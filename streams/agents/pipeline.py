@@ -99,7 +99,8 @@ class Pipeline:
             self.progress.set()
 
     def store(self) -> TableStore:
-        return TableStore(self.periods, self.users, self.subscribers, self.caches, self.fraud_table)
+        return TableStore(self.periods, self.users, self.subscribers, self.caches, self.fraud_table,
+                          self.settings.partitions)
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -157,7 +158,8 @@ class Pipeline:
         """Per input partition this worker owns (a user's ``cdrs`` and ``sip-registrations`` share
         it): the event time up to which its users' live fraud rules may be evaluated — as far as
         its ``cdrs`` have been read, the only input those rules look at. A partition that has
-        caught up with the broker and handed over no CDR for ``IDLE_S`` does not hold its users
+        caught up with the broker (a fetch answered within ``IDLE_S``, and every record it had
+        handed over) and handed over no CDR for ``IDLE_S`` does not hold its users
         back: they go as far as any input partition has been read — and, ``idle`` (nothing
         arrived for ``IDLE_S``), that far moved on by the wall-clock time since it was read (a
         recording replayed weeks later moves on by the seconds waited, not to today)."""
@@ -165,17 +167,20 @@ class Pipeline:
         newest = max(read.values(), default=-1)
         if idle and newest >= 0:
             at, read_at = self.newest_read
-            wall = int(time.time() * 1000)
-            newest = max(newest, min(wall, at + wall - read_at))
+            now = int(time.time() * 1000)
+            newest = max(newest, min(now, at + now - read_at))
         quiet_since = time.monotonic() - IDLE_S
         cdrs = self.settings.topic("cdrs")
         marks: dict[int, int] = {}
-        for tp, (position, mark) in read_marks(self.app).items():
+        wall = int(time.time() * 1000)
+        for tp, (position, mark, fetched_at) in read_marks(self.app).items():
             if tp.topic != cdrs:
                 continue
-            # caught up: every record the broker had at the last fetch has been handed over here
+            # caught up: a fetch answered lately (its leader is up), and every record the broker
+            # had then has been handed over here
             handed = self.handed.get(tp.partition, position)
-            done = handed is not None and mark is not None and handed >= mark
+            done = (handed is not None and mark is not None and handed >= mark
+                    and wall - fetched_at <= IDLE_S * 1000)
             own = read.get(("cdrs", tp.partition), -1)
             quiet = self.last_cdr.get(tp.partition, 0.0) <= quiet_since
             marks[tp.partition] = max(own, newest) if done and quiet else own

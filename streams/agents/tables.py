@@ -182,7 +182,9 @@ class TableStore:
     put; anything they only read (and may have touched) is dropped from the cache so the next read
     decodes the table."""
 
-    def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches", fraud: Any = None) -> None:
+    def __init__(self, periods: Any, users: Any, subscribers: Any, caches: "TableCaches", fraud: Any = None,
+                 partitions: int = 1) -> None:
+        self._partitions = partitions
         self._periods, self._users, self._subscribers, self._fraud = periods, users, subscribers, fraud
         self._read_period_raw, self._read_user_raw = _reader(periods), _reader(users)
         self._read_plan_raw, self._read_fraud_raw = _reader(subscribers), _reader(fraud)
@@ -249,15 +251,33 @@ class TableStore:
         self._put_fraud[key] = state
         self._sources[b"f:" + key] = self.source
 
+    def _customer_key(self, customer: str, partition: int) -> bytes:
+        return CUSTOMER_KEY + f"{partition}|".encode() + customer.encode()
+
     def get_customer(self, customer: str) -> CustomerState | None:
-        key = CUSTOMER_KEY + customer.encode()
-        if key in self._put_customers:
-            return self._put_customers[key]
-        raw = self._read_fraud_raw(key)
-        return CustomerState.decode(raw) if raw is not None else None
+        """A customer's record, merged from one per input partition: each is written only by the
+        events of its partition (so a changelog partition restores it whole), from what all of
+        them held when it was written."""
+        merged: CustomerState | None = None
+        for partition in range(self._partitions):
+            key = self._customer_key(customer, partition)
+            state = self._put_customers.get(key)
+            if state is None:
+                raw = self._read_fraud_raw(key)
+                state = CustomerState.decode(raw) if raw is not None else None
+            if state is None:
+                continue
+            if merged is None:
+                merged = CustomerState(state.since, dict(state.networks))
+                continue
+            merged.since = min(merged.since, state.since)
+            for network, at in state.networks.items():
+                if at > merged.networks.get(network, -1):
+                    merged.networks[network] = at
+        return merged
 
     def put_customer(self, customer: str, state: CustomerState) -> None:
-        key = CUSTOMER_KEY + customer.encode()
+        key = self._customer_key(customer, self.source.partition)
         self._put_customers[key] = state
         self._sources[key] = self.source
 
