@@ -212,34 +212,34 @@ class Processor:
                 due, user = heapq.heappop(queue)
                 if self._due.get(user) != due:
                     continue  # rescheduled sooner, and evaluated then
-                del self._due[user]
-                source = self._source.pop(user)
-                if enter is not None:
-                    enter(source)
                 try:
-                    found = self.fraud.on_time(store, user, due)
+                    self._evaluate(user, due, store, out, enter)
                 except Exception:  # a bug costs this evaluation, not the worker
                     log.exception("fraud engine failed on the live rules of a user at %s", due)
                     continue
                 done += 1
-                out.fraud_alerts += found.alerts
-                out.actions += found.actions
-                if found.due >= 0:
-                    self.schedule(user, found.due, source)
         return done
 
     def _catch_up(self, user: str, until: int, store: Store, out: Outputs) -> None:
         """Evaluate ``user``'s live rules at every instant due up to ``until`` (its heap entries
         left behind are skipped as stale)."""
-        assert self.fraud is not None
         while (due := self._due.get(user)) is not None and due <= until:
-            del self._due[user]
-            source = self._source.pop(user)
-            found = self.fraud.on_time(store, user, due)
-            out.fraud_alerts += found.alerts
-            out.actions += found.actions
-            if found.due >= 0:
-                self.schedule(user, found.due, source)
+            self._evaluate(user, due, store, out)
+
+    def _evaluate(self, user: str, due: int, store: Store, out: Outputs,
+                  enter: Callable[[Source], None] | None = None) -> None:
+        """``user``'s live rules at ``due``, taken off the clock, then put back on it at the next
+        instant they are due."""
+        assert self.fraud is not None
+        del self._due[user]
+        source = self._source.pop(user)
+        if enter is not None:
+            enter(source)
+        found = self.fraud.on_time(store, user, due)
+        out.fraud_alerts += found.alerts
+        out.actions += found.actions
+        if found.due >= 0:
+            self.schedule(user, found.due, source)
 
     def resume(self, user: str, state: FraudState | None, message: Source) -> None:
         """After a restart: put a recovered user back on the live rules' clock."""

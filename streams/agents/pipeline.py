@@ -165,14 +165,13 @@ class Pipeline:
         recording replayed weeks later moves on by the seconds waited, not to today)."""
         read = self.processor.read_ms
         newest = max(read.values(), default=-1)
+        wall = int(time.time() * 1000)
         if idle and newest >= 0:
             at, read_at = self.newest_read
-            now = int(time.time() * 1000)
-            newest = max(newest, min(now, at + now - read_at))
+            newest = max(newest, min(wall, at + wall - read_at))
         quiet_since = time.monotonic() - IDLE_S
         cdrs = self.settings.topic("cdrs")
         marks: dict[int, int] = {}
-        wall = int(time.time() * 1000)
         for tp, (position, mark, fetched_at) in read_marks(self.app).items():
             if tp.topic != cdrs:
                 continue
@@ -207,17 +206,13 @@ class Pipeline:
         self.processor.forget(set(range(self.settings.partitions)) - owned)
         self.handed.clear()  # read again from the committed offsets
         topic = self.settings.topic("cdrs")
-        for key, raw in list(self.table_items(self.fraud_table)):
+        for key, raw in list(self.fraud_table.data.items()):
             if key.startswith(b"\x00") or raw is None:
                 continue
             partition = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions  # the producers' partitioner
             if partition not in owned:
                 continue
             self.processor.resume(key.decode(), FraudState.decode(raw), _ClockSource(topic, partition, key))
-
-    @staticmethod
-    def table_items(table: Any) -> Any:
-        return table.data.items()
 
     async def tick(self, _app: Any = None) -> None:
         """Every second (a Faust timer, which may pass the app): when input is idle, the wall
