@@ -3,6 +3,8 @@ producer, worker and tool must agree on."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 # Events from switches and provisioning, keyed by user and co-partitioned (what `cdrwatch ingest`
 # takes), and the analysts' verdicts on fraud alerts (what `cdrwatch console` writes).
 EVENT_TOPICS = ("cdrs", "sip-registrations", "subscribers")
@@ -22,5 +24,20 @@ def period_key(user: str, period: str) -> bytes:
     return f"{user}|{period}".encode()
 
 
+CHUNK_PREFIX = b"\x00log|"  # no user name starts with NUL (the input schemas refuse it)
+
+
+def chunk_key(head: bytes, number: int) -> bytes:
+    """The ``periods`` table's key of sealed chunk ``number`` of the month whose head record is at
+    ``head`` (``streams.core.state.PeriodState``)."""
+    return CHUNK_PREFIX + head + b"|" + str(number).encode()
+
+
+def period_reader(table: Any, head: bytes) -> Callable[[int], bytes | None]:
+    """The chunk reader ``PeriodState.decode`` needs, on a mapping of the ``periods`` table."""
+    get = table.get
+    return lambda number: get(chunk_key(head, number))
+
+
 __all__ = ["ALL_TOPICS", "DLQ_REASON_HEADER", "DLQ_SOURCE_HEADER", "DLQ_TOPICS", "EVENT_TOPICS", "INPUT_TOPICS",
-           "OUTPUT_TOPICS", "period_key"]
+           "OUTPUT_TOPICS", "CHUNK_PREFIX", "chunk_key", "period_key", "period_reader"]

@@ -26,7 +26,7 @@ from .core.summary import summarise
 from .core.timeutil import check_period, from_ms, parse_rfc3339, to_ms
 from .core.records import json_number
 from .core.state import PeriodState, UserState
-from .topics import EVENT_TOPICS, period_key
+from .topics import EVENT_TOPICS, period_key, period_reader
 
 if TYPE_CHECKING:
     from .agents.pipeline import Pipeline
@@ -134,13 +134,14 @@ def usage_view(
                      "worker": worker}
     ustate = UserState.decode(raw_user)
     period = period or ustate.watermark
-    raw = periods.get(period_key(user, period))
+    key = period_key(user, period)
+    raw = periods.get(key)
     if raw is None:
         return 404, {
             "error": f"no usage of user {user!r} in {period} (months held: {', '.join(ustate.periods) or 'none'})",
             "user": user, "periods": list(ustate.periods), "worker": worker,
         }
-    state = PeriodState.decode(raw)
+    state = PeriodState.decode(raw, period_reader(periods, key))
     row = summarise(user, period, state, plans, rates)
     plan = plans.plans.get(row.plan) or plans.get(None)
     breaches = [

@@ -12,7 +12,7 @@ from faust.types import TP
 
 from .batching import aiokafka_producer, transaction_producer
 from ..core.state import CustomerState, FraudState, PeriodState, UserState
-from ..topics import period_key
+from ..topics import chunk_key, period_key, period_reader
 
 T = TypeVar("T", PeriodState, UserState, FraudState)
 
@@ -20,8 +20,8 @@ T = TypeVar("T", PeriodState, UserState, FraudState)
 class _DecodeCache(Generic[T]):
     """Decoded states keyed by table key, valid while the table still holds the same bytes."""
 
-    def __init__(self, decode: Callable[[bytes], T], size: int = 200_000) -> None:
-        self._decode: Callable[[bytes], T] = decode
+    def __init__(self, decode: Callable[[bytes, bytes], T], size: int = 200_000) -> None:
+        self._decode: Callable[[bytes, bytes], T] = decode  # (key, record) -> state
         self._entries: OrderedDict[bytes, tuple[bytes, T]] = OrderedDict()
         self._size = size
 
@@ -29,7 +29,7 @@ class _DecodeCache(Generic[T]):
         hit = self._entries.get(key)
         if hit is not None and (hit[0] is raw or hit[0] == raw):
             return hit[1]
-        state = self._decode(raw)
+        state = self._decode(key, raw)
         self.remember(key, raw, state)
         return state
 
@@ -189,6 +189,8 @@ class TableStore:
         self._read_period_raw, self._read_user_raw = _reader(periods), _reader(users)
         self._read_plan_raw, self._read_fraud_raw = _reader(subscribers), _reader(fraud)
         self._caches = caches
+        if caches.periods_table is None:
+            caches.periods_table = periods  # where the months' sealed chunks are read
         self._put_fraud: dict[bytes, FraudState] = {}
         self._put_customers: dict[bytes, CustomerState] = {}
         self._read_fraud: set[bytes] = set()
@@ -197,6 +199,7 @@ class TableStore:
         self._sources: dict[bytes, Any] = {}
         self._plans: dict[bytes, str | None] = {}
         self._put_periods: dict[bytes, PeriodState | None] = {}
+        self._dropped: dict[bytes, int] = {}  # a dropped month's head key -> its sealed chunks
         self._put_users: dict[bytes, UserState] = {}
         self._read_periods: set[bytes] = set()
         self._read_users: set[bytes] = set()
@@ -225,12 +228,15 @@ class TableStore:
 
     def put_period(self, user: str, period: str, state: PeriodState) -> None:
         key = self.period_key(user, period)
+        state.log()
         self._put_periods[key] = state
         self._sources[key] = self.source
         self._seen_periods[(user, period)] = state
 
     def drop_period(self, user: str, period: str) -> None:
+        state = self.get_period(user, period)
         key = self.period_key(user, period)
+        self._dropped[key] = max(self._dropped.get(key, 0), state.sealed if state is not None else 0)
         self._put_periods[key] = None
         self._sources[key] = self.source
         self._seen_periods[(user, period)] = None
@@ -328,13 +334,20 @@ class TableStore:
                 enter(source)
                 sink.stage(self._subscribers, key, plan.encode() if plan is not None else None, source.partition)
             for key, state in self._put_periods.items():
-                enter(self._sources[key])
-                raw = state.encode() if state is not None else None
-                sink.stage(self._periods, key, raw, self._sources[key].partition)
-                if state is None or raw is None:  # a dropped month (both None together)
+                source = self._sources[key]
+                enter(source)
+                if state is None:  # a dropped month: its head and its sealed chunks
+                    for number in range(self._dropped.get(key, 0)):
+                        sink.stage(self._periods, chunk_key(key, number), None, source.partition)
+                    sink.stage(self._periods, key, None, source.partition)
                     self._caches.periods.forget(key)
-                else:
-                    self._caches.periods.remember(key, raw, state)
+                    continue
+                # the chunks before the head that counts them, on the same changelog partition
+                for number, chunk in state.seal():
+                    sink.stage(self._periods, chunk_key(key, number), chunk, source.partition)
+                raw = state.encode()
+                sink.stage(self._periods, key, raw, source.partition)
+                self._caches.periods.remember(key, raw, state)
             per_user: tuple[tuple[dict[bytes, Any], bytes, Any, _DecodeCache[Any]], ...] = (
                 (self._put_users, b"u:", self._users, self._caches.users),
                 (self._put_fraud, b"f:", self._fraud, self._caches.fraud),
@@ -392,7 +405,13 @@ def _get(key: bytes, puts: dict[bytes, T], read_raw: Callable[[bytes], bytes | N
 
 
 class TableCaches:
-    def __init__(self) -> None:
-        self.periods: _DecodeCache[PeriodState] = _DecodeCache(PeriodState.decode)
-        self.users: _DecodeCache[UserState] = _DecodeCache(UserState.decode)
-        self.fraud: _DecodeCache[FraudState] = _DecodeCache(FraudState.decode)
+    def __init__(self, periods: Any = None) -> None:
+        """``periods``: the table the months' sealed chunks are read from."""
+        self.periods_table = periods
+        self.periods: _DecodeCache[PeriodState] = _DecodeCache(self._decode_period)
+        self.users: _DecodeCache[UserState] = _DecodeCache(lambda _key, raw: UserState.decode(raw))
+        self.fraud: _DecodeCache[FraudState] = _DecodeCache(lambda _key, raw: FraudState.decode(raw))
+
+    def _decode_period(self, key: bytes, raw: bytes) -> PeriodState:
+        table = self.periods_table
+        return PeriodState.decode(raw, period_reader(_backing(table), key) if table is not None else None)

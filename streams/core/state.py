@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import orjson
 
@@ -36,32 +36,58 @@ from .records import OPEN
 class CallIndex:
     """A month's calls in start order, for window queries, so that a rule looks at the calls near
     an instant, not at the whole month. Not encoded: built from the calls on the first query, then
-    kept up to date by ``PeriodState.put_call``."""
+    kept up to date by ``PeriodState.put_call``. The calls still open (their ``end`` not known yet)
+    are kept apart: a window reaches back by the longest ended call, and by the open-call length
+    only for the open ones."""
 
     def __init__(self, calls: dict[str, list[int]]) -> None:
-        self.starts = sorted((record[0], call_id) for call_id, record in calls.items())
+        self.starts = sorted((record[0], call_id) for call_id, record in calls.items() if record[1] != OPEN)
+        self.open = sorted((record[0], call_id) for call_id, record in calls.items() if record[1] == OPEN)
         # at least the longest ended call's duration (a replaced record is not subtracted)
         self.longest_ms = max((e - s for s, e, _ in calls.values() if e != OPEN), default=0)
 
-    def put(self, call_id: str, old_start_ms: int | None, start_ms: int, end_ms: int) -> None:
-        if old_start_ms != start_ms:
-            if old_start_ms is not None:
-                del self.starts[bisect.bisect_left(self.starts, (old_start_ms, call_id))]
-            bisect.insort(self.starts, (start_ms, call_id))
+    def put(self, call_id: str, old: list[int] | None, start_ms: int, end_ms: int) -> None:
+        if old is not None:
+            where = self.open if old[1] == OPEN else self.starts
+            del where[bisect.bisect_left(where, (old[0], call_id))]
+        bisect.insort(self.open if end_ms == OPEN else self.starts, (start_ms, call_id))
         if end_ms != OPEN and end_ms - start_ms > self.longest_ms:
             self.longest_ms = end_ms - start_ms
 
     def starting(self, lo_ms: int, hi_ms: int) -> list[str]:
         """The ids of the calls with ``lo_ms <= start < hi_ms``, in start order."""
-        starts = self.starts
-        first = bisect.bisect_left(starts, (lo_ms, ""))
-        last = bisect.bisect_left(starts, (hi_ms, ""), first)
-        return [call_id for _, call_id in starts[first:last]]
+        found = _starting(self.starts, lo_ms, hi_ms)
+        if self.open:
+            found = sorted(found + _starting(self.open, lo_ms, hi_ms))
+        return [call_id for _s, call_id in found]
+
+    def meeting(self, lo_ms: int, hi_ms: int, open_ms: int) -> list[tuple[int, str]]:
+        """``(start, call_id)`` of the calls that may meet ``[lo_ms, hi_ms)``, in start order: the
+        ended ones starting up to the longest call's length before it, the open ones up to
+        ``open_ms`` before it."""
+        found = _starting(self.starts, lo_ms - self.longest_ms, hi_ms)
+        if self.open:
+            found = sorted(found + _starting(self.open, lo_ms - open_ms, hi_ms))
+        return found
+
+
+def _starting(starts: list[tuple[int, str]], lo_ms: int, hi_ms: int) -> list[tuple[int, str]]:
+    first = bisect.bisect_left(starts, (lo_ms, ""))
+    return starts[first:bisect.bisect_left(starts, (hi_ms, ""), first)]
+
+
+LOG_CHUNK = 128  # entries of a month's log per sealed record (see PeriodState)
 
 
 @dataclass(init=False)  # an explicit __init__: compiled by mypyc to C (a dataclass's own is Python)
 class PeriodState:
-    """One user's month. Encoded compactly (orjson) for the table changelog."""
+    """One user's month, kept in memory whole and stored as a log: the head record holds the
+    month's counters, its breaches and the entries (calls, covered calls, new numbers) written
+    since the last sealed chunk; every ``LOG_CHUNK`` entries are sealed into a record of their own
+    that is never rewritten. A write re-encodes the head only, so its cost and size do not grow
+    with the month, and no traffic makes a record reach the broker's size limit. Decoding reads
+    the sealed chunks in order, then the head's entries: a later entry of a call replaces an
+    earlier one."""
 
     calls: dict[str, list[int]]  # call_id -> [start_ms, end_ms|OPEN, outbound]
     numbers: set[int]  # keyed hashes of distinct covered callees
@@ -75,6 +101,11 @@ class PeriodState:
     customer: str
     plan: str
     index: CallIndex | None = field(repr=False, compare=False)  # not encoded: built on the first query
+    # the log: chunks sealed so far, and the entries since (None: not logged, encoded whole)
+    sealed: int = field(repr=False, compare=False)
+    tail_calls: dict[str, list[int]] | None = field(repr=False, compare=False)
+    tail_covered: dict[str, list[Any]] = field(repr=False, compare=False)
+    tail_numbers: list[int] = field(repr=False, compare=False)
 
     def __init__(self, calls: dict[str, list[int]] | None = None, numbers: set[int] | None = None,
                  breaches: dict[str, str] | None = None, breach_ms: dict[str, int] | None = None,
@@ -88,13 +119,46 @@ class PeriodState:
         self.peak_simultaneous, self.peak_devices, self.customer, self.plan = (
             peak_simultaneous, peak_devices, customer, plan)
         self.index = None
+        self.sealed = 0
+        self.tail_calls = None
+        self.tail_covered = {}
+        self.tail_numbers = []
+
+    # -- changes (each one logged when the state is) --------------------------------------------
 
     def put_call(self, call_id: str, start_ms: int, end_ms: int, outbound: int) -> None:
         """Record a call (``end_ms`` OPEN while only its ``start`` is known), keeping the index."""
         old = self.calls.get(call_id)
-        self.calls[call_id] = [start_ms, end_ms, outbound]
+        record = [start_ms, end_ms, outbound]
+        self.calls[call_id] = record
+        if self.tail_calls is not None:
+            self.tail_calls[call_id] = record
         if self.index is not None:
-            self.index.put(call_id, old[0] if old is not None else None, start_ms, end_ms)
+            self.index.put(call_id, old, start_ms, end_ms)
+
+    def cover(self, call_id: str, billsec: int, prefix: str) -> None:
+        """A covered call, kept for re-billing (nothing billed over its plan price yet)."""
+        entry: list[Any] = [billsec, prefix, "0"]
+        self.covered[call_id] = entry
+        if self.tail_calls is not None:
+            self.tail_covered[call_id] = entry
+
+    def billed(self, call_id: str, multiplier: str) -> None:
+        """A covered call re-billed up to ``multiplier``."""
+        entry = self.covered[call_id]
+        entry[2] = multiplier
+        if self.tail_calls is not None:
+            self.tail_covered[call_id] = entry
+
+    def add_number(self, number: int) -> None:
+        """A covered callee's keyed hash (a number already counted changes nothing)."""
+        if number in self.numbers:
+            return
+        self.numbers.add(number)
+        if self.tail_calls is not None:
+            self.tail_numbers.append(number)
+
+    # -- window queries -----------------------------------------------------------------------
 
     def _calls(self) -> CallIndex:
         if self.index is None:
@@ -109,45 +173,92 @@ class PeriodState:
     def calls_in(self, lo_ms: int, hi_ms: int, open_ms: int) -> list[tuple[int, int, str]]:
         """The window query: ``(start, end, call_id)`` of the calls whose ``[start, end)`` meets
         ``[lo_ms, hi_ms)``, in start order; a call still open lasts ``open_ms`` from its start."""
-        # a call reaching into the window started at most the longest call's length before it
-        reach = max(open_ms, self._calls().longest_ms)
+        calls = self.calls
         found = []
-        for call_id, (s, e, _outbound) in self.calls_starting(lo_ms - reach, hi_ms):
+        for _start, call_id in self._calls().meeting(lo_ms, hi_ms, open_ms):
+            s, e, _outbound = calls[call_id]
             if e == OPEN:
                 e = s + open_ms
             if s < e and lo_ms < e:
                 found.append((s, e, call_id))
         return found
 
+    # -- encoding -----------------------------------------------------------------------------
+
+    def log(self) -> None:
+        """Log the changes from now on (a state that was not: all it holds is logged at once)."""
+        if self.tail_calls is None:
+            self.tail_calls = dict(self.calls)
+            self.tail_covered = dict(self.covered)
+            self.tail_numbers = sorted(self.numbers)
+
+    def logged(self) -> int:
+        """Entries logged since the last sealed chunk."""
+        tail = self.tail_calls
+        return 0 if tail is None else len(tail) + len(self.tail_covered) + len(self.tail_numbers)
+
+    def seal(self) -> list[tuple[int, bytes]]:
+        """The log's full chunks of ``LOG_CHUNK`` entries, as ``(chunk number, record)``, taken out
+        of the head; the entries left stay in the head."""
+        if self.logged() < LOG_CHUNK:
+            return []
+        assert self.tail_calls is not None
+        entries: list[tuple[str, Any, Any]] = [("c", k, v) for k, v in self.tail_calls.items()]
+        entries += [("v", k, v) for k, v in self.tail_covered.items()]
+        entries += [("n", n, None) for n in self.tail_numbers]
+        chunks = []
+        full = len(entries) - len(entries) % LOG_CHUNK
+        for first in range(0, full, LOG_CHUNK):
+            chunks.append((self.sealed, _encode_entries(entries[first:first + LOG_CHUNK])))
+            self.sealed += 1
+        rest = entries[full:]
+        self.tail_calls = {k: v for kind, k, v in rest if kind == "c"}
+        self.tail_covered = {k: v for kind, k, v in rest if kind == "v"}
+        self.tail_numbers = [k for kind, k, _v in rest if kind == "n"]
+        return chunks
+
     def encode(self) -> bytes:
+        """The head record (a state not logged: the whole month in it, no chunk)."""
+        logged = self.tail_calls is not None
         return orjson.dumps(
             {
-                "c": self.calls,
-                "n": sorted(self.numbers),
+                "c": self.tail_calls if logged else self.calls,
+                "n": self.tail_numbers if logged else sorted(self.numbers),
                 "b": self.breaches,
                 "bt": self.breach_ms,
-                "v": self.covered,
+                "v": self.tail_covered if logged else self.covered,
                 "ps": self.peak_simultaneous,
                 "pd": self.peak_devices,
                 "cu": self.customer,
                 "pl": self.plan,
+                "k": self.sealed if logged else 0,
             }
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> "PeriodState":
+    def decode(cls, raw: bytes, chunk: Callable[[int], bytes | None] | None = None) -> "PeriodState":
+        """A head record, its sealed chunks read with ``chunk`` (chunk number -> record); the
+        state comes back logged, ready for the next write."""
         data = orjson.loads(raw)
-        return cls(
-            calls=data["c"],
-            numbers=set(data["n"]),
-            breaches=data["b"],
-            breach_ms=data["bt"],
-            covered=data["v"],
-            peak_simultaneous=data["ps"],
-            peak_devices=data["pd"],
-            customer=data["cu"],
-            plan=data["pl"],
-        )
+        state = cls(breaches=data["b"], breach_ms=data["bt"], peak_simultaneous=data["ps"],
+                    peak_devices=data["pd"], customer=data["cu"], plan=data["pl"])
+        sealed: int = data.get("k", 0)
+        for number in range(sealed):
+            record = chunk(number) if chunk is not None else None
+            if record is None:
+                raise ValueError(f"chunk {number} of {sealed} of the month's log is missing")
+            part = orjson.loads(record)
+            state.calls.update(part["c"])
+            state.covered.update(part["v"])
+            state.numbers.update(part["n"])
+        calls: dict[str, list[int]] = data["c"]
+        covered: dict[str, list[Any]] = data["v"]
+        numbers: list[int] = data["n"]
+        state.calls.update(calls)
+        state.covered.update(covered)
+        state.numbers.update(numbers)
+        state.sealed, state.tail_calls, state.tail_covered, state.tail_numbers = sealed, calls, covered, numbers
+        return state
 
     def multiplier(self) -> Decimal:
         return max((Decimal(m) for m in self.breaches.values()), default=Decimal(0))
@@ -173,6 +284,12 @@ class UserState:
     def decode(cls, raw: bytes) -> "UserState":
         data = orjson.loads(raw)
         return cls(bindings=data["b"], watermark=data["w"], newest_ms=data["t"], periods=data["p"])
+
+
+def _encode_entries(entries: list[tuple[str, Any, Any]]) -> bytes:
+    calls = {k: v for kind, k, v in entries if kind == "c"}
+    covered = {k: v for kind, k, v in entries if kind == "v"}
+    return orjson.dumps({"c": calls, "v": covered, "n": [k for kind, k, _v in entries if kind == "n"]})
 
 
 # ------------------------------------------------------------------------------------ fraud state

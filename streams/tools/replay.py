@@ -30,7 +30,8 @@ from ..jsonl import iter_jsonl
 from ..checks import input_file
 from .reports import write_summary
 from ..settings import Settings
-from ..topics import ALL_TOPICS, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS, OUTPUT_TOPICS
+from ..topics import (ALL_TOPICS, CHUNK_PREFIX, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS,
+                      OUTPUT_TOPICS, period_reader)
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,10 @@ def table_states(table: Any) -> list[tuple[str, str, PeriodState]]:
     """Every period state a worker holds (all partitions are local in a single-worker replay)."""
     states = []
     for key, raw in table.items():
+        if key.startswith(CHUNK_PREFIX):  # a sealed chunk of a month's log, read with its head
+            continue
         user, _, period = key.decode().rpartition("|")
-        states.append((user, period, PeriodState.decode(raw)))
+        states.append((user, period, PeriodState.decode(raw, period_reader(table, key))))
     return states
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from streams.tools.bench import BUSY_CALLS, BenchResult, compiled, measure_busy_user, synthetic_stream
 
 
-def test_busy_user_state_grows_with_the_month_and_the_cost_is_measured() -> None:
-    small_cost, small_bytes = measure_busy_user(50)
-    big_cost, big_bytes = measure_busy_user(400)
-    assert small_cost > 0 and big_cost > 0
-    assert big_bytes > 4 * small_bytes  # the month's calls are kept for re-billing
+def test_a_busy_month_is_kept_whole_in_records_of_bounded_size() -> None:
+    small, big = measure_busy_user(50), measure_busy_user(5_000)
+    assert small["us_per_cdr"] > 0 and big["us_per_cdr"] > 0
+    assert big["state_bytes"] > 40 * small["state_bytes"]  # the month's calls are kept for re-billing
+    # ...in a log: each write re-encodes the month's head, not the month
+    assert big["largest_record"] < 32 * 1024 and big["written_per_cdr"] < 2 * small["written_per_cdr"]
 
 
 def test_the_report_names_every_figure() -> None:
@@ -21,13 +22,16 @@ def test_the_report_names_every_figure() -> None:
         "alert_latency_p50_ms_quarter": 20.0, "alert_latency_p99_ms_quarter": 80.0, "latency_alerts_quarter": 500, "bytes_per_user_month": 1_400.0,
         "bytes_per_user_month_small": 1_300.0, "peak_rss_mib": 2_000.0, "compiled": compiled(),
         **{f"busy_{n}_us_per_cdr": 50.0 for n in BUSY_CALLS},
+        **{f"busy_{n}_written_per_cdr": 120.0 for n in BUSY_CALLS},
+        **{f"busy_{n}_largest_record": 2048 for n in BUSY_CALLS},
         **{f"busy_{n}_state_bytes": 1024 * n for n in BUSY_CALLS},
     }
     text = BenchResult(figures).format()
     assert "pipeline (cdrwatch, all rules)         10,000 CDR/s" in text
     assert "pipeline/naive 2.50x" in text
     assert "alert latency at 2,500 CDR/s: p50 20 ms, p99 80 ms (500 alerts)" in text
-    assert "4,000 calls in the month 50 µs/CDR, state 4,000 KiB" in text
+    assert "500,000 calls in the month (every rule, records as written, no broker): 50 µs/CDR, 120 B written/CDR, " \
+        "largest record 2.0 KiB, state 500,000 KiB" in text
     assert "core compiled with mypyc: " in text
 
 

@@ -10,7 +10,6 @@ import bisect
 from dataclasses import dataclass
 
 from ..callee import Callee
-from ..folds import Distinct
 from ..plans import Plan, PlanBook
 from ..rates import RateDeck
 from ..rating import number_hash_key, stable_id
@@ -127,8 +126,8 @@ class FairUseEngine:
                 callee = Callee(ev.callee, self.rates, self.hash_key)
             rate = callee.rate()
             if rate is not None and rate.destination in plan.included:
-                state.covered[ev.call_id] = [ev.billsec, rate.prefix, "0"]
-                Distinct.add(state.numbers, callee.hash())
+                state.cover(ev.call_id, ev.billsec, rate.prefix)
+                state.add_number(callee.hash())
                 breaches += distinct_numbers(state, ev, period, plan)
                 # a covered call arriving after a breach is billed at once (the others already are)
                 outcome.lines += rebill(self.rates, ev.user, period, state, plan, None, only=ev.call_id)

@@ -61,5 +61,5 @@ def rebill(rates: RateDeck, user: str, period: str, state: PeriodState, plan: Pl
                 )
             )
             paid = due
-        entry[2] = str(target)
+        state.billed(call_id, str(target))
     return lines

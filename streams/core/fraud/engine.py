@@ -29,6 +29,8 @@ CDRs never makes an open call look longer than it is.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..callee import Callee
 from ..plans import Plan, PlanBook
 from ..rates import RateDeck
@@ -48,6 +50,11 @@ STALE_MS = DAY_MS
 # A call is kept this long after its last instant (end, or start + max call duration while open):
 # longer than STALE_MS plus the 60-minute windows, so every non-stale duplicate is still recognised.
 KEEP_CALLS_MS = 26 * HOUR_MS
+# ... and at most this many calls per user, the newest: the rules look at a user's last hour or
+# minutes, and a user past five hundred calls there has crossed every count threshold already. Ended
+# calls go first, oldest first; an open call stays (long_call times it) unless open ones alone are
+# too many. So a dialler's state, and the cost of each of its events, stay bounded.
+MAX_CALLS = 500
 # Day counters and alerted windows are kept long enough to cover a local day (≤ 25 h) that a
 # non-stale event can still reach.
 KEEP_WINDOWS_MS = 50 * HOUR_MS
@@ -112,6 +119,8 @@ class FraudEngine:
             key, counted = self.destinations.classify(callee, ev.direction, the_plan.fraud)
             record = [ev.start_ms, OPEN, 0, key, counted, now]  # known from this event on
             state.calls[ev.call_id] = record
+            if len(state.calls) > MAX_CALLS:
+                _evict(state.calls, ev.call_id)
         if ev.is_end:
             assert ev.end_ms is not None
             record[0], record[1], record[2] = ev.start_ms, ev.end_ms, ev.billsec * SECOND_MS
@@ -336,3 +345,16 @@ class FraudEngine:
         for device in [d for d, last in state.devices.items() if last < tr - memory]:
             del state.devices[device]
 
+
+def _evict(calls: dict[str, list[Any]], keep: str) -> None:
+    """Bring ``calls`` back to nine tenths of ``MAX_CALLS`` (so that this runs once per hundred
+    new calls): the ended calls first, in the order they became known, then (open calls alone too
+    many) the oldest open ones; never ``keep``, the new call."""
+    excess = len(calls) - MAX_CALLS * 9 // 10
+    ended = [c for c, r in calls.items() if r[1] != OPEN and c != keep][:excess]
+    for call_id in ended:
+        del calls[call_id]
+    excess -= len(ended)
+    if excess > 0:
+        for call_id in [c for c in calls if c != keep][:excess]:
+            del calls[call_id]
