@@ -32,12 +32,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.topics import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS
+from streams.topics import ALL_TOPICS, DLQ_TOPICS, OUTPUT_TOPICS, period_reader
 from streams.codecs import decode_cdr, decode_registration
 from streams.topics import DLQ_REASON_HEADER, EVENT_TOPICS
 from streams.processor import build_processor
 from streams.settings import load_plans_and_rates
-from streams.core.state import CustomerState, FraudState
+from streams.core.state import CustomerState, FraudState, PeriodState
 from streams.core.fraud import FraudEngine
 from streams.core.errors import InvalidRecord
 from streams.tools.embedded import create_topics
@@ -412,7 +412,7 @@ def assert_same_tables(got: Tables, reference: Tables, run: Run) -> None:
         assert not lost and not extra, f"table {table}: keys lost {lost[:5]} ({len(lost)}), extra {extra[:5]} ({len(extra)})"
         differ = {}
         for key in want:
-            a, b = comparable(table, want[key], fraud), comparable(table, have[key], fraud)
+            a, b = comparable(table, key, reference[table], fraud), comparable(table, key, got[table], fraud)
             if a != b:
                 differ[key] = "; ".join(f"{f}: {a.get(f)} → {b.get(f)}" for f in sorted({*a, *b}) if a.get(f) != b.get(f))
         assert not differ, (f"table {table}: other state than the uninterrupted run's for {len(differ)} of {len(want)} "
@@ -441,13 +441,20 @@ def customers(table: dict[bytes, bytes]) -> dict[str, tuple[int, list[str]]]:
     return {name: (since, sorted(networks)) for name, (since, networks) in merged.items()}
 
 
-def comparable(table: str, raw: bytes, fraud: FraudEngine) -> dict[str, Any]:
-    """A table value as the rules will read it from now on. Its encoding keeps the order in which
-    calls and bindings were seen, which differs between runs (the topics are not read in step).
-    A fraud state is walked for what no further event can reach (``FraudEngine._prune``) only
-    now and then, at times that depend on that order too, so both sides are pruned first."""
+def comparable(table: str, key: bytes, records: dict[bytes, bytes], fraud: FraudEngine) -> dict[str, Any]:
+    """The value at ``key`` of a table (its ``records``) as the rules will read it from now on. Its
+    encoding keeps the order in which calls and bindings were seen, which differs between runs (the
+    topics are not read in step). A month is its head and sealed chunks, sealed where batches
+    happened to end: it is read whole and encoded as one record. A fraud state is walked for what
+    no further event can reach (``FraudEngine._prune``) only now and then, at times that depend on
+    that order too, so both sides are pruned first."""
+    raw = records[key]
     if table == "subscribers":
         return {"plan": raw}
+    if table == "periods":
+        month = PeriodState.decode(raw, period_reader(records, key))
+        month.tail_calls = None
+        return dict(orjson.loads(month.encode()))
     if table != "fraud":
         return dict(orjson.loads(raw))
     state = FraudState.decode(raw)
