@@ -31,6 +31,9 @@ class RateDeck:
     def __len__(self) -> int:
         return len(self._by_prefix)
 
+    def rates(self) -> list[Rate]:
+        return list(self._by_prefix.values())
+
     def by_prefix(self, prefix: str) -> Rate | None:
         return self._by_prefix.get(prefix)
 

@@ -173,10 +173,10 @@ def short_call_burst(ctx: Evaluation, rule: Rule) -> None:
         return
     now = ctx.now
     lo = now - rule.rule.window_minutes * MINUTE_MS
-    scoped = rule.scoped
+    scoped, within, plan = rule.scoped, ctx.destinations.in_scope, ctx.plan
     attempts: list[tuple[int, str, bool]] = []
     for call_id, r in ctx.state.calls.items():
-        if r[4] and r[1] != OPEN and lo < r[0] <= now and (not scoped or in_scope(ctx, rule, r[0], r[3])):
+        if r[4] and r[1] != OPEN and lo < r[0] <= now and (not scoped or within(rule, plan, r[0], r[3])):
             attempts.append((r[0], call_id, r[2] > 0))
     if len(attempts) < rule.least:
         return
@@ -211,8 +211,8 @@ def spend(ctx: Evaluation, rule: Rule, lo: int, hi: int) -> Decimal:
     """Tariff value (EUR) of the in-scope calls' answered time inside ``[lo, hi)``, calls in
     progress counted from their start up to now (as cost_burst values them)."""
     now, cap = min(ctx.now, hi), ctx.max_call_ms
-    scoped = rule.scoped
-    total = Decimal(0)  # EUR x ms / min
+    scoped, destinations = rule.scoped, ctx.destinations
+    total = 0  # EUR x ms / min, in 1/scale (Destinations.units)
     for r in ctx.state.calls.values():
         if not r[4]:
             continue
@@ -227,10 +227,10 @@ def spend(ctx: Evaluation, rule: Rule, lo: int, hi: int) -> Decimal:
         overlap = b - max(a, lo)
         if overlap <= 0:
             continue
-        rate = ctx.destinations.rate(r[3])[1]
-        if rate and (not scoped or in_scope(ctx, rule, r[0], r[3])):
+        rate = destinations.units(r[3])
+        if rate and (not scoped or destinations.in_scope(rule, ctx.plan, r[0], r[3])):
             total += overlap * rate
-    return total / MINUTE_MS
+    return Decimal(total) / (MINUTE_MS * destinations.scale)
 
 
 def destination_baseline(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], new: bool) -> None:

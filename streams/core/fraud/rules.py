@@ -40,6 +40,7 @@ class Rule:
     levels: tuple[Level, ...]
     scoped: bool  # a destination or time scope (or high-risk): _in_scope must be asked
     least: int  # the smallest count threshold
+    least_money: Decimal  # the smallest threshold (cost_burst: EUR)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class PlanRules:
                 Level(level, t, int(t)) for level in LEVELS if (t := rule.threshold(level)) is not None
             )
             scoped = rule.kind == "high_risk_destination" or rule.destinations is not None or bool(rule.time)
-            return Rule(rule, levels, scoped, min((level.count for level in levels), default=0))
+            return Rule(rule, levels, scoped, min((level.count for level in levels), default=0),
+                        min((level.threshold for level in levels), default=Decimal(0)))
 
         rules = [compiled(r) for r in plan.fraud.rules if any(r.threshold(level) is not None for level in LEVELS)]
         counts = tuple(r for r in rules if r.rule.kind in _CALL_COUNT_RULES)
@@ -206,18 +208,24 @@ def live_rules(ctx: Evaluation, rules: PlanRules) -> int:
         return learnt
     due = learnt
     # every cost_burst rule values a subset of these calls: below the lowest threshold, none fires
+    # and a rule whose lowest threshold this is below cannot fire: it is due when the open calls
+    # could bring the value there (sooner than its own calls could: a due too early costs one
+    # evaluation, which raises nothing)
     value, growth = hour_value(ctx.destinations, recent, now)
-    costly = rules.cost_least is not None and value >= rules.cost_least * MINUTE_MS
+    per_eur = MINUTE_MS * ctx.destinations.scale  # a threshold in EUR as such a value
+    costly = rules.cost_least is not None and value >= rules.cost_least * per_eur
     for rule in rules.live:
         if rule.rule.kind == "cost_burst":
-            if costly:
+            if costly and value >= rule.least_money * per_eur:
                 due = _sooner(due, cost_burst(ctx, rule, recent))
+            elif costly and growth > 0:
+                due = _sooner(due, _after(now, (rule.least_money * per_eur - value) / growth))
         else:
             for call_id, record, a, b, running in recent:  # long_call: open calls, timed from their start
                 if running:
                     due = _sooner(due, long_call(ctx, rule, call_id, record, b - a, True))
     if not costly and rules.cost_least is not None and growth > 0:
-        due = _sooner(due, _after(now, (rules.cost_least * MINUTE_MS - value) / growth))
+        due = _sooner(due, _after(now, (rules.cost_least * per_eur - value) / growth))
     return due
 
 
@@ -232,13 +240,14 @@ def _after(now: int, wait: Decimal) -> int:
     return -(-at // SECOND_MS) * SECOND_MS
 
 
-def hour_value(destinations: Destinations, recent: list[Recent], now: int) -> tuple[Decimal, Decimal]:
-    """Tariff value (EUR x ms / min) of ``recent``'s answered time in the 60 minutes up to now, and
-    how fast the open calls add to it (EUR x ms / min per ms)."""
-    lo, total, growth = now - HOUR_MS, Decimal(0), Decimal(0)
+def hour_value(destinations: Destinations, recent: list[Recent], now: int) -> tuple[int, int]:
+    """Tariff value (EUR x ms / min, in 1/``destinations.scale``) of ``recent``'s answered time in
+    the 60 minutes up to now, and how fast the open calls add to it (the same per ms)."""
+    lo, total, growth = now - HOUR_MS, 0, 0
+    units = destinations.units
     for _call_id, record, a, b, running in recent:
         overlap = min(b, now) - max(a, lo)
-        rate = destinations.rate(record[3])[1]
+        rate = units(record[3])
         if overlap > 0:
             total += overlap * rate
         if running:
@@ -248,38 +257,41 @@ def hour_value(destinations: Destinations, recent: list[Recent], now: int) -> tu
 
 def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
     """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now; returns
-    when the next level could be reached at the pace of the open calls (``NO_DUE``: never)."""
+    when the next level could be reached at the pace of the open calls (``NO_DUE``: never). Once
+    every level has fired in the current clock hour nothing more can fire before the next one:
+    due then (when a call is open), the calls not valued."""
     now, lo = ctx.now, ctx.now - HOUR_MS
-    total = Decimal(0)  # EUR x ms / min
-    growth = Decimal(0)
-    parts: list[tuple[str, Decimal, int, bool, str | None]] = []
-    for call_id, record, a, b, running in recent:
-        overlap = min(b, now) - max(a, lo)
-        destination, rate = ctx.destinations.rate(record[3])
-        if rate == 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
+    window = clock_hour(now, ctx.plan)
+    if all(fired(ctx, rule.rule, level.name, window) for level in rule.levels):
+        return now - now % HOUR_MS + HOUR_MS if any(r[4] for r in recent) else NO_DUE
+    destinations, plan = ctx.destinations, ctx.plan
+    total = 0  # EUR x ms / min, in 1/scale (hour_value)
+    growth = 0
+    for _call_id, record, a, b, running in recent:
+        rate = destinations.units(record[3])
+        if rate == 0 or not destinations.in_scope(rule, plan, record[0], record[3]):
             continue
         if running:
             growth += rate
-        if overlap <= 0:
-            continue
-        value = overlap * rate
-        total += value
-        parts.append((call_id, value, overlap, record[1] == OPEN or record[1] > now, destination))
-    window = clock_hour(now, ctx.plan)
+        overlap = min(b, now) - max(a, lo)
+        if overlap > 0:
+            total += overlap * rate
+    per_eur = MINUTE_MS * destinations.scale
+    amount = Decimal(total) / per_eur  # EUR
     due = NO_DUE
     for level in rule.levels:
         threshold = level.threshold
-        if total < threshold * MINUTE_MS:
+        if total < threshold * per_eur:
             if growth > 0:
-                due = _sooner(due, _after(now, (threshold * MINUTE_MS - total) / growth))
+                due = _sooner(due, _after(now, (threshold * per_eur - total) / growth))
             continue
         if fired(ctx, rule.rule, level.name, window):
             if growth > 0:  # still above it: the next clock hour is a new window
                 due = _sooner(due, now - now % HOUR_MS + HOUR_MS)
             continue
-        parts.sort(key=lambda p: (-p[1], p[0]))
+        parts = _valued(ctx, rule, recent)
         evidence = {
-            "amount": money(total / MINUTE_MS),
+            "amount": money(amount),
             "window_start": local_iso(lo, ctx.plan.timezone),
             "window_end": local_iso(now, ctx.plan.timezone),
             "calls": [
@@ -294,8 +306,23 @@ def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
             ],
             "calls_total": len(parts),
         }
-        fire(ctx, rule.rule, level.name, window, now, money(total / MINUTE_MS), threshold, evidence)
+        fire(ctx, rule.rule, level.name, window, now, money(amount), threshold, evidence)
     return due
+
+
+def _valued(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> list[tuple[str, Decimal, int, bool, str | None]]:
+    """cost_burst's evidence: the in-scope calls with answered time in the last 60 minutes, the
+    costliest first (then by call id)."""
+    now, lo = ctx.now, ctx.now - HOUR_MS
+    parts: list[tuple[str, Decimal, int, bool, str | None]] = []
+    for call_id, record, a, b, _running in recent:
+        destination, rate = ctx.destinations.rate(record[3])
+        overlap = min(b, now) - max(a, lo)
+        if rate == 0 or overlap <= 0 or not ctx.destinations.in_scope(rule, ctx.plan, record[0], record[3]):
+            continue
+        parts.append((call_id, overlap * rate, overlap, record[1] == OPEN or record[1] > now, destination))
+    parts.sort(key=lambda p: (-p[1], p[0]))
+    return parts
 
 
 def long_call(ctx: Evaluation, rule: Rule, call_id: str, record: list[Any], duration: int, live: bool) -> int:
