@@ -638,6 +638,8 @@ async def measure_scale_out(settings: Settings, expected: int, workers: int, dat
         # the whole stream from the first record processed: the group's rebalance included
         "from_first_cdr_per_s": expected / (finished - (first or started)),
         "worker_cpu_s": cpu, "broker_cpu_s": broker_cpu,
+        # the workers' cost per record, whatever share of the cores they got
+        "records_per_worker_cpu_s": (expected - before) / max(sum(cpu), 1e-9),
         "machine_busy_cores": (busy1 - busy0) / seconds, "machine_cores": (total1 - total0) / seconds,
         # what the rest of the machine used meanwhile (other users' processes): not the workers,
         # the broker (embedded) or this process
@@ -689,11 +691,12 @@ def format_scale_out(f: dict[str, Any]) -> str:
     def detail(run: dict[str, Any]) -> str:
         broker = "" if run["broker_cpu_s"] is None else f", broker {run['broker_cpu_s']:.1f} CPU s"
         n = run["workers"]
-        return (f"  {n} worker{'s' if n > 1 else ' '}: {run['records']:,} records in {run['seconds']:.1f} s "
-                f"({run['processed_before_start']:,} before the group settled; from the first record "
-                f"{run['from_first_cdr_per_s']:,.0f} CDR/s), partitions {run['partitions']}, CPU s per worker "
-                f"{cpu(run)}{broker}, machine busy {run['machine_busy_cores']:.2f} of {run['machine_cores']:.0f} cores "
-                f"({run['others_cores']:.2f} by other processes)")
+        return (f"  {n} worker{'s' if n > 1 else ' '}: {run['records']:,} records in {run['seconds']:.1f} s, "
+                f"partitions {run['partitions']} ({run['processed_before_start']:,} processed before the group "
+                f"settled; from the first record {run['from_first_cdr_per_s']:,.0f} CDR/s)\n"
+                f"             CPU s per worker {cpu(run)} ({run['records_per_worker_cpu_s']:,.0f} records per "
+                f"worker CPU s){broker}, machine busy {run['machine_busy_cores']:.2f} of "
+                f"{run['machine_cores']:.0f} cores ({run['others_cores']:.2f} by other processes)")
 
     return "\n".join([
         f"stream: {f['cdrs']:,} CDRs, {f['users']:,} users, {f['partitions']} partitions ({f['broker']}), "
