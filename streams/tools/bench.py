@@ -715,7 +715,9 @@ def register(sub: Any) -> None:
         "then p50/p99 alert latency at half the pipeline's rate, state bytes per active user-month at two scales, "
         "peak RSS, and the engines' cost per CDR for a user with 100 and with 4,000 calls in the month. "
         "With --broker (an Apache Kafka): the pipeline's CDR/s and the alert latency to a consumer, at-least-once "
-        "and exactly-once (make bench runs both benchmarks, the second on a one-node Kafka it starts).",
+        "and exactly-once. With --scale-out (on the embedded broker, or on --broker): the stream through 1, then 2 "
+        "`cdrwatch worker` processes in one consumer group, their CDR/s and CPU seconds (make bench runs all of them, "
+        "the --broker ones on a one-node Kafka it starts).",
     )
     parser.add_argument("--broker", metavar="URL",
                         help="an Apache Kafka (kafka://host:port): compare the processing guarantees there")
