@@ -593,7 +593,9 @@ async def measure_scale_out(settings: Settings, expected: int, workers: int, dat
         for n, (port, log) in enumerate(zip(ports, logs)):
             where = data_dir / f"{group.app_id}-{n}"
             where.mkdir(parents=True)
-            procs.append(start_worker(group, where, web_port=port, log_path=log))
+            # the bench's settings, not the caller's CDRWATCH_STORE or guarantee: as the in-process pipeline
+            env = {"CDRWATCH_STORE": group.store, "CDRWATCH_PROCESSING_GUARANTEE": group.processing_guarantee}
+            procs.append(start_worker(group, where, web_port=port, env=env, log_path=log))
         first: float | None = None  # when a worker had processed its first record
         while True:
             health = await asyncio.gather(*(asyncio.to_thread(_health, port) for port in ports))
