@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from .. import codecs
 from ..codecs import cdr_payload, encode_cdr, registration_payload
 from ..agents.pipeline import build_pipeline
-from ..topics import ALL_TOPICS, CHUNK_PREFIX
+from ..topics import ALL_TOPICS, CHUNK_PREFIX, INPUT_TOPICS
 from ..checks import output_file, positive_int
 from ..processor import Outputs, Replayed, build_processor
 from ..settings import load_plans_and_rates
@@ -34,7 +38,9 @@ from ..core.errors import ConfigError
 from ..core.records import CallEvent
 from ..core.state import FraudState
 from ..agents.tables import TableCaches, TableStore
-from .embedded import EmbeddedBroker, create_topics
+from .embedded import EmbeddedBroker, create_topics, free_port
+from .replay import committed_offsets, end_offsets
+from .workers import cpu_seconds, machine_cpu_seconds, start_worker
 from ..settings import PROCESSING_GUARANTEES, Settings
 
 
@@ -89,6 +95,13 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+async def prefill(bootstrap: str, settings: Settings, stream: BenchStream) -> None:
+    """The settings' topics created, and ``stream``'s registrations and CDRs produced into them."""
+    await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+    await _produce(bootstrap, settings.topic("sip-registrations"), stream.registrations)
+    await _produce(bootstrap, settings.topic("cdrs"), stream.cdrs)
 
 
 async def measure_ceiling(bootstrap: str, topic: str, expected: int) -> float:
@@ -462,10 +475,8 @@ async def run_bench(users: int, cdrs: int, partitions: int, report: Callable[[st
         stream = synthetic_stream(users, cdrs)
         tag = uuid.uuid4().hex[:6]
         settings = bench_settings(broker.bootstrap, partitions, data_dir / "pipeline", tag)
-        await create_topics(broker.bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
         report("producing the stream")
-        await _produce(broker.bootstrap, settings.topic("sip-registrations"), stream.registrations)
-        await _produce(broker.bootstrap, settings.topic("cdrs"), stream.cdrs)
+        await prefill(broker.bootstrap, settings, stream)
 
         report("ceiling: raw aiokafka + orjson")
         figures["ceiling_cdr_per_s"] = await measure_ceiling(broker.bootstrap, settings.topic("cdrs"), cdrs)
@@ -524,10 +535,8 @@ async def run_guarantees(broker_url: str, users: int, cdrs: int, partitions: int
         for guarantee in PROCESSING_GUARANTEES:
             settings = bench_settings(bootstrap, partitions, Path(tmp) / guarantee, uuid.uuid4().hex[:6]).with_(
                 processing_guarantee=guarantee)
-            await create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], partitions)
             report(f"{guarantee}: producing the stream")
-            await _produce(bootstrap, settings.topic("sip-registrations"), stream.registrations)
-            await _produce(bootstrap, settings.topic("cdrs"), stream.cdrs)
+            await prefill(bootstrap, settings, stream)
             report(f"{guarantee}: cdrwatch pipeline")
             figures[f"{guarantee}_cdr_per_s"], _info = await measure_pipeline(settings, cdrs + users)
         # half the at-least-once rate for both: the same load, the cost of the transactions alone
@@ -559,6 +568,174 @@ def format_guarantees(f: dict[str, Any]) -> str:
     ])
 
 
+def _health(port: int) -> dict[str, Any] | None:
+    """A worker's ``/healthz`` (its partitions and records processed); None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            found: dict[str, Any] = orjson.loads(answer.read())
+            return found
+    except (OSError, ValueError):
+        return None
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def measure_scale_out(settings: Settings, expected: int, workers: int, data_dir: Path, *,
+                            broker_pid: int | None = None, timeout_s: float = 1800.0) -> dict[str, Any]:
+    """``workers`` ``cdrwatch worker`` processes (each its own data directory and web port) in one
+    consumer group of their own, on ``settings``' pre-filled input topics of ``expected`` records.
+
+    The clock starts when the group is settled — every worker holds partitions of ``cdrs``, each
+    partition one owner (their ``/healthz``) — and stops when the group has committed every input
+    offset; the records the workers processed before the start are left out of the rate. CPU
+    seconds (``/proc``) of each worker, of the broker (``broker_pid``) and of the whole machine
+    are counted over the same window."""
+    group = settings.with_(app_id=f"{settings.app_id}-x{workers}-{uuid.uuid4().hex[:4]}", web_enabled=True)
+    ends = await end_offsets(group, [group.topic(t) for t in INPUT_TOPICS])
+    cdr_partitions = {tp.partition for tp in ends if tp.topic == group.topic("cdrs")}
+    ports = [free_port() for _ in range(workers)]
+    logs = [data_dir / f"{group.app_id}-{n}.log" for n in range(workers)]
+    procs: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + timeout_s
+
+    def check_running(what: str) -> None:
+        for proc, log in zip(procs, logs):
+            if proc.poll() is not None:
+                raise RuntimeError(f"scale-out: a worker exited with code {proc.returncode}: {_log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"scale-out, {workers} workers: {what} within {timeout_s:.0f} s\n{_log_tail(logs[0])}")
+
+    try:
+        for n, (port, log) in enumerate(zip(ports, logs)):
+            where = data_dir / f"{group.app_id}-{n}"
+            where.mkdir(parents=True)
+            # the bench's settings, not the caller's CDRWATCH_STORE or guarantee: as the in-process pipeline
+            env = {"CDRWATCH_STORE": group.store, "CDRWATCH_PROCESSING_GUARANTEE": group.processing_guarantee}
+            procs.append(start_worker(group, where, web_port=port, env=env, log_path=log))
+        first: float | None = None  # when a worker had processed its first record
+        while True:
+            health = await asyncio.gather(*(asyncio.to_thread(_health, port) for port in ports))
+            if first is None and any(h and h["processed"] for h in health):
+                first = time.perf_counter()
+            owned = [set(h["partitions"].get("cdrs", [])) if h else set() for h in health]
+            if all(owned) and sum(map(len, owned)) == len(cdr_partitions) == len(set().union(*owned)):
+                break
+            check_running("no settled group")
+            await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        before = sum(int(h["processed"]) for h in health if h)
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
+        broker0 = cpu_seconds(broker_pid) if broker_pid else 0.0
+        busy0, total0 = machine_cpu_seconds()
+        own0 = _own_cpu_seconds()
+        while True:
+            committed = await committed_offsets(group, list(ends))
+            if all((committed[tp] or 0) >= end for tp, end in ends.items()):
+                break
+            check_running("the input not all committed")
+            await asyncio.sleep(0.25)
+        finished = time.perf_counter()
+        seconds = finished - started
+        cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0)]
+        broker_cpu = cpu_seconds(broker_pid) - broker0 if broker_pid else None
+        busy1, total1 = machine_cpu_seconds()
+        own = _own_cpu_seconds() - own0
+        after = await asyncio.gather(*(asyncio.to_thread(_health, port) for port in ports))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    return {
+        "workers": workers, "group": group.app_id, "records": expected - before, "seconds": seconds,
+        "cdr_per_s": (expected - before) / seconds, "processed_before_start": before,
+        # the whole stream from the first record processed: the group's rebalance included
+        "from_first_cdr_per_s": expected / (finished - (first or started)),
+        "worker_cpu_s": cpu, "broker_cpu_s": broker_cpu,
+        # the workers' cost per record, whatever share of the cores they got
+        "records_per_worker_cpu_s": (expected - before) / max(sum(cpu), 1e-9),
+        "machine_busy_cores": (busy1 - busy0) / seconds, "machine_cores": (total1 - total0) / seconds,
+        # what the rest of the machine used meanwhile (other users' processes): not the workers,
+        # the broker (embedded) or this process
+        "others_cores": max(busy1 - busy0 - sum(cpu) - (broker_cpu or 0.0) - own, 0.0) / seconds,
+        "partitions": [sorted(o) for o in owned],
+        "processed": [int(h["processed"]) if h else None for h in after],
+        "input_end_offsets": sum(ends.values()), "committed": sum(v or 0 for v in committed.values()),
+    }
+
+
+SCALE_OUT_WORKERS = (1, 2)
+
+
+async def run_scale_out(broker_url: str | None, users: int, cdrs: int, partitions: int,
+                        report: Callable[[str], None]) -> BenchResult:
+    """The same pre-filled stream through 1, then 2 ``cdrwatch worker`` processes (a consumer group
+    of their own each time), on the embedded broker or on ``broker_url``."""
+    with contextlib.ExitStack() as stack:
+        broker_pid = None
+        if broker_url is None:
+            broker = stack.enter_context(EmbeddedBroker())
+            bootstrap, broker_pid = broker.bootstrap, broker.process.pid if broker.process else None
+        else:
+            bootstrap = Settings(broker=broker_url).bootstrap_servers()
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cdrwatch-bench-")))
+        figures: dict[str, Any] = {"users": users, "cdrs": cdrs, "partitions": partitions,
+                                   "broker": broker_url or "embedded Tansu", "cpus": os.cpu_count()}
+        report(f"generating {cdrs:,} CDRs for {users:,} users")
+        stream = synthetic_stream(users, cdrs)
+        settings = bench_settings(bootstrap, partitions, tmp, uuid.uuid4().hex[:6])
+        report("producing the stream")
+        await prefill(bootstrap, settings, stream)
+        for n in SCALE_OUT_WORKERS:
+            report(f"scale-out: {n} worker process{'es' if n > 1 else ''}")
+            figures[f"scale_out_{n}"] = await measure_scale_out(settings, cdrs + users, n, tmp, broker_pid=broker_pid)
+        one, two = (figures[f"scale_out_{n}"]["cdr_per_s"] for n in SCALE_OUT_WORKERS)
+        figures["scale_out_ratio"] = two / one
+        figures["commit_interval_s"] = Settings().commit_interval_s
+        figures["compiled"] = compiled()
+        return BenchResult(figures)
+
+
+def format_scale_out(f: dict[str, Any]) -> str:
+    one, two = f["scale_out_1"], f["scale_out_2"]
+
+    def cpu(run: dict[str, Any]) -> str:
+        return "[" + ", ".join(f"{s:.1f}" for s in run["worker_cpu_s"]) + "]"
+
+    def detail(run: dict[str, Any]) -> str:
+        broker = "" if run["broker_cpu_s"] is None else f", broker {run['broker_cpu_s']:.1f} CPU s"
+        n = run["workers"]
+        return (f"  {n} worker{'s' if n > 1 else ' '}: {run['records']:,} records in {run['seconds']:.1f} s, "
+                f"partitions {run['partitions']} ({run['processed_before_start']:,} processed before the group "
+                f"settled; from the first record {run['from_first_cdr_per_s']:,.0f} CDR/s)\n"
+                f"             CPU s per worker {cpu(run)} ({run['records_per_worker_cpu_s']:,.0f} records per "
+                f"worker CPU s){broker}, machine busy {run['machine_busy_cores']:.2f} of "
+                f"{run['machine_cores']:.0f} cores ({run['others_cores']:.2f} by other processes)")
+
+    return "\n".join([
+        f"stream: {f['cdrs']:,} CDRs, {f['users']:,} users, {f['partitions']} partitions ({f['broker']}), "
+        f"{f['cpus']} CPUs",
+        f"scale-out: 1 worker {one['cdr_per_s']:,.0f} CDR/s, 2 workers {two['cdr_per_s']:,.0f} CDR/s "
+        f"(Y/X = {f['scale_out_ratio']:.2f}), CPU s per worker {cpu(one)} / {cpu(two)}",
+        detail(one), detail(two),
+        f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",
+    ])
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "bench", description="Benchmark on the embedded broker, in one run: the raw aiokafka+orjson ceiling, the naive "
@@ -567,13 +744,18 @@ def register(sub: Any) -> None:
         "peak RSS, and for a user with 50 and with 500,000 calls in the month the rules' cost, the bytes written "
         "per CDR and the largest record. "
         "With --broker (an Apache Kafka): the pipeline's CDR/s and the alert latency to a consumer, at-least-once "
-        "and exactly-once (make bench runs both benchmarks, the second on a one-node Kafka it starts).",
+        "and exactly-once. With --scale-out (on the embedded broker, or on --broker): the stream through 1, then 2 "
+        "`cdrwatch worker` processes in one consumer group, their CDR/s and CPU seconds (make bench runs all of them, "
+        "the --broker ones on a one-node Kafka it starts).",
     )
     parser.add_argument("--broker", metavar="URL",
                         help="an Apache Kafka (kafka://host:port): compare the processing guarantees there")
     parser.add_argument("--users", type=positive_int, default=20_000, metavar="N", help="users of the stream (20,000)")
     parser.add_argument("--cdrs", type=positive_int, default=300_000, metavar="N", help="CDRs of the stream (300,000)")
     parser.add_argument("--partitions", type=positive_int, default=4, metavar="N", help="partitions per topic (4)")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="instead: the stream through 1, then 2 `cdrwatch worker` processes in one consumer group "
+                        "(CDR/s of each, their ratio, each worker's CPU seconds); on --broker when given")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
     parser.set_defaults(func=run)
 
@@ -590,6 +772,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         asyncio.run(check_broker(broker))
+    if args.scale_out:
+        result = asyncio.run(run_scale_out(args.broker, args.users, args.cdrs, args.partitions, progress))
+        print(format_scale_out(result.figures))
+    elif args.broker:
         result = asyncio.run(run_guarantees(args.broker, args.users, args.cdrs, args.partitions, progress))
         print(format_guarantees(result.figures))
     else:

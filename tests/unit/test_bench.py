@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from streams.tools.bench import BUSY_CALLS, BenchResult, compiled, measure_busy_user, synthetic_stream
+from typing import Any
+
+from streams.tools.bench import (BUSY_CALLS, BenchResult, compiled, format_scale_out, measure_busy_user,
+                                 synthetic_stream)
+from streams.tools.workers import cpu_seconds, machine_cpu_seconds
 
 
 def test_a_busy_month_is_kept_whole_in_records_of_bounded_size() -> None:
@@ -39,3 +43,31 @@ def test_synthetic_stream_is_deterministic_and_keyed_by_user() -> None:
     a, b = synthetic_stream(50, 500), synthetic_stream(50, 500)
     assert a.cdrs == b.cdrs and len(a.cdrs) == 500 and len(a.registrations) == 50
     assert all(value.startswith(b'{"event":"end"') and key.decode() in value.decode() for key, value in a.cdrs)
+
+
+def _scale_run(workers: int, rate: float, cpu: list[float]) -> dict[str, Any]:
+    return {"workers": workers, "records": 320_000, "seconds": 320_000 / rate, "cdr_per_s": rate,
+            "processed_before_start": 0, "from_first_cdr_per_s": rate, "worker_cpu_s": cpu, "broker_cpu_s": 4.0,
+            "records_per_worker_cpu_s": 320_000 / sum(cpu), "machine_busy_cores": 1.9, "machine_cores": 2.0,
+            "others_cores": 0.1, "partitions": [[0, 1, 2, 3]] if workers == 1 else [[0, 2], [1, 3]]}
+
+
+def test_the_scale_out_report_names_both_runs_their_ratio_and_each_workers_cpu() -> None:
+    figures = {"cdrs": 300_000, "users": 20_000, "partitions": 4, "broker": "embedded Tansu", "cpus": 2,
+               "scale_out_1": _scale_run(1, 8_000.0, [32.0]), "scale_out_2": _scale_run(2, 11_000.0, [16.5, 17.25]),
+               "scale_out_ratio": 11_000 / 8_000, "compiled": compiled()}
+    text = format_scale_out(figures)
+    assert "scale-out: 1 worker 8,000 CDR/s, 2 workers 11,000 CDR/s (Y/X = 1.38), CPU s per worker [32.0] / " \
+        "[16.5, 17.2]" in text
+    assert "2 workers: 320,000 records in 29.1 s, partitions [[0, 2], [1, 3]]" in text
+    assert "(10,000 records per worker CPU s), broker 4.0 CPU s, machine busy 1.90 of 2 cores" in text
+
+
+def test_cpu_seconds_grow_with_work() -> None:
+    import os
+
+    before, (busy0, total0) = cpu_seconds(os.getpid()), machine_cpu_seconds()
+    sum(n * n for n in range(3_000_000))
+    assert cpu_seconds(os.getpid()) > before
+    busy1, total1 = machine_cpu_seconds()
+    assert busy1 > busy0 and total1 - total0 >= busy1 - busy0 - 1e-6  # idle time, if any, is the difference
