@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,7 @@ from .settings import PROCESSING_GUARANTEES, Settings, bundled_file, env_help, s
 
 if TYPE_CHECKING:
     from .core.summary import SummaryRow
+    from .tools.inputs import InputStream
     from .tools.replay import ReplayResult
 
 EXIT_USAGE = 2
@@ -204,15 +206,17 @@ def format_alert(payload: dict[str, Any]) -> str:
     )
 
 
-def read_inputs(args: argparse.Namespace) -> list[Any]:
-    from .tools.replay import read_stream
+def read_inputs(args: argparse.Namespace) -> InputStream:
+    """The input files as one stream in event-time order, read as it is consumed. At equal event
+    times subscriber records come first, then CDRs, then registrations (files sorted on disk when
+    out of order; a malformed file is an error here, before anything is processed)."""
+    from .tools.inputs import InputFile, InputStream
 
-    messages = read_stream(args.cdrs, "cdrs", "start_time")
+    files = [InputFile(args.subscribers, "subscribers", "")] if args.subscribers else []
+    files.append(InputFile(args.cdrs, "cdrs", "start_time"))
     if args.registrations:
-        messages += read_stream(args.registrations, "sip-registrations", "time")
-    if args.subscribers:
-        messages = read_stream(args.subscribers, "subscribers", "") + messages
-    return messages
+        files.append(InputFile(args.registrations, "sip-registrations", "time"))
+    return InputStream(files)
 
 
 def format_summary(rows: Sequence[SummaryRow], counts: dict[tuple[str, str], int]) -> str:
@@ -246,13 +250,16 @@ SUMMARY_SUFFIXES = (".parquet", ".csv")
 def cmd_summary(args: argparse.Namespace) -> int:
     from .settings import load_plans_and_rates
     from .core.summary import summary_rows
-    from .tools.replay import run_offline
+    from .tools.replay import final_figures, run_offline, stderr_report
     from .tools.reports import write_summary
 
     output_file(args.out, "--out", SUMMARY_SUFFIXES)
     settings = settings_from_args(args)
     plans, rates = load_plans_and_rates(settings)
-    store, counts = run_offline(settings, read_inputs(args))
+    started = time.monotonic()
+    with read_inputs(args) as inputs:
+        store, counts = run_offline(settings, inputs, stderr_report)
+    stderr_report(final_figures(len(inputs), time.monotonic() - started))
     states = [(u, p, s) for (u, p), s in store.periods.items() if args.period in (None, p)]
     rows = summary_rows(states, plans, rates)
     write_summary(rows, args.out, plans.timezone.key)
@@ -264,41 +271,42 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .settings import load_plans_and_rates
     from .connect import check_broker
-    from .tools.replay import replay, replay_external, stderr_report
+    from .tools.replay import final_figures, replay, replay_external, stderr_report
 
     output_dir(args.out, "--out")
     if args.external_workers and not args.broker:
         raise ConfigError("--external-workers needs --broker (the deployment's Kafka)")
     settings = settings_from_args(args)
     load_plans_and_rates(settings)
-    messages = read_inputs(args)
-    if args.broker:
-        asyncio.run(check_broker(settings))
-    if args.external_workers:
-        result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report,
-                                             speed=args.speed))
-    else:
-        result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout,
-                                    report=stderr_report, speed=args.speed))
+    started = time.monotonic()
+    with read_inputs(args) as messages:
+        if args.broker:
+            asyncio.run(check_broker(settings))
+        if args.external_workers:
+            result = asyncio.run(replay_external(settings, messages, timeout_s=args.timeout, report=stderr_report,
+                                                 speed=args.speed))
+        else:
+            result = asyncio.run(replay(settings, messages, broker_url=args.broker, timeout_s=args.timeout,
+                                        report=stderr_report, speed=args.speed))
     result.write(args.out)
     print(format_replay(result, args.out))
+    stderr_report(final_figures(result.sent, time.monotonic() - started))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .connect import check_port_free
-    from .tools.replay import read_stream
+    from .tools.inputs import InputFile, InputStream
 
     settings = settings_from_args(args)
     check_port_free(settings.web_host, settings.web_port)
     sample = bundled_file("sample")
-    messages = read_stream(sample / "cdrs.jsonl", "cdrs", "start_time") + read_stream(
-        sample / "registrations.jsonl", "sip-registrations", "time"
-    )
-    return asyncio.run(_run(settings, messages, args.exit_when_done))
+    with InputStream([InputFile(sample / "cdrs.jsonl", "cdrs", "start_time"),
+                      InputFile(sample / "registrations.jsonl", "sip-registrations", "time")]) as messages:
+        return asyncio.run(_run(settings, messages, args.exit_when_done))
 
 
-async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) -> int:
+async def _run(settings: Settings, messages: InputStream, exit_when_done: bool) -> int:
     from .agents.pipeline import build_pipeline
     from .topics import ALL_TOPICS
     from .settings import load_plans_and_rates
@@ -328,7 +336,7 @@ async def _run(settings: Settings, messages: list[Any], exit_when_done: bool) ->
             loop.add_signal_handler(sig, stop.set)
         try:
             print(f"replaying the bundled sample: {len(messages)} messages", flush=True)
-            total = await produce(settings, sorted(messages, key=lambda m: m.time_ms))
+            total = await produce(settings, messages)
             await _wait_processed(pipeline, total, 600, stderr_report)
             counts = ", ".join(f"{t} {o}: {n}" for (t, o), n in sorted(pipeline.metrics.counts.items()))
             if exit_when_done:

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -21,13 +21,10 @@ from ..agents.batching import refresh_metadata
 from ..agents.pipeline import Pipeline, build_pipeline
 from ..processor import Outputs, Replayed, build_processor
 from ..settings import load_plans_and_rates
-from ..core.errors import ConfigError
 from ..core.summary import SummaryRow, summary_rows
-from ..core.timeutil import parse_rfc3339, to_ms
 from ..core.state import MemoryStore, PeriodState
 from .embedded import EmbeddedBroker, create_topics, true_end_offsets
-from ..jsonl import iter_jsonl
-from ..checks import input_file
+from .inputs import InputError, InputFile, InputMessage, InputStream, event_time, message, read_stream
 from .reports import write_summary
 from ..settings import Settings
 from ..topics import (ALL_TOPICS, CHUNK_PREFIX, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, DLQ_TOPICS, INPUT_TOPICS,
@@ -39,67 +36,19 @@ log = logging.getLogger(__name__)
 END_OF_TIME = 2**62  # event time (ms) past any input: what is left on the live rules' clock runs out
 
 
-class InputError(ConfigError):
-    """An input file that cannot be replayed (missing, unreadable, not JSONL/Parquet)."""
+# what replays read, re-exported: callers and tests import them from here
+__all__ = ["InputError", "InputFile", "InputMessage", "InputStream", "read_stream"]
+
+Inputs = Iterable[InputMessage]  # an InputStream (in event-time order already), or messages in any order
+_message = message
 
 
-@dataclass(frozen=True)
-class InputMessage:
-    topic: str
-    key: bytes | None
-    value: bytes
-    time_ms: float  # for interleaving topics in event-time order; inf when unknown
-    origin: str = ""  # where it was read: ``file:line`` (JSONL) or ``file:row N`` (Parquet)
-
-
-def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
-    """Read a JSONL (one JSON object per line) or Parquet file as messages for ``topic``.
-
-    A line that is not JSON is a malformed file (error with its line number); a JSON object that
-    breaks the topic's schema is sent as is, so that the worker routes it to the DLQ.
-    """
-    try:
-        input_file(path, f"--{topic if topic != 'sip-registrations' else 'registrations'}")
-    except ConfigError as exc:
-        raise InputError(str(exc)) from None
-    if path.suffix == ".parquet":
-        return _read_parquet(path, topic, time_field)
-    messages = []
-    with path.open("rb") as handle:
-        for line_no, raw, data in iter_jsonl(handle, path, InputError):
-            messages.append(_message(topic, raw, data, time_field, f"{path}:{line_no}"))
-    return messages
-
-
-def _read_parquet(path: Path, topic: str, time_field: str) -> list[InputMessage]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    messages = []
-    for n, row in enumerate(rows, start=1):
-        if topic == "cdrs" and row.get("event") == "start":
-            # one table holds both kinds of event: a `start` has no end-of-call columns
-            row = {k: v for k, v in row.items() if v is not None}
-        messages.append(_message(topic, orjson.dumps(row, default=str), row, time_field, f"{path}:row {n}"))
-    return messages
-
-
-def _message(topic: str, raw: bytes, data: Any, time_field: str, origin: str = "") -> InputMessage:
-    key = None
-    # subscriber records have no event time: they go first, so plans apply from the first event
-    when = float("inf") if time_field else float("-inf")
-    if isinstance(data, dict):
-        if isinstance(data.get("user"), str):
-            key = data["user"].encode()
-        if topic == "cdrs" and data.get("event") == "end" and isinstance(data.get("end_time"), str):
-            time_field = "end_time"  # a switch sends the final CDR when the call ends
-        if isinstance(data.get(time_field), str):
-            with contextlib.suppress(ValueError):
-                when = float(to_ms(parse_rfc3339(data[time_field])))
-    return InputMessage(topic, key, raw, when, origin)
+def in_event_order(inputs: Inputs) -> InputStream | list[InputMessage]:
+    """``inputs`` in event-time order: an ``InputStream`` merges its files as it is read; other
+    messages (a list a test built) are sorted, stably."""
+    if isinstance(inputs, InputStream):
+        return inputs
+    return sorted(inputs, key=event_time)
 
 
 @dataclass
@@ -126,16 +75,25 @@ class ReplayResult:
             write_summary(self.summary, out_dir / "summary.parquet", self.timezone)
 
 
-def run_offline(settings: Settings, messages: Iterable[InputMessage]) -> tuple[MemoryStore, dict[tuple[str, str], int]]:
+def run_offline(settings: Settings, messages: Inputs,
+                report: Callable[[str], None] | None = None) -> tuple[MemoryStore, dict[tuple[str, str], int]]:
     """The worker's processor without Kafka, in event-time order: the `summary` command and a
-    reference for tests (the streaming result must match it). The counts are per (topic, outcome)."""
+    reference for tests (the streaming result must match it). The counts are per (topic, outcome).
+    ``report``: progress every 2 s."""
     processor = build_processor(settings, *load_plans_and_rates(settings), partitions=1)
     store, out = MemoryStore(), Outputs()
-    for n, msg in enumerate(sorted(messages, key=lambda m: m.time_ms)):
+    ordered = in_event_order(messages)
+    progress = Progress("processed", len(ordered), report) if report else None
+    n = -1
+    for n, msg in enumerate(ordered):
         if msg.time_ms not in (float("inf"), float("-inf")):
             processor.advance(int(msg.time_ms) - 1, store, out)  # every earlier event is read
         processor.process(msg.topic, Replayed(msg.topic, msg.key, msg.value, 0, n), store, out)
+        if progress is not None and n % 1000 == 0:
+            progress(n)
     processor.advance(END_OF_TIME, store, out)  # the input has ended: time runs on
+    if progress is not None:
+        progress(n + 1)
     counts: dict[tuple[str, str], int] = {}
     for key in out.counts:
         counts[key] = counts.get(key, 0) + 1
@@ -182,19 +140,28 @@ async def _scratch_dir() -> AsyncIterator[Path]:
         yield Path(tmp)
 
 
-async def produce(settings: Settings, messages: list[InputMessage],
+async def produce(settings: Settings, messages: Iterable[InputMessage],
                   progress: Callable[[int], None] | None = None, speed: float | None = None) -> int:
-    """Send ``messages`` in order. With ``speed``, event time is played ``speed`` times faster than
-    real time (60: one hour of traffic per minute); without, as fast as the broker takes them."""
+    """Send ``messages`` in order; return how many. With ``speed``, event time is played ``speed``
+    times faster than real time (60: one hour of traffic per minute), from the earliest event of a
+    list, or the first of a stream (in event-time order); without, as fast as the broker takes them.
+
+    ``messages`` is read as it is sent (an ``InputStream`` is never held whole): at most 2,000
+    sends are in flight before the producer waits for their acknowledgements."""
     producer = AIOKafkaProducer(acks="all", linger_ms=5, **settings.client_kwargs())
     await producer.start()
-    timed = [m.time_ms for m in messages if m.time_ms not in (float("inf"), float("-inf"))]
-    first_ms = min(timed) if timed else 0.0
+    first_ms: float | None = None
+    if isinstance(messages, Sequence):
+        timed = [m.time_ms for m in messages if m.time_ms not in (float("inf"), float("-inf"))]
+        first_ms = min(timed) if timed else 0.0
     started = time.monotonic()
+    n = 0
     try:
         batch: list[asyncio.Future[Any]] = []
         for n, msg in enumerate(messages, start=1):
             if speed and msg.time_ms not in (float("inf"), float("-inf")):
+                if first_ms is None:
+                    first_ms = msg.time_ms
                 due = (msg.time_ms - first_ms) / 1000 / speed - (time.monotonic() - started)
                 if due > 0:
                     await asyncio.gather(*batch)  # what is due now is on the wire before we wait
@@ -208,10 +175,10 @@ async def produce(settings: Settings, messages: list[InputMessage],
                     progress(n)
         await asyncio.gather(*batch)
         if progress:
-            progress(len(messages))
+            progress(n)
     finally:
         await producer.stop()
-    return len(messages)
+    return n
 
 
 async def collect(settings: Settings, expected: Callable[[], dict[str, int]],
@@ -263,7 +230,7 @@ async def collect(settings: Settings, expected: Callable[[], dict[str, int]],
 
 async def replay(
     settings: Settings,
-    inputs: list[InputMessage],
+    inputs: Inputs,
     *,
     broker_url: str | None = None,
     timeout_s: float = 600.0,
@@ -295,13 +262,11 @@ async def replay(
         app.finalize()
         await app.start()
         try:
-            ordered = sorted(inputs, key=lambda m: m.time_ms)
             # subscriber records are consumed by their own agent: let them land before any event
-            subscribers = [m for m in ordered if m.topic == "subscribers"]
+            subscribers, rest, n_rest = _split_subscribers(inputs)
             total = await produce(run_settings, subscribers)
             await _wait_processed(pipeline, total, timeout_s, None)
-            rest = [m for m in ordered if m.topic != "subscribers"]
-            total += await produce(run_settings, rest, _produce_progress(len(rest), report), speed)
+            total += await produce(run_settings, rest, _produce_progress(n_rest, report), speed)
             await _wait_processed(pipeline, total, timeout_s, report)
             await _wait_clock(pipeline, timeout_s, live_until_ms)
 
@@ -319,6 +284,16 @@ async def replay(
                           summary=summary, timezone=plans.timezone.key)
     _fill(result, got, inputs)
     return result
+
+
+def _split_subscribers(inputs: Inputs) -> tuple[Iterable[InputMessage], Iterable[InputMessage], int]:
+    """The subscriber records, and the other messages with their count, each in event-time order."""
+    if isinstance(inputs, InputStream):
+        others = [t for t in INPUT_TOPICS if t != "subscribers"]
+        return inputs.select(["subscribers"]), inputs.select(others), len(inputs) - inputs.count("subscribers")
+    ordered = sorted(inputs, key=event_time)
+    rest = [m for m in ordered if m.topic != "subscribers"]
+    return [m for m in ordered if m.topic == "subscribers"], rest, len(rest)
 
 
 async def _wait_processed(pipeline: Pipeline, total: int, timeout_s: float, report: Callable[[str], None] | None) -> None:
@@ -364,19 +339,32 @@ async def _wait_clock(pipeline: Pipeline, timeout_s: float, until_ms: int | None
 
 def _produce_progress(total: int, report: Callable[[str], None] | None) -> Callable[[int], None] | None:
     """Progress of the sending phase, at most every 2 s (long replays spend minutes there)."""
-    if report is None:
-        return None
-    started = last = time.monotonic()
+    return None if report is None else Progress("sent", total, report)
 
-    def progress(sent: int) -> None:
-        nonlocal last
+
+class Progress:
+    """``report``s "<verb> n/total messages (rate/s)" at most every 2 s, and at the last one."""
+
+    def __init__(self, verb: str, total: int, report: Callable[[str], None] | None) -> None:
+        self.verb, self.total, self.report = verb, total, report
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
         now = time.monotonic()
-        if now - last >= 2.0 or sent == total:
-            rate = sent / max(now - started, 1e-9)
-            report(f"sent {sent:,}/{total:,} messages ({rate:,.0f}/s)")
-            last = now
+        if self.report is not None and (now - self.last >= 2.0 or done == self.total):
+            rate = done / max(now - self.started, 1e-9)
+            self.report(f"{self.verb} {done:,}/{self.total:,} messages ({rate:,.0f}/s)")
+            self.last = now
 
-    return progress
+
+def final_figures(messages: int, seconds: float) -> str:
+    """The closing line of a replay or a summary: throughput, and this process's peak resident
+    memory (the embedded broker runs in a process of its own)."""
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    rate = messages / max(seconds, 1e-9)
+    return f"{messages:,} messages in {seconds:.1f} s ({rate:,.0f} messages/s), peak RSS {peak_kib / 1024:,.0f} MiB"
 
 
 def stderr_report(line: str) -> None:
@@ -427,7 +415,7 @@ async def group_lag(settings: Settings, topics: list[str]) -> int:
     return sum(max(end - (committed[tp] or 0), 0) for tp, end in ends.items())
 
 
-async def replay_external(settings: Settings, inputs: list[InputMessage], *, timeout_s: float = 600.0,
+async def replay_external(settings: Settings, inputs: Inputs, *, timeout_s: float = 600.0,
                           quiet_s: float = 3.0, report: Callable[[str], None] | None = None,
                           speed: float | None = None) -> ReplayResult:
     """Produce ``inputs`` into a running deployment and collect what its workers emit.
@@ -441,7 +429,7 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
     await create_topics(settings.client_kwargs(), [settings.topic(t) for t in ALL_TOPICS], settings.partitions,
                         replication_factor=settings.replication_factor)
     before = await end_offsets(settings, outputs)
-    ordered = sorted(inputs, key=lambda m: m.time_ms)
+    ordered = in_event_order(inputs)
     total = await produce(settings, ordered, _produce_progress(len(ordered), report), speed)
     state = {"lag": -1, "checked": 0.0, "quiet_since": time.monotonic()}
 
@@ -473,7 +461,8 @@ async def replay_external(settings: Settings, inputs: list[InputMessage], *, tim
 def _fill(result: ReplayResult, got: dict[str, list[tuple[dict[str, Any], Any]]],
           inputs: Iterable[InputMessage] = ()) -> None:
     """The collected outputs, in a stable order for files that diff well; each DLQ row also says
-    where its message was read (``input``: file and line)."""
+    where its message was read (``input``: file and line): the inputs are read again for it (a
+    stream from its files), only when something was rejected."""
     result.alerts = sorted((p for p, _ in got["fairuse-alerts"]), key=lambda a: (a["time"], a["user"], a["rule"]))
     result.rebills = sorted(
         (p for p, _ in got["rebilled-calls"]), key=lambda r: (r["period"], r["user"], r["call_id"], r["multiplier"])
