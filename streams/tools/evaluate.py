@@ -27,7 +27,7 @@ from ..core.errors import ConfigError
 from ..core.plans import FRAUD_RULES, RULES
 from ..checks import positive_int
 from ..core.timeutil import check_period, instant_us
-from ..jsonl import iter_jsonl
+from ..jsonl import read_jsonl
 
 __all__ = [
     "AccountAction", "AlertScore", "EvaluateInputError", "Evaluation", "FraudAlert", "FraudEvaluation", "FraudLabel",
@@ -94,15 +94,10 @@ def _resolve(path: Path, what: str, default_name: str) -> Path:
 def _objects(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line of ``path``; a line that is not a JSON
     object is an error naming it."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise EvaluateInputError(f"{what} {path}: cannot read ({exc.strerror})") from None
-    with handle:
-        for line_no, _raw, data in iter_jsonl(handle, path, EvaluateInputError):
-            if not isinstance(data, dict):
-                raise EvaluateInputError(f"{path}:{line_no}: expected a JSON object, got {type(data).__name__}")
-            yield line_no, data
+    for line_no, _raw, data in read_jsonl(path, what, EvaluateInputError):
+        if not isinstance(data, dict):
+            raise EvaluateInputError(f"{path}:{line_no}: expected a JSON object, got {type(data).__name__}")
+        yield line_no, data
 
 
 def read_triples(path: Path, what: str, default_name: str) -> tuple[list[Triple], int]:

@@ -32,7 +32,7 @@ import orjson
 from ..checks import input_file
 from ..core.errors import ConfigError
 from ..core.timeutil import parse_rfc3339, to_ms
-from ..jsonl import iter_jsonl
+from ..jsonl import read_jsonl
 
 RUN_SIZE = 200_000  # messages sorted in memory at a time when a file is out of order (≈ 100 MB)
 FAN_IN = 64  # sorted runs merged at once: open files stay few whatever the input's size
@@ -86,13 +86,8 @@ def read_file(source: InputFile) -> Iterator[InputMessage]:
 
 def _read_jsonl(source: InputFile) -> Iterator[InputMessage]:
     path, topic, time_field = source.path, source.topic, source.time_field
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(f"{source.flag} {path}: cannot open ({exc.strerror})") from None
-    with handle:
-        for line_no, raw, data in iter_jsonl(handle, path, InputError):
-            yield message(topic, raw, data, time_field, f"{path}:{line_no}")
+    for line_no, raw, data in read_jsonl(path, source.flag, InputError):
+        yield message(topic, raw, data, time_field, f"{path}:{line_no}")
 
 
 def _read_parquet(source: InputFile) -> Iterator[InputMessage]:
