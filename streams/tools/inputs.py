@@ -75,13 +75,18 @@ def read_file(source: InputFile) -> Iterator[InputMessage]:
 
     A line that is not JSON is a malformed file (error with its line number); a JSON object that
     breaks the topic's schema is sent as is, so that the worker routes it to the DLQ."""
+    _check(source)
+    if source.path.suffix == ".parquet":
+        return _read_parquet(source)
+    return _read_jsonl(source)
+
+
+def _check(source: InputFile) -> None:
+    """A file that is missing, a directory or unreadable: an error naming its flag, at once."""
     try:
         input_file(source.path, source.flag)
     except ConfigError as exc:
         raise InputError(str(exc)) from None
-    if source.path.suffix == ".parquet":
-        return _read_parquet(source)
-    return _read_jsonl(source)
 
 
 def _read_jsonl(source: InputFile) -> Iterator[InputMessage]:
@@ -116,18 +121,22 @@ def _read_parquet(source: InputFile) -> Iterator[InputMessage]:
 
 def message(topic: str, raw: bytes, data: Any, time_field: str, origin: str = "") -> InputMessage:
     """The message of one record: keyed by its user, at its event time."""
-    key = None
-    # subscriber records have no event time: they go first, so plans apply from the first event
+    user = data.get("user") if isinstance(data, dict) else None
+    key = user.encode() if isinstance(user, str) else None
+    return InputMessage(topic, key, raw, time_of(topic, data, time_field), origin)
+
+
+def time_of(topic: str, data: Any, time_field: str) -> float:
+    """A record's event time (ms): ``inf`` when it has none that parses, ``-inf`` for subscriber
+    records, which have none by design (they go first, so plans apply from the first event)."""
     when = float("inf") if time_field else float("-inf")
     if isinstance(data, dict):
-        if isinstance(data.get("user"), str):
-            key = data["user"].encode()
         if topic == "cdrs" and data.get("event") == "end" and isinstance(data.get("end_time"), str):
             time_field = "end_time"  # a switch sends the final CDR when the call ends
         if isinstance(data.get(time_field), str):
             with contextlib.suppress(ValueError):
                 when = float(to_ms(parse_rfc3339(data[time_field])))
-    return InputMessage(topic, key, raw, when, origin)
+    return when
 
 
 def read_stream(path: Path, topic: str, time_field: str) -> list[InputMessage]:
@@ -208,12 +217,12 @@ class InputStream:
 
     def _scan(self, source: InputFile) -> _Scanned:
         count, last, ordered = 0, float("-inf"), True
-        for msg in read_file(source):
+        for when in _times(source):
             count += 1
-            if msg.time_ms < last:
+            if when < last:
                 ordered = False
             else:
-                last = msg.time_ms
+                last = when
         return _Scanned(count, None if ordered else self._sort(source))
 
     def _ordered(self, source: InputFile, scanned: _Scanned) -> Iterator[InputMessage]:
@@ -256,6 +265,17 @@ class InputStream:
             for msg in messages:
                 marshal.dump((msg.time_ms, msg.key, msg.value, msg.origin), handle)
         return Path(handle.name)
+
+
+def _times(source: InputFile) -> Iterator[float]:
+    """The event times of ``read_file(source)``, with the same errors, without building messages."""
+    if source.path.suffix == ".parquet":
+        for msg in read_file(source):
+            yield msg.time_ms
+        return
+    _check(source)
+    for _line_no, _raw, data in read_jsonl(source.path, source.flag, InputError):
+        yield time_of(source.topic, data, source.time_field)
 
 
 def _read_run(path: Path, topic: str) -> Iterator[InputMessage]:
