@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 END_OF_TIME = 2**62  # event time (ms) past any input: what is left on the live rules' clock runs out
 
 
-# what replays read, re-exported: callers and tests import them from here
+# the inputs' names, re-exported from .inputs: callers and tests import them from here too
 __all__ = ["InputError", "InputFile", "InputMessage", "InputStream", "read_stream"]
 
 Inputs = Iterable[InputMessage]  # an InputStream (in event-time order already), or messages in any order
@@ -300,7 +300,7 @@ async def replay(
 def _split_subscribers(inputs: Inputs) -> tuple[Iterable[InputMessage], Iterable[InputMessage], int]:
     """The subscriber records, and the other messages with their count, each in event-time order."""
     if isinstance(inputs, InputStream):
-        others = [t for t in INPUT_TOPICS if t != "subscribers"]
+        others = [f.topic for f in inputs.files if f.topic != "subscribers"]
         return inputs.select(["subscribers"]), inputs.select(others), len(inputs) - inputs.count("subscribers")
     ordered = sorted(inputs, key=event_time)
     rest = [m for m in ordered if m.topic != "subscribers"]

@@ -189,6 +189,24 @@ def test_summary_reports_throughput_and_peak_rss(tmp_path: Path, capsys: pytest.
     assert "2 messages in " in err and " messages/s), peak RSS " in err and err.rstrip().endswith("MiB")
 
 
+def test_a_replay_sends_the_subscribers_first_then_the_rest_of_the_stream(tmp_path: Path) -> None:
+    from streams.tools.replay import _split_subscribers
+
+    cdrs = write_jsonl(tmp_path / "cdrs.jsonl", [cdr_end("a", 0, 5), cdr_end("b", 1, 3)])
+    regs = write_jsonl(tmp_path / "regs.jsonl", [registration(1, 4)])
+    subs = write_jsonl(tmp_path / "subs.jsonl", [{"user": "u1", "customer": "C1", "plan": "pro"},
+                                                 {"user": "u2", "customer": "C1", "plan": "pro"}])
+    files = [InputFile(subs, "subscribers", ""), InputFile(cdrs, "cdrs", "start_time"),
+             InputFile(regs, "sip-registrations", "time")]
+    with InputStream(files) as stream:
+        subscribers, rest, n_rest = _split_subscribers(stream)
+        assert [m.origin for m in subscribers] == [f"{subs}:1", f"{subs}:2"]
+        assert [m.origin for m in rest] == [f"{cdrs}:2", f"{regs}:1", f"{cdrs}:1"] and n_rest == 3
+        listed = _split_subscribers(list(stream)[::-1])  # a list: sorted, the same split
+        assert [[m.origin for m in part] for part in listed[:2]] == [[f"{subs}:2", f"{subs}:1"],
+                                                                     [m.origin for m in rest]]
+
+
 def test_a_list_of_messages_is_still_sorted_stably() -> None:
     msgs = [InputMessage("cdrs", None, b"%d" % i, t) for i, t in enumerate([3.0, 1.0, float("inf"), 1.0, -1.0])]
     assert [m.value for m in in_event_order(msgs)] == [b"4", b"1", b"3", b"0", b"2"]
