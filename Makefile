@@ -15,7 +15,7 @@ COMPILED := $(wildcard streams/core/*.py streams/core/*/*.py) streams/codecs.py 
 $(STAMP): pyproject.toml $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 # The same project without the compiled extensions (pure Python: same behaviour, slower).
