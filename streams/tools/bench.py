@@ -750,6 +750,9 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--broker", metavar="URL",
                         help="an Apache Kafka (kafka://host:port): compare the processing guarantees there")
+    parser.add_argument("--peer", action="store_true",
+                        help="with --broker: the quix-streams peer of the fair-use rules against cdrwatch "
+                        "(fair-use only, and every rule) on one topic (streams/tools/bench_peer.py)")
     parser.add_argument("--users", type=positive_int, default=20_000, metavar="N", help="users of the stream (20,000)")
     parser.add_argument("--cdrs", type=positive_int, default=300_000, metavar="N", help="CDRs of the stream (300,000)")
     parser.add_argument("--partitions", type=positive_int, default=4, metavar="N", help="partitions per topic (4)")
@@ -766,6 +769,8 @@ def run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"... {line}", file=sys.stderr, flush=True)
 
+    if args.peer and not args.broker:
+        raise ConfigError("--peer runs on an Apache Kafka: give --broker kafka://host:port")
     if args.broker:
         try:
             broker = Settings(broker=args.broker)
@@ -775,6 +780,11 @@ def run(args: argparse.Namespace) -> int:
     if args.scale_out:
         result = asyncio.run(run_scale_out(args.broker, args.users, args.cdrs, args.partitions, progress))
         print(format_scale_out(result.figures))
+    elif args.peer:
+        from .bench_peer import format_peer, run_peer_bench
+
+        result = BenchResult(asyncio.run(run_peer_bench(args.broker, args.users, args.cdrs, args.partitions, progress)))
+        print(format_peer(result.figures))
     elif args.broker:
         result = asyncio.run(run_guarantees(args.broker, args.users, args.cdrs, args.partitions, progress))
         print(format_guarantees(result.figures))
