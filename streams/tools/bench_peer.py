@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from ..settings import Settings, bundled_file
 from ..topics import ALL_TOPICS
@@ -100,7 +101,10 @@ async def wait_committed(bootstrap: str, group: str, topic: str, ends: Mapping[i
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            offsets = await admin.list_consumer_group_offsets(group)
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except KafkaError:  # no coordinator yet (a new broker makes its offsets topic on demand)
+                offsets = {}
             done = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
             if all(done.get(p, 0) >= end for p, end in ends.items()):
                 return time.monotonic()
