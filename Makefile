@@ -84,9 +84,10 @@ check: install
 test-fast: install
 	$(BIN)/python -m pytest -m 'not integration'
 
-# The benchmarks of the README's Performance section (print the figures; ~14 min): on the embedded
-# broker, then 1 against 2 worker processes there; then at-least-once against exactly-once, and 1
-# against 2 worker processes, each on a one-node Apache Kafka started for it.
+# The benchmarks of the README's Performance section (print the figures; ~19 min): on the embedded
+# broker, then 1 against 2 worker processes there; then at-least-once against exactly-once, 1
+# against 2 worker processes, and the quix-streams peer against cdrwatch, each on a one-node
+# Apache Kafka started for it.
 bench: install kafka
 	$(BIN)/cdrwatch bench --users 20000 --cdrs 300000 --out bench.json
 	$(BIN)/cdrwatch bench --scale-out --users 20000 --cdrs 300000 --out bench-scale-out.json
@@ -94,6 +95,8 @@ bench: install kafka
 		--out bench-kafka.json
 	$(BIN)/python -m tests.kafka_cluster $(BIN)/cdrwatch bench --scale-out --broker {url} --users 20000 \
 		--cdrs 300000 --out bench-kafka-scale-out.json
+	$(BIN)/python -m tests.kafka_cluster $(BIN)/cdrwatch bench --peer --broker {url} --users 20000 --cdrs 300000 \
+		--out bench-peer.json
 
 # Long runs: 30,000+ property-test inputs, and a 5,000-user generated month replayed and scored.
 soak: install

@@ -3,9 +3,10 @@ instead, on equal work. One topic of generated valid CDRs (``bench.synthetic_str
 Kafka is consumed, one after the other and each by its own process and consumer group, by (a) the
 quix-streams peer (``peer_quix``: the fair-use rules, schema validation, RocksDB state with its
 changelog), (b) a ``cdrwatch worker`` with the fraud rules off (the bundled plans without their
-``[fraud]`` tables) and (c) a ``cdrwatch worker`` with every rule; both workers on RocksDB tables.
-Each is timed from its first record to every input offset committed (its group's committed offsets,
-polled)."""
+``[fraud]`` tables), on its default store (tables in memory, restored from their changelogs), then
+the same on RocksDB tables, and (c) a ``cdrwatch worker`` with every rule. Each is timed from its
+first record to every input offset committed (its group's committed offsets, polled), and its CPU
+time over that span is read from /proc (what it cost, whatever else the machine runs)."""
 
 from __future__ import annotations
 
@@ -61,12 +62,15 @@ def start_peer(bootstrap: str, group: str, prefix: str, state_dir: Path, partiti
 
 
 def start_cdrwatch(broker_url: str, app_id: str, prefix: str, data_dir: Path, partitions: int, log_path: Path,
-                   *, plans: Path | None = None, web_port: int | None = None,
+                   *, plans: Path | None = None, store: str | None = None, web_port: int | None = None,
                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A ``cdrwatch worker`` as an operator runs it (RocksDB tables), ``plans`` its plans file."""
+    """A ``cdrwatch worker`` as an operator runs it, ``plans`` its plans file, ``store`` its table
+    store (default: the worker's own, tables in memory restored from their changelogs)."""
     environ = dict(os.environ, CDRWATCH_BROKER=broker_url, CDRWATCH_APP_ID=app_id, CDRWATCH_TOPIC_PREFIX=prefix,
-                   CDRWATCH_DATA_DIR=str(data_dir), CDRWATCH_PARTITIONS=str(partitions), CDRWATCH_STORE="rocksdb://",
-                   **({"CDRWATCH_PLANS": str(plans)} if plans else {}), **(env or {}))
+                   CDRWATCH_DATA_DIR=str(data_dir), CDRWATCH_PARTITIONS=str(partitions))
+    environ.update({"CDRWATCH_PLANS": str(plans)} if plans else {})
+    environ.update({"CDRWATCH_STORE": store} if store else {})
+    environ.update(env or {})
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--web-port", str(web_port or free_port())],
                                 env=environ, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -80,6 +84,12 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used: what it cost, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -153,7 +163,9 @@ async def worker_first_record(web_port: int, proc: subprocess.Popen[bytes], time
     raise RuntimeError("the worker read no CDR")
 
 
-CONTENDERS = ("peer", "fairuse", "every_rule")  # the quix peer, cdrwatch with the fraud rules off, with all
+# the quix peer; cdrwatch with the fraud rules off, on its default store (memory, changelogs) and on
+# RocksDB (the peer's kind of state); cdrwatch with every rule
+CONTENDERS = ("peer", "fairuse", "fairuse_rocksdb", "every_rule")
 
 
 async def run_peer_bench(broker_url: str, users: int, cdrs: int, partitions: int,
@@ -187,12 +199,15 @@ async def run_peer_bench(broker_url: str, users: int, cdrs: int, partitions: int
                 proc = start_peer(bootstrap, group, prefix, where, partitions, log_path)
             else:
                 proc = start_cdrwatch(broker_url, group, prefix, where, partitions, log_path, web_port=web_port,
-                                      plans=plans if contender == "fairuse" else None)
+                                      plans=plans if contender.startswith("fairuse") else None,
+                                      store="rocksdb://" if contender.endswith("rocksdb") else None)
             try:
                 first = (peer_first_record(log_path, proc, 300) if contender == "peer"
                          else worker_first_record(web_port, proc, 300))
                 t0 = await first
+                cpu0 = cpu_seconds(proc.pid)
                 t1 = await wait_committed(bootstrap, group, prefix + "cdrs", ends, 1800, proc)
+                cpu1 = cpu_seconds(proc.pid)
             except RuntimeError:
                 print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
                 raise
@@ -200,7 +215,10 @@ async def run_peer_bench(broker_url: str, users: int, cdrs: int, partitions: int
                 stop(proc)
             figures[f"{contender}_cdr_per_s"] = cdrs / (t1 - t0)
             figures[f"{contender}_seconds"] = t1 - t0
-    figures["fairuse_vs_peer"] = figures["fairuse_cdr_per_s"] / figures["peer_cdr_per_s"]
+            figures[f"{contender}_cpu_us_per_cdr"] = (cpu1 - cpu0) / cdrs * 1e6
+    for contender in CONTENDERS[1:3]:
+        figures[f"{contender}_vs_peer"] = figures[f"{contender}_cdr_per_s"] / figures["peer_cdr_per_s"]
+        figures[f"{contender}_vs_peer_cpu"] = figures["peer_cpu_us_per_cdr"] / figures[f"{contender}_cpu_us_per_cdr"]
     return figures
 
 
@@ -211,6 +229,11 @@ def format_peer(f: Mapping[str, Any]) -> str:
         f"cdrwatch fair-use only {f['fairuse_cdr_per_s']:,.0f} CDR/s "
         f"({f['fairuse_cdr_per_s']:,.0f}/{f['peer_cdr_per_s']:,.0f} = {f['fairuse_vs_peer']:.2f}); "
         f"cdrwatch every rule {f['every_rule_cdr_per_s']:,.0f} CDR/s",
+        f"cdrwatch fair-use only on RocksDB tables {f['fairuse_rocksdb_cdr_per_s']:,.0f} CDR/s "
+        f"({f['fairuse_rocksdb_vs_peer']:.2f}x the peer)",
+        "CPU per CDR (the process, all threads): " + "; ".join(
+            f"{c} {f[f'{c}_cpu_us_per_cdr']:.0f} µs" for c in CONTENDERS)
+        + f" (peer/fair-use {f['fairuse_vs_peer_cpu']:.2f}, peer/fair-use on RocksDB {f['fairuse_rocksdb_vs_peer_cpu']:.2f})",
         "load averages (1, 5, 15 min) at each start: " + "; ".join(
             f"{c} {', '.join(f'{x:.2f}' for x in f[f'{c}_load'])}" for c in CONTENDERS),
         f"core compiled with mypyc: {'yes' if f['compiled'] else 'no (pure Python)'}",

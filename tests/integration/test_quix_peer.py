@@ -86,8 +86,8 @@ def stream() -> tuple[list[tuple[bytes, bytes]], set[tuple[str, str, str]], int]
     records += records[2000:2010] + records[:20]
     # a month no longer open: November, then September (October and November are open)
     records.append(call("late", 0, at(f"2026-11-05T10:00:00{PARIS}"), 65, "+33145000005"))
-    records.append(call("late", 1, at(f"2026-10-05T10:00:00+02:00"), 65, "+33145000005"))
-    records.append(call("late", 2, at(f"2026-09-05T10:00:00+02:00"), 65, "+33145000005"))
+    records.append(call("late", 1, at("2026-10-05T10:00:00+02:00"), 65, "+33145000005"))
+    records.append(call("late", 2, at("2026-09-05T10:00:00+02:00"), 65, "+33145000005"))
     dead = 1
     # invalid records
     good = cdr_payload("end", "bad-0", "bad", "cust-t", "+33140000000", "+33145000006", "outbound",
