@@ -119,7 +119,7 @@ async def wait_committed(bootstrap: str, group: str, topic: str, ends: Mapping[i
             if all(done.get(p, 0) >= end for p, end in ends.items()):
                 return time.monotonic()
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[:4]} exited ({proc.returncode}) before committing {topic}")
+                raise RuntimeError(f"process {proc.pid} exited ({proc.returncode}) before committing {topic}")
             await asyncio.sleep(every_s)
         raise RuntimeError(f"group {group} did not commit {topic} to its end within {timeout_s:.0f} s")
     finally:
