@@ -23,7 +23,7 @@ uncompiled:
 	rm -f streams/*.so streams/core/*.so streams/core/*/*.so ./*__mypyc*.so
 	rm -f $(HOME)/.calfkit/bin/tansu-*  # the broker binary older versions copied out of the environment
 	$(PYTHON) -m venv $(VENV)
-	HATCH_BUILD_NO_HOOKS=true $(BIN)/pip install --quiet -e '.[test]'
+	HATCH_BUILD_NO_HOOKS=true $(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 run: install
