@@ -16,7 +16,6 @@ from ..plans import PATTERN_RULES, FraudRule, Plan
 from ..records import OPEN, Registration
 from ..timeutil import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, from_ms, local_iso
 from .alerts import LEVELS, Evaluation, clock_hour, fire, fired, local_day, money
-from .destinations import Destinations
 
 FRESH_NETWORK_MS = DAY_MS  # new_network counts the new networks of the last 24 h
 SEQUENCE_GAP_MS = HOUR_MS  # a same-callee run breaks when a call starts more than 1 h after the previous one
@@ -192,6 +191,9 @@ def live_rules(ctx: Evaluation, rules: PlanRules) -> int:
     cap = ctx.max_call_ms
     recent: list[Recent] = []
     learnt = NO_DUE  # the next instant a call of the state becomes known (read ahead of the clock)
+    # the tariff value (EUR x ms / min, in 1/``Destinations.scale``) of these calls' answered time
+    # in the 60 minutes up to now, and how fast the open ones add to it (the same per ms)
+    value, growth, units = 0, 0, ctx.destinations.units
     for call_id, record in ctx.state.calls.items():
         if not record[4]:
             continue
@@ -201,9 +203,19 @@ def live_rules(ctx: Evaluation, rules: PlanRules) -> int:
             continue
         start, end = record[0], record[1]
         if end == OPEN or end > now:  # costing from its start to now, at most the maximum call duration
-            recent.append((call_id, record, start, min(now, start + cap), start + cap > now))
+            b, running = min(now, start + cap), start + cap > now
+            recent.append((call_id, record, start, b, running))
+            overlap, rate = b - max(start, lo), units(record[3])
+            if running:
+                growth += rate
         elif end > lo:  # its answered seconds [end - billsec, end]
-            recent.append((call_id, record, end - record[2], end, False))
+            a = end - record[2]
+            recent.append((call_id, record, a, end, False))
+            overlap, rate = end - max(a, lo), units(record[3])
+        else:
+            continue
+        if overlap > 0:
+            value += overlap * rate
     if not recent:
         return learnt
     due = learnt
@@ -211,7 +223,6 @@ def live_rules(ctx: Evaluation, rules: PlanRules) -> int:
     # and a rule whose lowest threshold this is below cannot fire: it is due when the open calls
     # could bring the value there (sooner than its own calls could: a due too early costs one
     # evaluation, which raises nothing)
-    value, growth = hour_value(ctx.destinations, recent, now)
     per_eur = MINUTE_MS * ctx.destinations.scale  # a threshold in EUR as such a value
     costly = rules.cost_least is not None and value >= rules.cost_least * per_eur
     for rule in rules.live:
@@ -240,21 +251,6 @@ def _after(now: int, wait: Decimal) -> int:
     return -(-at // SECOND_MS) * SECOND_MS
 
 
-def hour_value(destinations: Destinations, recent: list[Recent], now: int) -> tuple[int, int]:
-    """Tariff value (EUR x ms / min, in 1/``destinations.scale``) of ``recent``'s answered time in
-    the 60 minutes up to now, and how fast the open calls add to it (the same per ms)."""
-    lo, total, growth = now - HOUR_MS, 0, 0
-    units = destinations.units
-    for _call_id, record, a, b, running in recent:
-        overlap = min(b, now) - max(a, lo)
-        rate = units(record[3])
-        if overlap > 0:
-            total += overlap * rate
-        if running:
-            growth += rate
-    return total, growth
-
-
 def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
     """Tariff value of the in-scope calls' answered time inside the 60 minutes up to now; returns
     when the next level could be reached at the pace of the open calls (``NO_DUE``: never). Once
@@ -265,7 +261,7 @@ def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
     if all(fired(ctx, rule.rule, level.name, window) for level in rule.levels):
         return now - now % HOUR_MS + HOUR_MS if any(r[4] for r in recent) else NO_DUE
     destinations, plan = ctx.destinations, ctx.plan
-    total = 0  # EUR x ms / min, in 1/scale (hour_value)
+    total = 0  # EUR x ms / min, in 1/scale (as live_rules values the calls)
     growth = 0
     for _call_id, record, a, b, running in recent:
         rate = destinations.units(record[3])
