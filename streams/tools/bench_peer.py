@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 from ..settings import Settings, bundled_file
 from ..topics import ALL_TOPICS
 from .embedded import create_topics, free_port
+from .workers import cpu_seconds
 
 PEER_ALERTS = "peer-fairuse-alerts"  # the peer's output topics, beside cdrwatch's (same prefix)
 PEER_DLQ = "peer-cdrs-dlq"
@@ -86,12 +87,6 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used: what it cost, whatever else runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:

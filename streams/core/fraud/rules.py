@@ -275,6 +275,7 @@ def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
     per_eur = MINUTE_MS * destinations.scale
     amount = Decimal(total) / per_eur  # EUR
     due = NO_DUE
+    parts: list[tuple[str, Decimal, int, bool, str | None]] | None = None  # the evidence, once needed
     for level in rule.levels:
         threshold = level.threshold
         if total < threshold * per_eur:
@@ -285,7 +286,8 @@ def cost_burst(ctx: Evaluation, rule: Rule, recent: list[Recent]) -> int:
             if growth > 0:  # still above it: the next clock hour is a new window
                 due = _sooner(due, now - now % HOUR_MS + HOUR_MS)
             continue
-        parts = _valued(ctx, rule, recent)
+        if parts is None:
+            parts = _valued(ctx, rule, recent)
         evidence = {
             "amount": money(amount),
             "window_start": local_iso(lo, ctx.plan.timezone),
